@@ -1,0 +1,66 @@
+# replctl: the two commands of the quick start are `make demo` and `make test`.
+GO      ?= go
+BIN     := bin/replctl
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/replctl/replctl/cmd.Version=$(VERSION)
+SANDBOX ?= .replctl-testenv
+# PostgreSQL server binaries: Debian/Ubuntu keep them under /usr/lib/postgresql/N/bin.
+HAVE_PG := $(shell ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -n 1)$(PG_BINDIR)
+
+.PHONY: all build deps demo demo-down test test-short bench vet fmt clean reap
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) .
+
+# deps installs the PostgreSQL server from the OS packages when it is missing.
+# Debian's package would create and start a "main" cluster on port 5432: we
+# ask it not to, since replctl's sandbox brings its own.
+deps:
+ifeq ($(HAVE_PG),)
+	@echo "PostgreSQL server binaries not found: installing them from the OS packages"
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO mkdir -p /etc/postgresql-common && \
+	  ( grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || \
+	    echo 'create_main_cluster = false' | $$SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null ) && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql postgresql-contrib
+else
+	@echo "PostgreSQL server binaries: $(HAVE_PG)"
+endif
+
+# demo brings the sandbox up (3 PostgreSQL nodes + etcd) and shows its status.
+demo: deps build
+	./$(BIN) testenv up --dir $(SANDBOX)
+	@echo
+	REPLCTL_CONFIG=$(SANDBOX)/replctl.yaml ./$(BIN) status
+	@echo
+	@echo "Try: export REPLCTL_CONFIG=$(SANDBOX)/replctl.yaml; ./$(BIN) status; ./$(BIN) check"
+	@echo "Stop it with: make demo-down"
+
+demo-down: build
+	./$(BIN) testenv down --dir $(SANDBOX)
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+# test runs the whole suite: unit tests and integration tests against real
+# PostgreSQL servers and a real etcd. The reaper runs even when tests fail, so
+# a test binary killed by its timeout leaves no server behind.
+test: deps vet
+	$(GO) test -count=1 -timeout 13m ./... ; rc=$$?; $(GO) run . testenv reap; exit $$rc
+
+test-short:
+	$(GO) test -short ./...
+
+# bench measures the speed targets (status wall time, switchover write outage).
+bench: deps
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./... ; rc=$$?; $(GO) run . testenv reap; exit $$rc
+
+reap:
+	$(GO) run . testenv reap
+
+clean:
+	rm -rf bin

@@ -1,0 +1,224 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Step is one action of a plan. Plans are data: building one runs nothing, so
+// a dry-run prints exactly the descriptions a real run will emit, from the
+// same list.
+type Step struct {
+	// ID is stable across runs ("fence-sql-pg1"), for history and tests.
+	ID string `json:"id"`
+	// Node is the node the step acts on, if any.
+	Node string `json:"node,omitempty"`
+	// Description names the node and the exact action (SQL or command,
+	// without secrets).
+	Description string `json:"description"`
+	// UndoDescription says how the step is undone, when it can be.
+	UndoDescription string `json:"undo,omitempty"`
+	// Mutates marks steps that change a node or etcd: the lock is checked
+	// right before each of them.
+	Mutates bool `json:"mutates"`
+	// Budget is the longest the step may take; the lock's lease must have at
+	// least this much left before it starts.
+	Budget time.Duration `json:"-"`
+	// PointOfNoReturn marks the step after which the operation is committed:
+	// a later failure is reported as partly done rather than undone.
+	PointOfNoReturn bool `json:"point_of_no_return,omitempty"`
+	// Optional steps report failure without failing the operation.
+	Optional bool `json:"optional,omitempty"`
+
+	Run  func(ctx context.Context) error `json:"-"`
+	Undo func(ctx context.Context) error `json:"-"`
+}
+
+// Plan is an ordered list of steps with what the operator should know.
+type Plan struct {
+	Kind      string   `json:"kind"`
+	Candidate string   `json:"candidate,omitempty"`
+	Primary   string   `json:"primary,omitempty"`
+	Fence     string   `json:"fence,omitempty"`
+	Notes     []string `json:"notes,omitempty"`
+	Steps     []Step   `json:"steps"`
+}
+
+// Descriptions lists the step descriptions in order: what a dry-run prints
+// and what execution emits.
+func (p *Plan) Descriptions() []string {
+	out := make([]string, len(p.Steps))
+	for i, s := range p.Steps {
+		out[i] = s.Description
+	}
+	return out
+}
+
+// EventType is what happened to a step.
+type EventType string
+
+// Event types emitted by Execute.
+const (
+	StepStarted    EventType = "started"
+	StepDone       EventType = "done"
+	StepFailed     EventType = "failed"
+	StepSkipped    EventType = "skipped"
+	StepUndone     EventType = "undone"
+	StepUndoFailed EventType = "undo_failed"
+	StepProgress   EventType = "progress"
+)
+
+// Event reports a step's progress to a sink; engines never print.
+type Event struct {
+	Type        EventType     `json:"event"`
+	StepID      string        `json:"step"`
+	Node        string        `json:"node,omitempty"`
+	Description string        `json:"description"`
+	Time        time.Time     `json:"time"`
+	Duration    time.Duration `json:"duration_ns,omitempty"`
+	Error       string        `json:"error,omitempty"`
+}
+
+// Sink receives events; it must not block for long.
+type Sink func(Event)
+
+// Guard is the fencing lock as the executor sees it: Check confirms
+// ownership with enough lease left for the next step.
+type Guard interface {
+	Check(ctx context.Context, budget time.Duration) error
+}
+
+// Outcome is how an operation ended.
+type Outcome string
+
+// Outcomes of Execute.
+const (
+	OutcomeSucceeded Outcome = "succeeded"
+	OutcomeFailed    Outcome = "failed"  // failed before the point of no return; undone
+	OutcomePartial   Outcome = "partial" // committed, but a later step failed
+)
+
+// StepResult records one executed step.
+type StepResult struct {
+	ID          string        `json:"id"`
+	Node        string        `json:"node,omitempty"`
+	Description string        `json:"description"`
+	Start       time.Time     `json:"start"`
+	End         time.Time     `json:"end"`
+	Duration    time.Duration `json:"duration_ns"`
+	Outcome     string        `json:"outcome"` // done, failed, skipped, undone, undo_failed
+	Error       string        `json:"error,omitempty"`
+}
+
+// Result is what Execute did.
+type Result struct {
+	Outcome Outcome      `json:"outcome"`
+	Steps   []StepResult `json:"steps"`
+	// Err is the first failure, nil on success.
+	Err error `json:"-"`
+	// Remaining lists the steps that failed or did not run past the point
+	// of no return: what the operator still has to do.
+	Remaining []string `json:"remaining,omitempty"`
+}
+
+// undoTimeout bounds each undo, which runs even when the operation's context
+// is cancelled (the lock was lost, or the operator pressed ^C).
+const undoTimeout = 30 * time.Second
+
+// Execute runs the plan's steps in order. Before every mutating step it asks
+// the guard to confirm the lock with the step's budget. A failure before the
+// point of no return undoes the completed steps in reverse order, on a
+// context detached from ctx's cancellation; after it, the remaining steps
+// are reported and the outcome is partial.
+func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() time.Time) *Result {
+	if sink == nil {
+		sink = func(Event) {}
+	}
+	if now == nil {
+		now = time.Now
+	}
+	res := &Result{Outcome: OutcomeSucceeded}
+	committed := false
+	var done []int
+	for i, s := range p.Steps {
+		if ctx.Err() != nil && committed {
+			// The operation was stopped (lock lost, interrupted) after it
+			// committed: the rest is left to the operator.
+			res.Outcome = OutcomePartial
+			res.Err = errors.Join(res.Err, fmt.Errorf("stopped before %q: %w", s.ID, context.Cause(ctx)))
+			for _, rest := range p.Steps[i:] {
+				res.Remaining = append(res.Remaining, rest.Description)
+			}
+			return res
+		}
+		start := now()
+		sink(Event{Type: StepStarted, StepID: s.ID, Node: s.Node, Description: s.Description, Time: start})
+		err := ctx.Err()
+		if err == nil && s.Mutates && guard != nil {
+			if gerr := guard.Check(ctx, s.Budget); gerr != nil {
+				err = fmt.Errorf("lock check before %q: %w", s.ID, gerr)
+			}
+		}
+		if err == nil && s.Run != nil {
+			err = s.Run(ctx)
+		}
+		end := now()
+		sr := StepResult{ID: s.ID, Node: s.Node, Description: s.Description, Start: start, End: end, Duration: end.Sub(start), Outcome: "done"}
+		if err != nil {
+			sr.Outcome, sr.Error = "failed", err.Error()
+			res.Steps = append(res.Steps, sr)
+			sink(Event{Type: StepFailed, StepID: s.ID, Node: s.Node, Description: s.Description, Time: end, Duration: sr.Duration, Error: err.Error()})
+			if s.Optional {
+				continue
+			}
+			res.Err = errors.Join(res.Err, err)
+			if committed {
+				// Past the point of no return going back is worse than going
+				// on: finish what can be finished and report what remains.
+				res.Outcome = OutcomePartial
+				res.Remaining = append(res.Remaining, s.Description)
+				continue
+			}
+			res.Outcome = OutcomeFailed
+			undo(ctx, p, done, res, sink, now)
+			return res
+		}
+		res.Steps = append(res.Steps, sr)
+		sink(Event{Type: StepDone, StepID: s.ID, Node: s.Node, Description: s.Description, Time: end, Duration: sr.Duration})
+		done = append(done, i)
+		if s.PointOfNoReturn {
+			committed = true
+		}
+	}
+	return res
+}
+
+func undo(ctx context.Context, p *Plan, done []int, res *Result, sink Sink, now func() time.Time) {
+	uctx := context.WithoutCancel(ctx)
+	for j := len(done) - 1; j >= 0; j-- {
+		s := p.Steps[done[j]]
+		if s.Undo == nil {
+			continue
+		}
+		start := now()
+		desc := s.UndoDescription
+		if desc == "" {
+			desc = "undo: " + s.Description
+		}
+		c, cancel := context.WithTimeout(uctx, undoTimeout)
+		err := s.Undo(c)
+		cancel()
+		end := now()
+		sr := StepResult{ID: "undo-" + s.ID, Node: s.Node, Description: desc, Start: start, End: end, Duration: end.Sub(start), Outcome: "undone"}
+		ev := Event{Type: StepUndone, StepID: sr.ID, Node: s.Node, Description: desc, Time: end, Duration: sr.Duration}
+		if err != nil {
+			sr.Outcome, sr.Error = "undo_failed", err.Error()
+			ev.Type, ev.Error = StepUndoFailed, err.Error()
+			res.Err = errors.Join(res.Err, fmt.Errorf("undo %s: %w", s.ID, err))
+		}
+		res.Steps = append(res.Steps, sr)
+		sink(ev)
+	}
+}
