@@ -1,0 +1,24 @@
+// Package testenv builds a real local PostgreSQL replication cluster (one
+// primary and streaming replicas) and a real etcd on 127.0.0.1, for
+// integration tests and for `replctl testenv up`.
+//
+// In Go tests:
+//
+//	c := testenv.Start(t, testenv.Options{Replicas: 2})
+//	if err := c.Write(t.Context(), 10); err != nil { ... }
+//	cfg := c.ConfigPath // a ready-to-use replctl.yaml
+//
+// Everything lives in one directory: per node DIR/<name>/data (PGDATA) and
+// DIR/<name>/server.log, etcd data in DIR/etcd, the state file
+// DIR/testenv.json, the generated DIR/replctl.yaml and DIR/rejoin.sh.
+// Server logs sit next to the data directory rather than in it because
+// pg_basebackup and pg_rewind copy every file of the source data directory,
+// which would mix one node's log into another's.
+//
+// PostgreSQL refuses to run as root, so when the process runs as root every
+// PostgreSQL program runs as the OS user postgres (created when missing).
+//
+// Processes are only ever signalled by PIDs read from files this package
+// wrote or PostgreSQL wrote (postmaster.pid) and after checking that the PID
+// still names the same process; never by process name.
+package testenv
