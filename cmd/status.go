@@ -1,0 +1,361 @@
+package cmd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/replctl/replctl/checks"
+	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/topology"
+)
+
+// StatusOptions are the inputs of replctl status.
+type StatusOptions struct {
+	IO      *IOStreams
+	Config  func() (*config.Config, error)
+	Output  string
+	Timeout time.Duration
+	Watch   time.Duration
+	Now     func() time.Time
+	// Prober reads the nodes; nil means PostgreSQL over pgx.
+	Prober topology.Prober
+	// Record reads the lock and the cluster record from etcd; tests replace it.
+	Record func(ctx context.Context) (*recordInfo, error)
+}
+
+// recordInfo is what etcd says about the cluster.
+type recordInfo struct {
+	// Lock is the fencing lock; nil when free.
+	Lock            *lockInfo
+	RecordedPrimary string
+	Fenced          []string
+	// State is the whole cluster record, nil when none was written yet.
+	State *failover.State
+}
+
+// lockInfo describes who holds the fencing lock.
+type lockInfo struct {
+	Held   bool   `json:"held"`
+	Holder string `json:"holder"`
+	// Token is the fencing token: the etcd revision the lock was taken at.
+	Token int64 `json:"token,omitempty"`
+}
+
+// errEtcdNotConfigured means the configuration has no etcd section: the
+// normal case for read-only use, not a failure.
+var errEtcdNotConfigured = errors.New("etcd not configured")
+
+func newCmdStatus(f *Factory, runF func(context.Context, *StatusOptions) error) *cobra.Command {
+	o := &StatusOptions{IO: f.IO, Config: f.Config, Now: f.Now}
+	o.Record = o.clusterRecord
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Show the replication topology, lag and warnings",
+		Long: `Probe every configured node concurrently and show the replication tree: the
+primary, its replicas and cascades, timelines, positions, lag in bytes and
+replay delay, synchronous state and zones, then a summary and the warnings
+of the monitoring checks (see 'replctl check').
+
+status exits 0 whenever it produced a report, however unhealthy the cluster:
+use 'replctl check' for an exit code that reflects health. It exits 2 on a
+configuration error and 1 when no node could be reached.
+
+-o json and -o yaml print the documented schema (see the README): cluster,
+primary, system_identifier, nodes[] (name, role, reachable, error, upstream,
+timeline, lsn, lag_bytes, replay_delay_seconds, sync_state, replay_paused,
+system_identifier, zone, fenced, and the full probe), unmanaged_replicas[],
+split_brain[], lock, recorded_primary, etcd, summary and warnings[] (check,
+level, code, message, node, hint).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(f); err != nil {
+				return err
+			}
+			if o.Watch < 0 {
+				return usageError("--watch must be positive, e.g. 2s")
+			}
+			o.Output, o.Timeout = f.Output, f.Timeout
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return runStatus(cmd.Context(), o)
+		},
+	}
+	c.Flags().DurationVar(&o.Watch, "watch", 0, "redraw every `DURATION` until interrupted")
+	return c
+}
+
+// clusterRecord reads the fencing lock and the cluster record from etcd.
+func (o *StatusOptions) clusterRecord(ctx context.Context) (*recordInfo, error) {
+	cfg, err := o.Config()
+	if err != nil {
+		return nil, err
+	}
+	return readClusterRecord(ctx, cfg)
+}
+
+// readClusterRecord reads the lock and the cluster record from etcd; an
+// unreachable etcd is an error status reports, never a failure of status.
+func readClusterRecord(ctx context.Context, cfg *config.Config) (*recordInfo, error) {
+	return readRecord(ctx, cfg)
+}
+
+// observation is one look at the cluster: the nodes and etcd's record.
+type observation struct {
+	Snap      *topology.Snapshot
+	Record    *recordInfo
+	RecordErr error
+}
+
+// observe probes every node and reads the record concurrently, each bounded
+// by timeout, and classifies the nodes with the record's fenced nodes.
+func observe(ctx context.Context, cfg *config.Config, timeout time.Duration, p topology.Prober,
+	record func(context.Context) (*recordInfo, error)) observation {
+	if p == nil {
+		p = topology.PgProber{Timeout: timeout}
+	}
+	var obs observation
+	var wg sync.WaitGroup
+	if record != nil {
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			obs.Record, obs.RecordErr = record(rctx)
+		})
+	}
+	statuses := topology.ProbeAll(ctx, p, cfg.Nodes, timeout)
+	wg.Wait()
+	var rec *topology.Record
+	if obs.RecordErr == nil && obs.Record != nil {
+		rec = &topology.Record{Primary: obs.Record.RecordedPrimary, Fenced: obs.Record.Fenced}
+	}
+	obs.Snap = topology.Classify(cfg, statuses, rec)
+	return obs
+}
+
+// errNoNodeReachable is returned (exit 1) when not one node answered.
+func errNoNodeReachable(s *topology.Snapshot) error {
+	var errs []string
+	for _, n := range s.Nodes {
+		errs = append(errs, n.Name+": "+n.Error)
+	}
+	return fmt.Errorf("no node reachable (%s)", strings.Join(errs, "; "))
+}
+
+// statusReport is the result of status, the same for every format.
+type statusReport struct {
+	*topology.Snapshot
+	Nodes []statusNode `json:"nodes"`
+	// Lock is null when etcd is not configured or unreadable.
+	Lock            *lockInfo         `json:"lock"`
+	RecordedPrimary topology.NodeName `json:"recorded_primary"`
+	// Etcd is "ok", "not configured", or why it could not be read.
+	Etcd     string          `json:"etcd"`
+	Summary  string          `json:"summary"`
+	Warnings []checks.Result `json:"warnings"`
+}
+
+// statusNode adds the stable summary fields to a node's full probe.
+type statusNode struct {
+	*topology.Node
+	LSN          *topology.LSN `json:"lsn"`
+	ReplayPaused bool          `json:"replay_paused"`
+}
+
+func buildStatusReport(cfg *config.Config, obs observation) (*statusReport, error) {
+	r := &statusReport{Snapshot: obs.Snap, Warnings: []checks.Result{}}
+	for _, n := range obs.Snap.Nodes {
+		r.Nodes = append(r.Nodes, statusNode{Node: n, LSN: n.Position(), ReplayPaused: n.ReplayPaused()})
+	}
+	switch {
+	case errors.Is(obs.RecordErr, errEtcdNotConfigured):
+		r.Etcd = "not configured"
+	case obs.RecordErr != nil:
+		r.Etcd = "unavailable: " + obs.RecordErr.Error()
+	default:
+		r.Etcd = "ok"
+		if obs.Record != nil {
+			r.Lock = obs.Record.Lock
+			if r.Lock == nil {
+				r.Lock = &lockInfo{}
+			}
+			r.RecordedPrimary = topology.NodeName(obs.Record.RecordedPrimary)
+		}
+	}
+	results, err := checks.Run(obs.Snap, cfg)
+	if err != nil {
+		return nil, err
+	}
+	r.Warnings = append(r.Warnings, checks.Problems(results)...)
+	r.Summary = statusSummary(obs.Snap, len(r.Warnings))
+	return r, nil
+}
+
+func statusSummary(s *topology.Snapshot, warnings int) string {
+	primary := "no primary"
+	if p := s.PrimaryNode(); p != nil {
+		primary = "primary " + p.Name
+		if p.Timeline != nil {
+			primary += fmt.Sprintf(" on timeline %d", *p.Timeline)
+		}
+	}
+	streaming := 0
+	reps := s.Replicas()
+	for _, n := range reps {
+		if n.Streaming() {
+			streaming++
+		}
+	}
+	return fmt.Sprintf("cluster %s: %s, %d/%d replicas streaming, %d/%d nodes reachable, %s",
+		s.Cluster, primary, streaming, len(reps), s.Reachable(), len(s.Nodes), plural(warnings, "warning"))
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return strconv.Itoa(n) + " " + word + "s"
+}
+
+// statusTable lays out the nodes in tree order. It is pure: golden files pin it.
+func statusTable(s *topology.Snapshot) (header []string, rows [][]string) {
+	header = []string{"NODE", "ROLE", "STATE", "UPSTREAM", "TL", "LSN", "LAG", "REPLAY DELAY", "SYNC", "ZONE"}
+	for _, n := range s.Nodes {
+		role := string(n.Role)
+		if n.Foreign {
+			role = "foreign"
+		}
+		upstream := string(n.Upstream)
+		if upstream == "" {
+			upstream = n.UpstreamAddress
+		}
+		tl, lag, delay := "-", "-", "-"
+		if n.Reachable {
+			tl = "?"
+			if n.Timeline != nil {
+				tl = strconv.FormatUint(uint64(*n.Timeline), 10)
+			}
+		}
+		if n.Member() && n.Role == topology.RoleReplica {
+			lag, delay = "?", "?"
+			if n.LagBytes != nil {
+				lag = config.HumanBytes(*n.LagBytes)
+			}
+			if d, ok := n.ReplayDelay(); ok {
+				delay = checks.FormatDelay(d)
+			}
+		}
+		lsn := "-"
+		if p := n.Position(); p != nil {
+			lsn = p.String()
+		} else if n.Reachable {
+			lsn = "?"
+		}
+		sync := "-"
+		if n.SyncState != nil {
+			sync = *n.SyncState
+		}
+		rows = append(rows, []string{
+			strings.Repeat("  ", n.Depth) + n.Name, role, n.State, dash(upstream), tl, lsn, lag, delay, sync, dash(n.Zone),
+		})
+	}
+	return header, rows
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// writeStatusText renders the table, the summary, etcd's view and the warnings.
+func writeStatusText(w io.Writer, tty bool, r *statusReport) error {
+	h, rows := statusTable(r.Snapshot)
+	if err := writeTable(w, tty, h, rows); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, r.Summary)
+	if r.Etcd != "not configured" {
+		switch {
+		case r.Lock == nil:
+			fmt.Fprintf(w, "etcd: %s\n", r.Etcd)
+		case r.Lock.Held:
+			fmt.Fprintf(w, "lock: held by %s (token %d)\n", r.Lock.Holder, r.Lock.Token)
+		default:
+			fmt.Fprintln(w, "lock: free")
+		}
+		if r.RecordedPrimary != "" {
+			fmt.Fprintf(w, "recorded primary: %s\n", r.RecordedPrimary)
+		}
+	}
+	for _, x := range r.Warnings {
+		fmt.Fprintf(w, "%-8s %s: %s\n", x.Level, x.Code, x.Message)
+	}
+	return nil
+}
+
+func runStatus(ctx context.Context, o *StatusOptions) error {
+	cfg, err := o.Config()
+	if err != nil {
+		return err
+	}
+	if o.Watch == 0 {
+		var buf bytes.Buffer
+		err := statusOnce(ctx, o, cfg, &buf)
+		if _, werr := o.IO.Out.Write(buf.Bytes()); werr != nil {
+			return werr
+		}
+		return err
+	}
+	for {
+		// Render off screen first so the redraw does not flicker.
+		var buf bytes.Buffer
+		if o.IO.StdoutTTY {
+			fmt.Fprintf(&buf, "\x1b[H\x1b[2JEvery %s: replctl status    %s\n\n", o.Watch, o.Now().Format(time.DateTime))
+		}
+		err := statusOnce(ctx, o, cfg, &buf)
+		if err != nil {
+			fmt.Fprintf(&buf, "error: %v\n", err)
+		}
+		if !o.IO.StdoutTTY {
+			buf.WriteString("\n")
+		}
+		if _, err := o.IO.Out.Write(buf.Bytes()); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(o.Watch):
+		}
+	}
+}
+
+func statusOnce(ctx context.Context, o *StatusOptions, cfg *config.Config, w io.Writer) error {
+	obs := observe(ctx, cfg, o.Timeout, o.Prober, o.Record)
+	r, err := buildStatusReport(cfg, obs)
+	if err != nil {
+		return err
+	}
+	s := *o.IO
+	s.Out = w
+	if err := render(&s, o.Output, r, func(w io.Writer) error { return writeStatusText(w, o.IO.StdoutTTY, r) }); err != nil {
+		return err
+	}
+	if obs.Snap.Reachable() == 0 {
+		return withCode(ExitFailed, errNoNodeReachable(obs.Snap))
+	}
+	return nil
+}

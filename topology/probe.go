@@ -1,0 +1,299 @@
+package topology
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/replctl/replctl/config"
+)
+
+// MinVersionNum is the oldest PostgreSQL the probe supports: 13 renamed
+// pg_stat_wal_receiver's columns and added the slots' wal_status.
+const MinVersionNum = 130000
+
+// PgProber probes nodes over one pgx connection and one round trip each.
+type PgProber struct {
+	// Timeout bounds the connection and the query, per node.
+	Timeout time.Duration
+}
+
+// Probe connects to node, runs the probe query and closes the connection.
+func (p PgProber) Probe(ctx context.Context, node config.Node) NodeStatus {
+	st := NodeStatus{Name: node.Name}
+	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	defer cancel()
+	if err := p.probe(ctx, node, &st); err != nil {
+		// Driver errors may quote the connection string; never print its password.
+		st.Reachable = false
+		st.Error = oneLine(config.Scrub(err.Error(), node.DSN))
+	}
+	return st
+}
+
+func (p PgProber) probe(ctx context.Context, node config.Node, st *NodeStatus) error {
+	cc, err := pgx.ParseConfig(node.DSN)
+	if err != nil {
+		return fmt.Errorf("parse dsn of %s: %w", node.Name, err)
+	}
+	cc.ConnectTimeout = p.Timeout
+	cc.RuntimeParams["application_name"] = "replctl"
+	// JSON timestamps must be RFC 3339, which odd zone offsets are not.
+	cc.RuntimeParams["timezone"] = "UTC"
+	// The simple protocol sends the query in one message and reads one
+	// reply: one round trip, where the default would first prepare it.
+	cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", node.Name, err)
+	}
+	defer func() {
+		// Closing must not hang on a server that stopped answering, nor be
+		// skipped because the probe's own deadline passed.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(cctx)
+	}()
+
+	vnum := versionNum(conn.PgConn().ParameterStatus("server_version"))
+	if vnum != 0 && vnum < MinVersionNum {
+		return fmt.Errorf("probe %s: PostgreSQL %s is not supported, replctl needs 13 or later",
+			node.Name, conn.PgConn().ParameterStatus("server_version"))
+	}
+	var doc string
+	if err := conn.QueryRow(ctx, probeQuery(vnum)).Scan(&doc); err != nil {
+		return fmt.Errorf("probe %s: %w", node.Name, err)
+	}
+	if err := decodeProbe([]byte(doc), node, st); err != nil {
+		return fmt.Errorf("probe %s: %w", node.Name, err)
+	}
+	st.Reachable = true
+	return nil
+}
+
+// versionNum turns the server_version parameter ("15.18 (Debian ...)",
+// "17beta1") into a server_version_num-like number, 0 when unreadable.
+func versionNum(v string) int {
+	end := 0
+	for end < len(v) && (v[end] == '.' || (v[end] >= '0' && v[end] <= '9')) {
+		end++
+	}
+	parts := strings.Split(v[:end], ".")
+	major, err := strconv.Atoi(parts[0])
+	if err != nil {
+		return 0
+	}
+	minor := 0
+	if len(parts) > 1 {
+		minor, _ = strconv.Atoi(parts[1])
+	}
+	return major*10000 + minor
+}
+
+// probeQuery is the single statement a probe runs. It returns one JSON
+// document so that every column is nullable without ceremony and the same
+// text works on primaries and replicas: functions that fail during recovery
+// (or outside it) are guarded by CASE. Statistics a role may not read come
+// back as nulls, not errors (grant pg_monitor to see them).
+//
+// It calls the functions under pg_stat_replication, pg_replication_slots,
+// pg_stat_wal_receiver and pg_settings rather than the views: a fresh backend
+// pays for every catalog object a query touches, and a watch loop opens a
+// fresh backend on every node every second.
+func probeQuery(versionNum int) string {
+	pause := `pg_get_wal_replay_pause_state()`
+	if versionNum != 0 && versionNum < 140000 {
+		pause = `CASE WHEN pg_is_wal_replay_paused() THEN 'paused' ELSE 'not paused' END`
+	}
+	return `WITH s AS MATERIALIZED (
+  SELECT pg_is_in_recovery() AS rec, now() AS ts
+), w AS MATERIALIZED (
+  SELECT CASE WHEN NOT s.rec THEN pg_current_wal_lsn() END AS cur,
+         pg_last_wal_receive_lsn() AS rcv,
+         pg_last_wal_replay_lsn() AS rpl
+  FROM s
+)
+SELECT json_build_object(
+  'server_time', s.ts,
+  'server_version_num', current_setting('server_version_num')::int,
+  'server_version', current_setting('server_version'),
+  'system_identifier', (SELECT system_identifier::text FROM pg_control_system()),
+  'checkpoint_timeline', (SELECT timeline_id FROM pg_control_checkpoint()),
+  'in_recovery', s.rec,
+  'current_lsn', w.cur,
+  'walfile', pg_walfile_name(w.cur),
+  'receive_lsn', w.rcv,
+  'replay_lsn', w.rpl,
+  'replay_pause_state', CASE WHEN s.rec THEN ` + pause + ` END,
+  'last_xact_replay_timestamp', pg_last_xact_replay_timestamp(),
+  'wal_receiver', (SELECT json_build_object(
+      'pid', pid, 'status', status, 'sender_host', sender_host, 'sender_port', sender_port,
+      'slot_name', slot_name, 'receive_start_lsn', receive_start_lsn, 'received_tli', received_tli,
+      'written_lsn', written_lsn, 'flushed_lsn', flushed_lsn, 'latest_end_lsn', latest_end_lsn,
+      'latest_end_time', latest_end_time, 'last_msg_send_time', last_msg_send_time,
+      'last_msg_receipt_time', last_msg_receipt_time, 'conninfo', conninfo)
+    FROM pg_stat_get_wal_receiver() WHERE pid IS NOT NULL),
+  'replication', (SELECT json_agg(json_build_object(
+      'pid', r.pid, 'application_name', a.application_name, 'client_addr', host(a.client_addr),
+      'client_hostname', a.client_hostname, 'client_port', a.client_port, 'state', r.state,
+      'sent_lsn', r.sent_lsn, 'write_lsn', r.write_lsn, 'flush_lsn', r.flush_lsn, 'replay_lsn', r.replay_lsn,
+      'write_lag_seconds', extract(epoch FROM r.write_lag), 'flush_lag_seconds', extract(epoch FROM r.flush_lag),
+      'replay_lag_seconds', extract(epoch FROM r.replay_lag), 'sync_priority', r.sync_priority,
+      'sync_state', r.sync_state, 'reply_time', r.reply_time) ORDER BY r.pid)
+    FROM pg_stat_get_wal_senders() r LEFT JOIN LATERAL pg_stat_get_activity(r.pid) a ON true),
+  'slots', (SELECT json_agg(json_build_object(
+      'slot_name', slot_name, 'slot_type', slot_type, 'temporary', temporary, 'active', active,
+      'active_pid', active_pid, 'restart_lsn', restart_lsn, 'wal_status', wal_status,
+      'safe_wal_size', safe_wal_size) ORDER BY slot_name)
+    FROM pg_get_replication_slots()),
+  'settings', json_build_object(
+    'synchronous_standby_names', current_setting('synchronous_standby_names'),
+    'synchronous_commit', current_setting('synchronous_commit'),
+    'recovery_target_timeline', current_setting('recovery_target_timeline'),
+    'primary_conninfo', CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE') THEN current_setting('primary_conninfo') END,
+    'primary_slot_name', current_setting('primary_slot_name'),
+    'wal_receiver_timeout', current_setting('wal_receiver_timeout'),
+    'wal_sender_timeout', current_setting('wal_sender_timeout'),
+    'cluster_name', current_setting('cluster_name'))
+)::text
+FROM s, w`
+}
+
+// probeDoc is the JSON document probeQuery returns.
+type probeDoc struct {
+	NodeStatus
+	Walfile  *string            `json:"walfile"`
+	Settings map[string]*string `json:"settings"`
+}
+
+// decodeProbe fills st from the probe's JSON document. It is separate from
+// the connection so it can be tested on recorded documents.
+func decodeProbe(doc []byte, node config.Node, st *NodeStatus) error {
+	var d probeDoc
+	if err := json.Unmarshal(doc, &d); err != nil {
+		return fmt.Errorf("decode probe result: %w", err)
+	}
+	name := st.Name
+	*st = d.NodeStatus
+	st.Name = name
+	st.Settings = decodeSettings(d.Settings, node)
+
+	switch {
+	case !st.InRecovery && d.Walfile != nil:
+		tli, err := timelineFromWALFile(*d.Walfile)
+		if err != nil {
+			return err
+		}
+		st.Timeline = &tli
+	case st.InRecovery && st.WALReceiver != nil && st.WALReceiver.ReceivedTLI != nil && *st.WALReceiver.ReceivedTLI > 0:
+		tli := *st.WALReceiver.ReceivedTLI
+		st.Timeline = &tli
+	}
+	if st.WALReceiver != nil && st.WALReceiver.Conninfo != nil {
+		s := config.Scrub(*st.WALReceiver.Conninfo)
+		st.WALReceiver.Conninfo = &s
+	}
+	// Reachable and none is [], unreadable stays null.
+	if st.Replication == nil {
+		st.Replication = []Replication{}
+	}
+	if st.Slots == nil {
+		st.Slots = []Slot{}
+	}
+	if pos := slotReference(st); pos != nil {
+		for i := range st.Slots {
+			st.Slots[i].RetainedBytes = Lag(pos, st.Slots[i].RestartLSN)
+		}
+	}
+	return nil
+}
+
+// slotReference is the position slots retain WAL up to: the insert point on
+// a primary, the received WAL on a cascading replica.
+func slotReference(st *NodeStatus) *LSN {
+	if st.InRecovery {
+		if st.ReceiveLSN != nil {
+			return st.ReceiveLSN
+		}
+		return st.ReplayLSN
+	}
+	return st.CurrentLSN
+}
+
+func decodeSettings(m map[string]*string, node config.Node) Settings {
+	str := func(k string) *string {
+		if v := m[k]; v != nil {
+			s := *v
+			return &s
+		}
+		return nil
+	}
+	var s Settings
+	s.SynchronousStandbyNames = str("synchronous_standby_names")
+	s.SynchronousCommit = str("synchronous_commit")
+	s.RecoveryTargetTimeline = str("recovery_target_timeline")
+	s.PrimarySlotName = str("primary_slot_name")
+	s.ClusterName = str("cluster_name")
+	if c := str("primary_conninfo"); c != nil {
+		v := config.Scrub(*c, node.DSN)
+		s.PrimaryConninfo = &v
+	}
+	s.WALReceiverTimeoutMS = millis(m["wal_receiver_timeout"])
+	s.WALSenderTimeoutMS = millis(m["wal_sender_timeout"])
+	if s.SynchronousStandbyNames != nil {
+		ss, err := ParseSyncStandbyNames(*s.SynchronousStandbyNames)
+		if err != nil {
+			s.SyncStandbysError = err.Error()
+		} else {
+			s.SyncStandbys = &ss
+		}
+	}
+	return s
+}
+
+// millis reads a time setting as SHOW prints it ("1min", "500ms", "0",
+// "-1"; a bare number is in the parameters' unit, milliseconds).
+func millis(p *string) *int64 {
+	if p == nil {
+		return nil
+	}
+	v := strings.TrimSpace(*p)
+	end := 0
+	for end < len(v) && (v[end] == '-' || v[end] >= '0' && v[end] <= '9') {
+		end++
+	}
+	n, err := strconv.ParseInt(v[:end], 10, 64)
+	if err != nil {
+		return nil
+	}
+	mult := map[string]int64{"": 1, "ms": 1, "s": 1000, "min": 60000, "h": 3600000, "d": 86400000}
+	m, ok := mult[strings.TrimSpace(v[end:])]
+	if !ok {
+		return nil
+	}
+	if n > 0 {
+		n *= m
+	}
+	return &n
+}
+
+// oneLine folds pgx's multi-line connection errors (one line per address
+// tried, often twice with sslmode=prefer) so they fit a table cell and a log
+// line.
+func oneLine(s string) string {
+	lines := strings.Split(s, "\n")
+	var out []string
+	for _, l := range lines {
+		l = strings.TrimSpace(l)
+		if l != "" && !slices.Contains(out, l) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, " ")
+}

@@ -1,0 +1,154 @@
+package topology
+
+import (
+	"context"
+	"time"
+
+	"github.com/replctl/replctl/config"
+)
+
+// Prober reads one node's replication state. It never changes anything on
+// the node. Probe returns a NodeStatus with Reachable false and Error set
+// when the node cannot be read; it returns within the ctx deadline.
+type Prober interface {
+	Probe(ctx context.Context, node config.Node) NodeStatus
+}
+
+// NodeStatus is what one probe read from one node, as PostgreSQL reported
+// it. A nil pointer means the value could not be read (the node is down, the
+// role lacks pg_monitor, the column does not apply): unknown, never zero.
+type NodeStatus struct {
+	Name      string `json:"name"`
+	Reachable bool   `json:"reachable"`
+	// Error says why the node could not be read; passwords are scrubbed.
+	Error string `json:"error"`
+	// ServerTime is now() on the node when it was probed; replay delays are
+	// computed on the primary's clock, never on the operator's.
+	ServerTime *time.Time `json:"server_time"`
+	// VersionNum is server_version_num, e.g. 150018.
+	VersionNum int    `json:"server_version_num"`
+	Version    string `json:"server_version"`
+	// SystemID is pg_control_system().system_identifier as a decimal
+	// string: it exceeds 2^53 and so cannot be a JSON number. "" is unknown.
+	SystemID   string `json:"system_identifier"`
+	InRecovery bool   `json:"in_recovery"`
+	// Timeline is the node's current timeline: from the WAL file being
+	// written on a primary, from the WAL receiver on a replica. Nil when a
+	// replica has no WAL receiver: the checkpoint's timeline may be stale.
+	Timeline *uint32 `json:"timeline"`
+	// CheckpointTimeline is the last checkpoint's timeline, for diagnosis
+	// only: it stays on the old timeline for a while after a promotion.
+	CheckpointTimeline *uint32 `json:"checkpoint_timeline"`
+	// CurrentLSN is pg_current_wal_lsn() on a primary.
+	CurrentLSN *LSN `json:"current_lsn"`
+	// ReceiveLSN and ReplayLSN are pg_last_wal_receive_lsn() and
+	// pg_last_wal_replay_lsn() on a replica.
+	ReceiveLSN *LSN `json:"receive_lsn"`
+	ReplayLSN  *LSN `json:"replay_lsn"`
+	// ReplayPauseState is pg_get_wal_replay_pause_state(): "not paused",
+	// "pause requested" or "paused"; "" on a primary.
+	ReplayPauseState string `json:"replay_pause_state"`
+	// LastReplayTime is pg_last_xact_replay_timestamp(): the commit time of
+	// the last transaction replayed, nil before the first one.
+	LastReplayTime *time.Time    `json:"last_xact_replay_timestamp"`
+	WALReceiver    *WALReceiver  `json:"wal_receiver"`
+	Replication    []Replication `json:"replication"`
+	Slots          []Slot        `json:"slots"`
+	Settings       Settings      `json:"settings"`
+}
+
+// ReplayPaused reports whether replay is paused or a pause was requested.
+func (n *NodeStatus) ReplayPaused() bool {
+	return n.ReplayPauseState == "paused" || n.ReplayPauseState == "pause requested"
+}
+
+// Position is the node's own WAL position: current on a primary, replayed
+// on a replica. Nil when unknown.
+func (n *NodeStatus) Position() *LSN {
+	if n.InRecovery {
+		return n.ReplayLSN
+	}
+	return n.CurrentLSN
+}
+
+// Major is the PostgreSQL major version (15 for 150018), 0 when unknown.
+func (n *NodeStatus) Major() int { return n.VersionNum / 10000 }
+
+// WALReceiver is the node's row of pg_stat_wal_receiver.
+type WALReceiver struct {
+	PID    *int   `json:"pid"`
+	Status string `json:"status"` // "" when the role may not read it
+	// SenderHost and SenderPort are the upstream the receiver connected to.
+	SenderHost         *string    `json:"sender_host"`
+	SenderPort         *int       `json:"sender_port"`
+	SlotName           *string    `json:"slot_name"`
+	ReceiveStartLSN    *LSN       `json:"receive_start_lsn"`
+	ReceivedTLI        *uint32    `json:"received_tli"`
+	WrittenLSN         *LSN       `json:"written_lsn"`
+	FlushedLSN         *LSN       `json:"flushed_lsn"`
+	LatestEndLSN       *LSN       `json:"latest_end_lsn"`
+	LatestEndTime      *time.Time `json:"latest_end_time"`
+	LastMsgSendTime    *time.Time `json:"last_msg_send_time"`
+	LastMsgReceiptTime *time.Time `json:"last_msg_receipt_time"`
+	// Conninfo is the receiver's connection string, passwords scrubbed.
+	Conninfo *string `json:"conninfo"`
+}
+
+// Replication is one row of pg_stat_replication: a walsender serving a
+// standby (or pg_basebackup, or pg_receivewal).
+type Replication struct {
+	PID             *int       `json:"pid"`
+	ApplicationName *string    `json:"application_name"`
+	ClientAddr      *string    `json:"client_addr"`
+	ClientHostname  *string    `json:"client_hostname"`
+	ClientPort      *int       `json:"client_port"`
+	State           *string    `json:"state"`
+	SentLSN         *LSN       `json:"sent_lsn"`
+	WriteLSN        *LSN       `json:"write_lsn"`
+	FlushLSN        *LSN       `json:"flush_lsn"`
+	ReplayLSN       *LSN       `json:"replay_lsn"`
+	WriteLagSeconds *float64   `json:"write_lag_seconds"`
+	FlushLagSeconds *float64   `json:"flush_lag_seconds"`
+	ReplayLagSecs   *float64   `json:"replay_lag_seconds"`
+	SyncPriority    *int       `json:"sync_priority"`
+	SyncState       *string    `json:"sync_state"`
+	ReplyTime       *time.Time `json:"reply_time"`
+}
+
+// Streaming reports whether the walsender is in the streaming state.
+func (r Replication) Streaming() bool { return r.State != nil && *r.State == "streaming" }
+
+// Slot is one row of pg_replication_slots.
+type Slot struct {
+	Name       string  `json:"slot_name"`
+	Type       string  `json:"slot_type"`
+	Temporary  bool    `json:"temporary"`
+	Active     bool    `json:"active"`
+	ActivePID  *int    `json:"active_pid"`
+	RestartLSN *LSN    `json:"restart_lsn"`
+	WALStatus  *string `json:"wal_status"`
+	// SafeWALSize is how many more bytes can be written before the slot
+	// loses WAL (max_slot_wal_keep_size); nil when unlimited.
+	SafeWALSize *int64 `json:"safe_wal_size"`
+	// RetainedBytes is WAL kept for the slot: the node's position minus
+	// restart_lsn. This is the disk-space risk of a lagging or dead slot.
+	RetainedBytes *uint64 `json:"retained_bytes"`
+}
+
+// Settings are the configuration parameters promotion and the checks need.
+// Nil when the role may not read them (primary_conninfo is superuser-only).
+type Settings struct {
+	SynchronousStandbyNames *string `json:"synchronous_standby_names"`
+	// SyncStandbys is synchronous_standby_names parsed; nil when unknown or
+	// unparseable (SyncStandbysError says why).
+	SyncStandbys           *SyncStandbys `json:"sync_standbys"`
+	SyncStandbysError      string        `json:"sync_standbys_error,omitempty"`
+	SynchronousCommit      *string       `json:"synchronous_commit"`
+	RecoveryTargetTimeline *string       `json:"recovery_target_timeline"`
+	// PrimaryConninfo has its password scrubbed.
+	PrimaryConninfo      *string `json:"primary_conninfo"`
+	PrimarySlotName      *string `json:"primary_slot_name"`
+	WALReceiverTimeoutMS *int64  `json:"wal_receiver_timeout_ms"`
+	WALSenderTimeoutMS   *int64  `json:"wal_sender_timeout_ms"`
+	ClusterName          *string `json:"cluster_name"`
+}
