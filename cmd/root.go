@@ -79,6 +79,12 @@ fencing lock. Dry-runs print exactly the steps a real run would execute.`,
 
 	root.AddCommand(
 		newCmdVersion(f, nil),
+		newCmdStatus(f, nil),
+		newCmdCheck(f, nil),
+		newCmdEndpoints(f, nil),
+		newCmdLock(f),
+		newCmdHistory(f, nil),
+		newCmdPromote(f, nil),
 		newCmdTestenv(f),
 	)
 	root.CompletionOptions.HiddenDefaultCmd = false

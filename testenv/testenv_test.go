@@ -684,7 +684,7 @@ func TestRenderConfig(t *testing.T) {
 	for _, want := range []string{
 		`cluster: "yes"`,
 		`endpoints: ["127.0.0.1:2379"]`,
-		"  - name: pg2\n    dsn: \"host=127.0.0.1 port=5433 user=postgres dbname=postgres\"\n    zone: z2\n",
+		"  - name: pg2\n    dsn: \"host=127.0.0.1 port=5433 user=postgres dbname=postgres sslmode=disable\"\n    zone: z2\n",
 		`stop: "runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -w -t 60 stop -m fast"`,
 		`start: "runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -l '/t d/pg1/server.log' -w -t 60 start"`,
 		`kill: "kill -9 $(head -n 1 '/t d/pg1/data/postmaster.pid')"`,

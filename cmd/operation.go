@@ -1,0 +1,169 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/replctl/replctl/checks"
+	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover"
+)
+
+// readRecord reads the fencing lock and the cluster record from etcd for
+// status and planning. It never writes.
+func readRecord(ctx context.Context, cfg *config.Config) (*recordInfo, error) {
+	if !cfg.Etcd.Configured() {
+		return nil, errEtcdNotConfigured
+	}
+	cli, err := failover.Connect(ctx, cfg.Etcd)
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	return readRecordWith(ctx, cli, cfg)
+}
+
+func readRecordWith(ctx context.Context, cli *clientv3.Client, cfg *config.Config) (*recordInfo, error) {
+	info := &recordInfo{}
+	h, err := failover.ReadLockHolder(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
+	if err != nil {
+		return nil, err
+	}
+	if h != nil {
+		info.Lock = &lockInfo{Held: true, Holder: h.Describe(time.Now()), Token: h.Token}
+	}
+	st, _, err := failover.ReadState(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
+	if err != nil {
+		return nil, err
+	}
+	if st != nil {
+		info.RecordedPrimary = st.Primary
+		for _, fn := range st.Fenced {
+			info.Fenced = append(info.Fenced, fn.Node)
+		}
+		info.State = st
+	}
+	return info, nil
+}
+
+// operation runs a plan under the cluster lock and prints its progress on
+// stderr; the engine itself is failover.RunOperation.
+type operation struct {
+	f    *Factory
+	spec failover.OperationSpec
+}
+
+func (o *operation) run(ctx context.Context, p *failover.Plan, env *failover.Env) *failover.Result {
+	total := len(p.Steps)
+	index := map[string]int{}
+	for i, s := range p.Steps {
+		index[s.ID] = i + 1
+	}
+	o.spec.Sink = func(e failover.Event) { o.printEvent(e, index[e.StepID], total) }
+	o.spec.Now = o.f.Now
+	o.spec.OnWait = func(h *failover.LockHolder) {
+		fmt.Fprintf(o.f.IO.ErrOut, "waiting up to %s for the lock: %s\n", o.spec.LockWait, h.Describe(time.Now()))
+	}
+	env.Progress = func(step, msg string) {
+		if o.f.IO.StdoutTTY || o.f.Verbose {
+			fmt.Fprintf(o.f.IO.ErrOut, "      %s\n", msg)
+		}
+	}
+	return failover.RunOperation(ctx, o.spec, p, env)
+}
+
+func (o *operation) printEvent(e failover.Event, i, total int) {
+	w := o.f.IO.ErrOut
+	switch e.Type {
+	case failover.StepStarted:
+		fmt.Fprintf(w, "[%d/%d] %s\n", i, total, e.Description)
+	case failover.StepDone:
+		fmt.Fprintf(w, "      done in %s\n", roundDur(e.Duration))
+	case failover.StepFailed:
+		fmt.Fprintf(w, "      FAILED after %s: %s\n", roundDur(e.Duration), e.Error)
+	case failover.StepUndone:
+		fmt.Fprintf(w, "[undo] %s: done in %s\n", e.Description, roundDur(e.Duration))
+	case failover.StepUndoFailed:
+		fmt.Fprintf(w, "[undo] %s: FAILED: %s\n", e.Description, e.Error)
+	}
+}
+
+func roundDur(d time.Duration) time.Duration {
+	switch {
+	case d >= 10*time.Second:
+		return d.Round(100 * time.Millisecond)
+	case d >= time.Second:
+		return d.Round(10 * time.Millisecond)
+	default:
+		return d.Round(100 * time.Microsecond)
+	}
+}
+
+// resultCode maps an operation's result to the exit code.
+func resultCode(res *failover.Result) error {
+	switch res.Outcome {
+	case failover.OutcomeSucceeded:
+		return nil
+	case failover.OutcomePartial:
+		return &ExitError{Code: ExitPartial, Err: fmt.Errorf("partly done: %w; remaining: %s", res.Err, strings.Join(res.Remaining, "; "))}
+	}
+	var held *failover.LockHeldError
+	var refused *failover.RefusedError
+	var changed *failover.PlanChangedError
+	var lost *failover.LockLostError
+	switch {
+	case errors.As(res.Err, &held):
+		return lockError(held)
+	case errors.As(res.Err, &refused), errors.As(res.Err, &changed):
+		return &ExitError{Code: ExitUnsafe, Err: res.Err}
+	case errors.As(res.Err, &lost):
+		return &ExitError{Code: ExitFailed, Err: fmt.Errorf("%w: the operation stopped; completed steps were undone (see above), so the cluster is as it was unless an undo failed", res.Err)}
+	}
+	return &ExitError{Code: ExitFailed, Err: res.Err}
+}
+
+// writeChecks prints preflight results as a table.
+func writeChecks(w io.Writer, tty bool, rs []checks.Result) error {
+	var rows [][]string
+	for _, r := range rs {
+		msg := r.Message
+		if r.Level != checks.OK && r.Hint != "" {
+			msg += ": " + r.Hint
+		}
+		rows = append(rows, []string{strings.ToUpper(r.Level.String()), r.Name, dash(r.Node), msg})
+	}
+	return writeTable(w, tty, []string{"LEVEL", "CHECK", "NODE", "MESSAGE"}, rows)
+}
+
+// writePlan prints a plan's steps, numbered, and its notes.
+func writePlan(w io.Writer, p *failover.Plan) {
+	for i, s := range p.Steps {
+		fmt.Fprintf(w, "%2d. %s\n", i+1, s.Description)
+		if s.UndoDescription != "" {
+			fmt.Fprintf(w, "    undo: %s\n", s.UndoDescription)
+		}
+	}
+	for _, n := range p.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+}
+
+// lockPreflight reports whether the lock is free (dry-runs only report it).
+func lockPreflight(obs observation, cfg *config.Config) checks.Result {
+	r := checks.Result{Name: "lock", Level: checks.OK, Code: "ok", Message: "the cluster lock is free"}
+	switch {
+	case !cfg.Etcd.Configured():
+		r.Level, r.Code, r.Message, r.Hint = checks.Critical, "lock", "etcd is not configured: no fencing lock", "add etcd.endpoints to "+cfg.File
+	case obs.RecordErr != nil:
+		r.Level, r.Code, r.Message, r.Hint = checks.Critical, "lock", "etcd: "+obs.RecordErr.Error(), "the lock cannot be taken while etcd is unreachable"
+	case obs.Record != nil && obs.Record.Lock != nil:
+		r.Level, r.Code, r.Message, r.Hint = checks.Critical, "lock", "held by "+obs.Record.Lock.Holder, "wait for it, or use --lock-wait"
+	}
+	return r
+}

@@ -1,0 +1,298 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/replctl/replctl/checks"
+	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover"
+)
+
+// PromoteOptions are the inputs of replctl promote.
+type PromoteOptions struct {
+	IO      *IOStreams
+	Config  func() (*config.Config, error)
+	Etcd    func(context.Context) (*clientv3.Client, error)
+	Factory *Factory
+	Output  string
+	Timeout time.Duration
+
+	Node           string
+	DryRun         bool
+	Yes            bool
+	MaxLag         config.Size
+	CatchupTimeout time.Duration
+	NoRejoin       bool
+	RequireStop    bool
+	LockWait       time.Duration
+	// Command is the command line, recorded in the lock and the history.
+	Command []string
+}
+
+func newCmdPromote(f *Factory, runF func(context.Context, *PromoteOptions) error) *cobra.Command {
+	o := &PromoteOptions{IO: f.IO, Config: f.Config, Etcd: f.Etcd, Factory: f, MaxLag: 16 << 20}
+	c := &cobra.Command{
+		Use:   "promote [NODE]",
+		Short: "Switch the primary role over to a replica, guarded by the fencing lock",
+		Long: `Planned switchover: move the primary role to NODE (or the best candidate) with no
+lost acknowledged write, a short write outage and never two writable primaries.
+
+The plan is computed from the observed topology and printed; --dry-run runs
+every preflight check read-only, prints the checks and the plan, and exits 0
+when a real run would proceed, 4 when it would be refused. A dry-run changes
+nothing: no etcd write, no SQL that writes, no node command.
+
+A real run takes the cluster lock, re-reads the topology under it and refuses
+if the plan changed, waits for the candidate to catch up, fences the old
+primary (a clean stop through commands.stop, or the SQL fence without one),
+waits for the candidate to replay the final WAL position, promotes it,
+repoints the other replicas, rejoins the old primary through commands.rejoin
+(unless --no-rejoin), carries the synchronous replication settings over, and
+records the new state and the operation in etcd. A failure before the
+promotion undoes the fence and leaves the old primary serving.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(f); err != nil {
+				return err
+			}
+			if len(args) == 1 {
+				o.Node = args[0]
+			}
+			if o.CatchupTimeout <= 0 {
+				return usageError("--catchup-timeout must be positive, e.g. 30s")
+			}
+			o.Output, o.Timeout = f.Output, f.Timeout
+			o.Command = commandLine(cmd, args)
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return runPromote(cmd.Context(), o)
+		},
+	}
+	fl := c.Flags()
+	fl.BoolVar(&o.DryRun, "dry-run", false, "run the preflight read-only and print the plan; change nothing")
+	fl.BoolVarP(&o.Yes, "yes", "y", false, "do not ask for confirmation (required without a terminal)")
+	fl.Var(&o.MaxLag, "max-lag", "refuse when the candidate's replay lag exceeds `SIZE`")
+	fl.DurationVar(&o.CatchupTimeout, "catchup-timeout", 30*time.Second, "how long to wait for the candidate to catch up and replay the final position")
+	fl.BoolVar(&o.NoRejoin, "no-rejoin", false, "leave the old primary fenced instead of rejoining it as a replica")
+	fl.BoolVar(&o.RequireStop, "require-stop", false, "refuse unless the primary can be stopped (commands.stop): no SQL fence")
+	addLockWaitFlag(c, &o.LockWait)
+	return c
+}
+
+// promoteReport is the result of promote, the same for every format.
+type promoteReport struct {
+	DryRun    bool             `json:"dry_run"`
+	Kind      string           `json:"kind"`
+	Cluster   string           `json:"cluster"`
+	Primary   string           `json:"primary"`
+	Candidate string           `json:"candidate"`
+	Choice    *checks.Ranking  `json:"choice,omitempty"`
+	Checks    []checks.Result  `json:"checks"`
+	Proceed   bool             `json:"would_proceed"`
+	Plan      *failover.Plan   `json:"plan"`
+	Result    *failover.Result `json:"result,omitempty"`
+	Error     string           `json:"error,omitempty"`
+	// WriteOutageSeconds is the time from the fence to the promoted
+	// candidate accepting writes, null when no promotion ran.
+	WriteOutageSeconds *float64 `json:"write_outage_seconds"`
+}
+
+func runPromote(ctx context.Context, o *PromoteOptions) error {
+	cfg, err := o.Config()
+	if err != nil {
+		return err
+	}
+	if !cfg.Etcd.Configured() && !o.DryRun {
+		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("promote needs etcd for the fencing lock: add etcd.endpoints to %s", cfg.File)}
+	}
+	if o.Node != "" {
+		if _, ok := cfg.Node(o.Node); !ok {
+			return &ExitError{Code: ExitUsage, Err: fmt.Errorf("node %q is not in %s: configured nodes are %v", o.Node, cfg.File, cfg.NodeNames())}
+		}
+	}
+	var cli *clientv3.Client
+	if cfg.Etcd.Configured() {
+		cli, err = o.Etcd(ctx)
+		if err != nil && !o.DryRun {
+			return err
+		}
+		if cli != nil {
+			defer cli.Close()
+		}
+	}
+	recordFn := func(rctx context.Context) (*recordInfo, error) {
+		if cli == nil {
+			if err != nil {
+				return nil, err
+			}
+			return nil, errEtcdNotConfigured
+		}
+		return readRecordWith(rctx, cli, cfg)
+	}
+	obs := observe(ctx, cfg, o.Timeout, nil, recordFn)
+	rep := &promoteReport{DryRun: o.DryRun, Kind: "switchover", Cluster: cfg.Cluster, Primary: string(obs.Snap.Primary)}
+
+	plan, results, perr := o.plan(cfg, obs, rep, nil)
+	results = append(results, lockPreflight(obs, cfg))
+	rep.Checks = results
+	failed := checks.Failed(results)
+	rep.Proceed = len(failed) == 0 && perr == nil
+	rep.Plan = plan
+
+	if o.DryRun || len(failed) > 0 || perr != nil {
+		if err := o.render(rep); err != nil {
+			return err
+		}
+		switch {
+		case len(failed) > 0:
+			return &ExitError{Code: ExitUnsafe, Err: &failover.RefusedError{Failed: failed}}
+		case perr != nil:
+			return &ExitError{Code: ExitUnsafe, Err: perr}
+		}
+		return nil
+	}
+
+	// A real run: show the plan where someone can read it, then confirm.
+	if o.Output == "table" {
+		fmt.Fprintf(o.IO.ErrOut, "Switchover of %s from %s to %s (%s fence):\n", cfg.Cluster, rep.Primary, rep.Candidate, plan.Fence)
+		writePlan(o.IO.ErrOut, plan)
+	}
+	if err := o.IO.Confirm(fmt.Sprintf("Promote %s and demote %s?", rep.Candidate, rep.Primary), o.Yes); err != nil {
+		return err
+	}
+	ctl := failover.NewPG(cfg, o.Timeout)
+	defer ctl.Close()
+	env := &failover.Env{Ctl: ctl}
+	plan, _, err = o.plan(cfg, obs, &promoteReport{}, env)
+	if err != nil {
+		return &ExitError{Code: ExitUnsafe, Err: err}
+	}
+	op := &operation{f: o.Factory, spec: failover.OperationSpec{
+		Cfg: cfg, Cli: cli, Kind: "switchover", Command: o.Command, LockWait: o.LockWait,
+		Params: map[string]string{"candidate": rep.Candidate, "primary": rep.Primary, "fence": plan.Fence,
+			"max_lag": o.MaxLag.String(), "catchup_timeout": o.CatchupTimeout.String(), "no_rejoin": fmt.Sprint(o.NoRejoin)},
+		Rebuild: func(ctx context.Context) (*failover.Plan, []checks.Result, error) {
+			obs := observe(ctx, cfg, o.Timeout, nil, func(rctx context.Context) (*recordInfo, error) { return readRecordWith(rctx, cli, cfg) })
+			return o.plan(cfg, obs, &promoteReport{}, nil)
+		},
+	}}
+	res := op.run(ctx, plan, env)
+	rep.Result = res
+	if res.Err != nil {
+		rep.Error = res.Err.Error()
+	}
+	rep.WriteOutageSeconds = writeOutage(res)
+	if err := o.render(rep); err != nil {
+		return err
+	}
+	return resultCode(res)
+}
+
+// plan chooses the candidate, runs the preflight and builds the plan from
+// one observation: the same function for the dry-run, the real run and the
+// re-check under the lock.
+func (o *PromoteOptions) plan(cfg *config.Config, obs observation, rep *promoteReport, env *failover.Env) (*failover.Plan, []checks.Result, error) {
+	p, rank, results, err := failover.PlanSwitchover(cfg, obs.Snap, failover.SwitchoverOptions{
+		Candidate: o.Node, MaxLag: uint64(o.MaxLag), CatchupTimeout: o.CatchupTimeout, NoRejoin: o.NoRejoin, RequireStop: o.RequireStop,
+	}, env)
+	rep.Choice = rank
+	rep.Candidate = o.Node
+	if rank != nil {
+		rep.Candidate = rank.Chosen
+	}
+	return p, results, err
+}
+
+func (o *PromoteOptions) render(rep *promoteReport) error {
+	return render(o.IO, o.Output, rep, func(w io.Writer) error { return writePromoteText(w, o.IO.StdoutTTY, rep) })
+}
+
+func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
+	if rep.Choice != nil {
+		fmt.Fprintf(w, "Candidate: %s (%s)\n", rep.Choice.Chosen, rep.Choice.Why)
+		for _, n := range sortedKeys(rep.Choice.Rejected) {
+			fmt.Fprintf(w, "  not %s: %s\n", n, rep.Choice.Rejected[n])
+		}
+	}
+	if rep.Result == nil {
+		fmt.Fprintln(w, "Preflight:")
+		if err := writeChecks(w, tty, rep.Checks); err != nil {
+			return err
+		}
+		if rep.Plan != nil {
+			fmt.Fprintf(w, "\nPlan (switchover %s -> %s, %s fence):\n", rep.Primary, rep.Candidate, rep.Plan.Fence)
+			writePlan(w, rep.Plan)
+		}
+		if rep.DryRun {
+			if rep.Proceed {
+				fmt.Fprintln(w, "\nDry-run: a real run would proceed. Nothing was changed.")
+			} else {
+				fmt.Fprintln(w, "\nDry-run: a real run would be refused (see the failed checks). Nothing was changed.")
+			}
+		}
+		return nil
+	}
+	var rows [][]string
+	for _, s := range rep.Result.Steps {
+		rows = append(rows, []string{s.ID, s.Outcome, roundDur(s.Duration).String(), s.Error})
+	}
+	if err := writeTable(w, tty, []string{"STEP", "OUTCOME", "DURATION", "ERROR"}, rows); err != nil {
+		return err
+	}
+	if rep.WriteOutageSeconds != nil {
+		fmt.Fprintf(w, "Write outage (fence to writable %s): %.3fs\n", rep.Candidate, *rep.WriteOutageSeconds)
+	}
+	switch rep.Result.Outcome {
+	case failover.OutcomeSucceeded:
+		fmt.Fprintf(w, "Switchover done: %s is the primary.\n", rep.Candidate)
+	case failover.OutcomePartial:
+		fmt.Fprintf(w, "Partly done: %s is the primary, but some steps failed. Remaining:\n", rep.Candidate)
+		for _, r := range rep.Result.Remaining {
+			fmt.Fprintf(w, "  - %s\n", r)
+		}
+	default:
+		fmt.Fprintf(w, "Switchover failed; %s remains the primary: %s\n", rep.Primary, rep.Error)
+	}
+	for _, n := range rep.Plan.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	return nil
+}
+
+// writeOutage measures the write outage from the fence's start to the
+// promotion's end, from the step results.
+func writeOutage(res *failover.Result) *float64 {
+	var fence, promoted time.Time
+	for _, s := range res.Steps {
+		switch s.ID {
+		case failover.StepFence:
+			fence = s.Start
+		case failover.StepPromote:
+			if s.Outcome == "done" {
+				promoted = s.End
+			}
+		}
+	}
+	if fence.IsZero() || promoted.IsZero() {
+		return nil
+	}
+	v := promoted.Sub(fence).Seconds()
+	return &v
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

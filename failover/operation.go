@@ -1,0 +1,200 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/replctl/replctl/checks"
+	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/topology"
+)
+
+// RefusedError is a refusal by preflight checks: nothing was changed.
+type RefusedError struct {
+	Failed []checks.Result
+	// UnderLock is set when the refusal came from the re-check under the
+	// lock, i.e. the cluster changed after the plan was shown.
+	UnderLock bool
+}
+
+func (e *RefusedError) Error() string {
+	var parts []string
+	for _, r := range e.Failed {
+		s := r.Name
+		if r.Node != "" {
+			s += " (" + r.Node + ")"
+		}
+		s += ": " + r.Message
+		if r.Hint != "" {
+			s += ": " + r.Hint
+		}
+		parts = append(parts, s)
+	}
+	prefix := "refused: "
+	if e.UnderLock {
+		prefix = "refused under the lock: "
+	}
+	return prefix + strings.Join(parts, "; ")
+}
+
+// PlanChangedError means the plan rebuilt under the lock differs from the
+// one shown (and confirmed): the topology changed in between.
+type PlanChangedError struct{ Diff string }
+
+func (e *PlanChangedError) Error() string {
+	return fmt.Sprintf("the topology changed since the plan was made (now: %s): nothing was changed; run the command again", e.Diff)
+}
+
+// OperationSpec describes an operation that runs a plan under the lock.
+type OperationSpec struct {
+	Cfg *config.Config
+	Cli *clientv3.Client
+	// Kind and Params are recorded in the history.
+	Kind   string
+	Params map[string]string
+	// Command is the command line recorded as the lock holder's.
+	Command []string
+	// LockWait is how long to wait for a held lock (0 fails fast).
+	LockWait time.Duration
+	OnWait   func(*LockHolder)
+	// Held is a lock the caller already holds (a drill holds it for all its
+	// steps); the operation then neither takes nor releases it, nor starts
+	// a history record of its own: the caller records its steps.
+	Held *Lock
+	// Rebuild re-plans from a fresh look at the cluster under the lock and
+	// returns the preflight results with it.
+	Rebuild func(ctx context.Context) (*Plan, []checks.Result, error)
+	Sink    Sink
+	Now     func() time.Time
+}
+
+// RunOperation executes p, built with env, under the cluster lock. The
+// plan's first step (StepLock) takes the lock, re-reads the topology under
+// it and refuses with a *PlanChangedError when the plan would now differ
+// from p, or a *RefusedError when the preflight now fails. The lock's loss
+// cancels the remaining steps. The operation is recorded in the history.
+func RunOperation(ctx context.Context, spec OperationSpec, p *Plan, env *Env) *Result {
+	opCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var lock *Lock
+	var op *Operation
+	watch := func(l *Lock) {
+		go func() {
+			<-l.Context().Done()
+			if err := l.Err(); err != nil && !errors.Is(err, ErrReleased) {
+				cancel(err)
+			}
+		}()
+	}
+	env.Acquire = func(actx context.Context) error {
+		if spec.Held != nil {
+			if err := spec.Held.Err(); err != nil {
+				return err
+			}
+			lock = spec.Held
+			watch(lock)
+		} else {
+			l, err := Acquire(actx, spec.Cli, LockOptions{
+				Prefix: spec.Cfg.Etcd.Prefix, Cluster: spec.Cfg.Cluster, TTL: spec.Cfg.Lock.TTL, Wait: spec.LockWait,
+				HistoryKeep: spec.Cfg.History.Keep, Actor: CurrentActor(spec.Command), OnWait: spec.OnWait,
+			})
+			if err != nil {
+				return err
+			}
+			lock = l
+			watch(l)
+			if op, err = l.StartOperation(actx, spec.Kind, spec.Params); err != nil {
+				return err
+			}
+		}
+		env.Lock = lock
+		p2, results, err := spec.Rebuild(actx)
+		if failed := checks.Failed(results); len(failed) > 0 {
+			return &RefusedError{Failed: failed, UnderLock: true}
+		}
+		if err != nil {
+			return err
+		}
+		if want, got := p.Descriptions(), p2.Descriptions(); !slices.Equal(want, got) {
+			return &PlanChangedError{Diff: firstDifference(want, got)}
+		}
+		return nil
+	}
+	env.OperationID = func() string {
+		if op == nil {
+			return ""
+		}
+		return op.ID()
+	}
+	sink := func(e Event) {
+		if spec.Sink != nil {
+			spec.Sink(e)
+		}
+		if op != nil && e.Type != StepProgress {
+			_ = op.Observe(opCtx, e)
+		}
+	}
+	res := Execute(opCtx, p, env, sink, spec.Now)
+	if res.Err != nil && res.Outcome == OutcomeFailed {
+		if cause := context.Cause(opCtx); cause != nil && !errors.Is(res.Err, cause) {
+			res.Err = errors.Join(res.Err, cause)
+		}
+	}
+	if op != nil {
+		outcome := res.Outcome
+		var lost *LockLostError
+		if errors.As(res.Err, &lost) {
+			outcome = OutcomeLockLost
+		}
+		_ = op.Finish(context.WithoutCancel(ctx), outcome, res.Err)
+	}
+	if lock != nil && spec.Held == nil {
+		if err := lock.Release(context.WithoutCancel(ctx)); err != nil {
+			res.Err = errors.Join(res.Err, err)
+		}
+	}
+	return res
+}
+
+func firstDifference(a, b []string) string {
+	for i := 0; i < max(len(a), len(b)); i++ {
+		switch {
+		case i >= len(a):
+			return "an extra step: " + b[i]
+		case i >= len(b):
+			return "a step fewer: " + a[i]
+		case a[i] != b[i]:
+			return fmt.Sprintf("step %d would be %q", i+1, b[i])
+		}
+	}
+	return "same steps"
+}
+
+// PlanSwitchover chooses the candidate (when opts.Candidate is empty), runs
+// the switchover preflight and builds the plan, all from one snapshot: the
+// same function serves the dry-run, the real run and the re-check under the
+// lock. A nil plan with failed results means refused.
+func PlanSwitchover(cfg *config.Config, snap *topology.Snapshot, opts SwitchoverOptions, env *Env) (*Plan, *checks.Ranking, []checks.Result, error) {
+	var rank *checks.Ranking
+	if opts.Candidate == "" {
+		r, err := checks.ChooseSwitchoverCandidate(snap)
+		if err != nil {
+			return nil, nil, []checks.Result{{Name: "candidate", Level: checks.Critical, Code: "candidate", Message: err.Error(),
+				Hint: "name a node, or fix the replicas so one is eligible"}}, nil
+		}
+		rank = &r
+		opts.Candidate = r.Chosen
+	}
+	results := checks.SwitchoverPreflight(snap, cfg, checks.SwitchoverOptions{Candidate: opts.Candidate, MaxLag: opts.MaxLag, RequireStop: opts.RequireStop})
+	if len(checks.Failed(results)) > 0 {
+		return nil, rank, results, nil
+	}
+	p, err := BuildSwitchoverPlan(cfg, snap, opts, env)
+	return p, rank, results, err
+}

@@ -1,0 +1,459 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/topology"
+)
+
+// Controller changes nodes: the operations promotion is made of. PG is the
+// one real implementation; plans are built without one.
+type Controller interface {
+	Checkpoint(ctx context.Context, node string) error
+	CurrentLSN(ctx context.Context, node string) (topology.LSN, error)
+	ReceiveReplay(ctx context.Context, node string) (recv, replay topology.LSN, err error)
+	FenceSQL(ctx context.Context, node string) (*SQLFenceUndo, error)
+	UnfenceSQL(ctx context.Context, node string, u *SQLFenceUndo) error
+	CreateSlots(ctx context.Context, node string, slots []string) (created []string, err error)
+	DropSlots(ctx context.Context, node string, slots []string) error
+	Promote(ctx context.Context, node string) error
+	Writable(ctx context.Context, node string) (timeline uint32, lsn topology.LSN, err error)
+	Repoint(ctx context.Context, node string, conninfo, slot string) error
+	WaitStreaming(ctx context.Context, node string, timeline uint32) error
+	SetSyncStandbys(ctx context.Context, node, value string) error
+	StreamingStandbys(ctx context.Context, node string, names []string) (int, error)
+	RecordToken(ctx context.Context, node string, token int64, op string) error
+	RunCommand(ctx context.Context, node, action string, env map[string]string) (CommandResult, error)
+}
+
+// PG is the Controller over pgx connections and node commands. It keeps one
+// open connection per node, since reconnecting during the write outage is
+// time the clients wait for.
+type PG struct {
+	cfg *config.Config
+	// Call bounds each statement; waits have their own budgets.
+	Call time.Duration
+	// Poll is how often waits look again. Short, since the write outage
+	// lasts as long as the slowest wait.
+	Poll time.Duration
+
+	mu    sync.Mutex
+	conns map[string]*pgx.Conn
+}
+
+// NewPG returns a controller for the configured nodes.
+func NewPG(cfg *config.Config, call time.Duration) *PG {
+	return &PG{cfg: cfg, Call: call, Poll: 10 * time.Millisecond, conns: map[string]*pgx.Conn{}}
+}
+
+// Close closes every connection.
+func (p *PG) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for n, c := range p.conns {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = c.Close(ctx)
+		cancel()
+		delete(p.conns, n)
+	}
+}
+
+func (p *PG) node(name string) (config.Node, error) {
+	n, ok := p.cfg.Node(name)
+	if !ok {
+		return n, fmt.Errorf("node %q is not configured", name)
+	}
+	return n, nil
+}
+
+// conn returns an open connection to node, reconnecting when the cached one
+// was closed (the node restarted, or we terminated it).
+func (p *PG) conn(ctx context.Context, name string) (*pgx.Conn, error) {
+	p.mu.Lock()
+	c := p.conns[name]
+	p.mu.Unlock()
+	if c != nil && !c.IsClosed() {
+		return c, nil
+	}
+	n, err := p.node(name)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := pgx.ParseConfig(n.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s", name, config.Scrub(err.Error(), n.DSN))
+	}
+	cc.ConnectTimeout = p.Call
+	cc.RuntimeParams["application_name"] = "replctl"
+	// Fencing sets default_transaction_read_only; our own session must still
+	// be able to run ALTER SYSTEM and the like.
+	cc.RuntimeParams["default_transaction_read_only"] = "off"
+	cctx, cancel := context.WithTimeout(ctx, p.Call)
+	defer cancel()
+	c, err = pgx.ConnectConfig(cctx, cc)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %s", name, config.Scrub(err.Error(), n.DSN))
+	}
+	p.mu.Lock()
+	if old := p.conns[name]; old != nil {
+		_ = old.Close(ctx)
+	}
+	p.conns[name] = c
+	p.mu.Unlock()
+	return c, nil
+}
+
+// do runs fn on node's connection within the call budget, retrying once on
+// a fresh connection when the cached one turned out dead.
+func (p *PG) do(ctx context.Context, name string, fn func(ctx context.Context, c *pgx.Conn) error) error {
+	for attempt := 0; ; attempt++ {
+		c, err := p.conn(ctx, name)
+		if err != nil {
+			return err
+		}
+		cctx, cancel := context.WithTimeout(ctx, p.Call)
+		err = fn(cctx, c)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if c.IsClosed() && attempt == 0 && ctx.Err() == nil {
+			continue
+		}
+		n, _ := p.node(name)
+		return fmt.Errorf("%s: %s", name, config.Scrub(err.Error(), n.DSN))
+	}
+}
+
+func (p *PG) exec(ctx context.Context, name string, sqls ...string) error {
+	return p.do(ctx, name, func(ctx context.Context, c *pgx.Conn) error {
+		for _, s := range sqls {
+			if _, err := c.Exec(ctx, s); err != nil {
+				return fmt.Errorf("%s: %w", firstWords(s), err)
+			}
+		}
+		return nil
+	})
+}
+
+func firstWords(s string) string {
+	if len(s) > 60 {
+		return s[:60] + "…"
+	}
+	return s
+}
+
+// Checkpoint runs CHECKPOINT.
+func (p *PG) Checkpoint(ctx context.Context, node string) error {
+	return p.exec(ctx, node, "CHECKPOINT")
+}
+
+// CurrentLSN is the primary's current write position.
+func (p *PG) CurrentLSN(ctx context.Context, node string) (topology.LSN, error) {
+	var s string
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		return c.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&s)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return topology.ParseLSN(s)
+}
+
+// ReceiveReplay reads a replica's receive and replay positions.
+func (p *PG) ReceiveReplay(ctx context.Context, node string) (recv, replay topology.LSN, err error) {
+	var r, y *string
+	err = p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		return c.QueryRow(ctx, "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").Scan(&r, &y)
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	if y == nil {
+		return 0, 0, fmt.Errorf("%s: no replay position: is it in recovery?", node)
+	}
+	if replay, err = topology.ParseLSN(*y); err != nil {
+		return 0, 0, err
+	}
+	recv = replay
+	if r != nil {
+		if recv, err = topology.ParseLSN(*r); err != nil {
+			return 0, 0, err
+		}
+	}
+	return recv, replay, nil
+}
+
+// fenceStandbyName is a synchronous standby name no standby has: a commit
+// that slips past the read-only fence waits for it, unacknowledged.
+const fenceStandbyName = "replctl_fenced"
+
+// SQLFenceSQL is the SQL of the SQL fence, shown in plans.
+var SQLFenceSQL = []string{
+	"ALTER SYSTEM SET default_transaction_read_only = on",
+	"ALTER SYSTEM SET synchronous_standby_names = '" + fenceStandbyName + "'",
+	"SELECT pg_reload_conf()",
+	"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+}
+
+// SQLFenceUndo remembers what the SQL fence replaced.
+type SQLFenceUndo struct {
+	// Settings maps each changed setting to its previous ALTER SYSTEM value;
+	// nil means it was not set by ALTER SYSTEM and is RESET on undo.
+	Settings map[string]*string `json:"settings"`
+}
+
+// FenceSQL makes the primary refuse ordinary writes: read-only by default,
+// commits waiting for a standby that does not exist, and every client
+// session terminated so none keeps a writable transaction open.
+func (p *PG) FenceSQL(ctx context.Context, node string) (*SQLFenceUndo, error) {
+	u := &SQLFenceUndo{Settings: map[string]*string{}}
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		rows, err := c.Query(ctx, `SELECT name, setting FROM pg_settings
+			WHERE name IN ('default_transaction_read_only', 'synchronous_standby_names')
+			  AND sourcefile LIKE '%postgresql.auto.conf'`)
+		if err != nil {
+			return err
+		}
+		u.Settings["default_transaction_read_only"] = nil
+		u.Settings["synchronous_standby_names"] = nil
+		for rows.Next() {
+			var name, val string
+			if err := rows.Scan(&name, &val); err != nil {
+				return err
+			}
+			u.Settings[name] = &val
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, s := range SQLFenceSQL {
+			if _, err := c.Exec(ctx, s); err != nil {
+				return fmt.Errorf("%s: %w", firstWords(s), err)
+			}
+		}
+		return nil
+	})
+	return u, err
+}
+
+// UnfenceSQL restores what FenceSQL changed.
+func (p *PG) UnfenceSQL(ctx context.Context, node string, u *SQLFenceUndo) error {
+	var sqls []string
+	settings := map[string]*string{"default_transaction_read_only": nil, "synchronous_standby_names": nil}
+	if u != nil {
+		settings = u.Settings
+	}
+	for _, name := range []string{"default_transaction_read_only", "synchronous_standby_names"} {
+		if v := settings[name]; v != nil {
+			sqls = append(sqls, fmt.Sprintf("ALTER SYSTEM SET %s = %s", name, quoteLiteral(*v)))
+		} else {
+			sqls = append(sqls, "ALTER SYSTEM RESET "+name)
+		}
+	}
+	sqls = append(sqls, "SELECT pg_reload_conf()")
+	return p.exec(ctx, node, sqls...)
+}
+
+// CreateSlots creates missing physical slots (a standby can hold them), so
+// the replicas can attach the moment the node is promoted.
+func (p *PG) CreateSlots(ctx context.Context, node string, slots []string) ([]string, error) {
+	var created []string
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		for _, s := range slots {
+			var made bool
+			err := c.QueryRow(ctx, `SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) THEN false
+				ELSE (SELECT true FROM pg_create_physical_replication_slot($1, true)) END`, s).Scan(&made)
+			if err != nil {
+				return fmt.Errorf("create slot %s: %w", s, err)
+			}
+			if made {
+				created = append(created, s)
+			}
+		}
+		return nil
+	})
+	return created, err
+}
+
+// DropSlots drops inactive slots by name; missing ones are fine.
+func (p *PG) DropSlots(ctx context.Context, node string, slots []string) error {
+	return p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		for _, s := range slots {
+			if _, err := c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, s); err != nil {
+				return fmt.Errorf("drop slot %s: %w", s, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Promote asks the standby to promote and polls until it leaves recovery.
+// pg_promote(wait => true) polls only every 100 ms; we poll faster because
+// every millisecond here is write outage.
+func (p *PG) Promote(ctx context.Context, node string) error {
+	if err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		var ok bool
+		return c.QueryRow(ctx, "SELECT pg_promote(wait => false)").Scan(&ok)
+	}); err != nil {
+		return err
+	}
+	return p.poll(ctx, func(ctx context.Context) (bool, error) {
+		var rec bool
+		err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+			return c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
+		})
+		return !rec, err
+	})
+}
+
+// Writable verifies the node accepts writes and returns its timeline, read
+// from the current WAL file name: pg_control_checkpoint() lags until the next
+// checkpoint.
+func (p *PG) Writable(ctx context.Context, node string) (uint32, topology.LSN, error) {
+	var tl int64
+	var lsn, ro string
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		if err := c.QueryRow(ctx, timelineSQL+", pg_current_wal_lsn()::text, current_setting('transaction_read_only')").Scan(&tl, &lsn, &ro); err != nil {
+			return err
+		}
+		if ro == "on" {
+			return errors.New("transaction_read_only is on")
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	l, err := topology.ParseLSN(lsn)
+	return uint32(tl), l, err
+}
+
+// timelineSQL reads the timeline from the current WAL file's name (its first
+// eight hex digits).
+const timelineSQL = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint"
+
+// Repoint points a replica at a new upstream: primary_conninfo and
+// primary_slot_name are reloadable since PostgreSQL 13, so no restart.
+func (p *PG) Repoint(ctx context.Context, node, conninfo, slot string) error {
+	return p.exec(ctx, node,
+		"ALTER SYSTEM SET primary_conninfo = "+quoteLiteral(conninfo),
+		"ALTER SYSTEM SET primary_slot_name = "+quoteLiteral(slot),
+		"SELECT pg_reload_conf()")
+}
+
+// WaitStreaming waits until the node's WAL receiver streams on timeline.
+func (p *PG) WaitStreaming(ctx context.Context, node string, timeline uint32) error {
+	return p.poll(ctx, func(ctx context.Context) (bool, error) {
+		var status *string
+		var tli *int64
+		err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+			err := c.QueryRow(ctx, "SELECT status, received_tli FROM pg_stat_wal_receiver").Scan(&status, &tli)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			return err
+		})
+		if err != nil {
+			return false, err
+		}
+		return status != nil && *status == "streaming" && tli != nil && uint32(*tli) >= timeline, nil
+	})
+}
+
+// SetSyncStandbys sets synchronous_standby_names and reloads.
+func (p *PG) SetSyncStandbys(ctx context.Context, node, value string) error {
+	return p.exec(ctx, node, "ALTER SYSTEM SET synchronous_standby_names = "+quoteLiteral(value), "SELECT pg_reload_conf()")
+}
+
+// RecordToken stamps the fencing token on the new primary as a custom
+// setting, so a stale operator can be detected after the fact with
+// SHOW replctl.fencing_token.
+func (p *PG) RecordToken(ctx context.Context, node string, token int64, op string) error {
+	// ALTER SYSTEM accepts a custom setting only once the session knows
+	// its placeholder, hence set_config first.
+	return p.exec(ctx, node,
+		fmt.Sprintf("SELECT set_config('replctl.fencing_token', '%d', false), set_config('replctl.operation', %s, false)", token, quoteLiteral(op)),
+		fmt.Sprintf("ALTER SYSTEM SET replctl.fencing_token = '%d'", token),
+		"ALTER SYSTEM SET replctl.operation = "+quoteLiteral(op),
+		"SELECT pg_reload_conf()")
+}
+
+// RunCommand runs a node's configured shell command.
+func (p *PG) RunCommand(ctx context.Context, node, action string, env map[string]string) (CommandResult, error) {
+	n, err := p.node(node)
+	if err != nil {
+		return CommandResult{}, err
+	}
+	// A restarted or stopped server invalidates the cached connection.
+	p.mu.Lock()
+	if c := p.conns[node]; c != nil && (action == ActionStop || action == ActionKill || action == ActionRejoin || action == ActionFence) {
+		_ = c.Close(ctx)
+		delete(p.conns, node)
+	}
+	p.mu.Unlock()
+	return RunNodeCommand(ctx, n, action, p.cfg.CommandTimeout, env)
+}
+
+// poll calls cond every Poll until it reports true or ctx ends.
+func (p *PG) poll(ctx context.Context, cond func(context.Context) (bool, error)) error {
+	return pollUntil(ctx, p.Poll, cond, "timed out")
+}
+
+// StreamingStandbys counts the walsenders on node that stream to one of
+// names (by application_name, as synchronous_standby_names matches them).
+func (p *PG) StreamingStandbys(ctx context.Context, node string, names []string) (int, error) {
+	var n int
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		return c.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication
+			WHERE state = 'streaming' AND lower(application_name) = ANY ($1)`, lowerAll(names)).Scan(&n)
+	})
+	return n, err
+}
+
+func lowerAll(in []string) []string {
+	out := make([]string, len(in))
+	for i, s := range in {
+		out[i] = strings.ToLower(s)
+	}
+	return out
+}
+
+// quoteLiteral quotes a SQL string literal.
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// ReplicaConninfo is how a replica reaches a primary: the primary's host,
+// port and user from its DSN, plus the replica's application_name, without
+// password (replicas authenticate with their own .pgpass).
+func ReplicaConninfo(primary config.Node, appName string) (string, error) {
+	pc, err := pgconn.ParseConfig(primary.DSN)
+	if err != nil {
+		return "", fmt.Errorf("%s: dsn: %s", primary.Name, config.Scrub(err.Error(), primary.DSN))
+	}
+	parts := []string{"host=" + kvQuote(pc.Host), fmt.Sprintf("port=%d", pc.Port)}
+	if pc.User != "" {
+		parts = append(parts, "user="+kvQuote(pc.User))
+	}
+	if appName != "" {
+		parts = append(parts, "application_name="+kvQuote(appName))
+	}
+	return strings.Join(parts, " "), nil
+}
+
+func kvQuote(v string) string {
+	if v != "" && !strings.ContainsAny(v, ` '\`) {
+		return v
+	}
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}
