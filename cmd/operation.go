@@ -128,6 +128,31 @@ func resultCode(res *failover.Result) error {
 	return &ExitError{Code: ExitFailed, Err: res.Err}
 }
 
+// etcdForPlanning connects to etcd for an operation. A dry-run goes on when
+// etcd is down (the lock check then reports it); a real run does not.
+func etcdForPlanning(ctx context.Context, cfg *config.Config, connect func(context.Context) (*clientv3.Client, error), dryRun bool) (*clientv3.Client, func(context.Context) (*recordInfo, error), error) {
+	if !cfg.Etcd.Configured() {
+		return nil, func(context.Context) (*recordInfo, error) { return nil, errEtcdNotConfigured }, nil
+	}
+	cli, err := connect(ctx)
+	if err != nil {
+		if !dryRun {
+			return nil, nil, err
+		}
+		return nil, func(context.Context) (*recordInfo, error) { return nil, err }, nil
+	}
+	return cli, func(rctx context.Context) (*recordInfo, error) { return readRecordWith(rctx, cli, cfg) }, nil
+}
+
+// writeStepResults prints what each executed step did.
+func writeStepResults(w io.Writer, tty bool, res *failover.Result) error {
+	var rows [][]string
+	for _, s := range res.Steps {
+		rows = append(rows, []string{s.ID, s.Outcome, roundDur(s.Duration).String(), s.Error})
+	}
+	return writeTable(w, tty, []string{"STEP", "OUTCOME", "DURATION", "ERROR"}, rows)
+}
+
 // writeChecks prints preflight results as a table.
 func writeChecks(w io.Writer, tty bool, rs []checks.Result) error {
 	var rows [][]string

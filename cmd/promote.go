@@ -118,24 +118,12 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 			return &ExitError{Code: ExitUsage, Err: fmt.Errorf("node %q is not in %s: configured nodes are %v", o.Node, cfg.File, cfg.NodeNames())}
 		}
 	}
-	var cli *clientv3.Client
-	if cfg.Etcd.Configured() {
-		cli, err = o.Etcd(ctx)
-		if err != nil && !o.DryRun {
-			return err
-		}
-		if cli != nil {
-			defer cli.Close()
-		}
+	cli, recordFn, err := etcdForPlanning(ctx, cfg, o.Etcd, o.DryRun)
+	if err != nil {
+		return err
 	}
-	recordFn := func(rctx context.Context) (*recordInfo, error) {
-		if cli == nil {
-			if err != nil {
-				return nil, err
-			}
-			return nil, errEtcdNotConfigured
-		}
-		return readRecordWith(rctx, cli, cfg)
+	if cli != nil {
+		defer cli.Close()
 	}
 	obs := observe(ctx, cfg, o.Timeout, nil, recordFn)
 	rep := &promoteReport{DryRun: o.DryRun, Kind: "switchover", Cluster: cfg.Cluster, Primary: string(obs.Snap.Primary)}
@@ -240,11 +228,7 @@ func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
 		}
 		return nil
 	}
-	var rows [][]string
-	for _, s := range rep.Result.Steps {
-		rows = append(rows, []string{s.ID, s.Outcome, roundDur(s.Duration).String(), s.Error})
-	}
-	if err := writeTable(w, tty, []string{"STEP", "OUTCOME", "DURATION", "ERROR"}, rows); err != nil {
+	if err := writeStepResults(w, tty, rep.Result); err != nil {
 		return err
 	}
 	if rep.WriteOutageSeconds != nil {

@@ -85,6 +85,7 @@ fencing lock. Dry-runs print exactly the steps a real run would execute.`,
 		newCmdLock(f),
 		newCmdHistory(f, nil),
 		newCmdPromote(f, nil),
+		newCmdRejoin(f, nil),
 		newCmdTestenv(f),
 	)
 	root.CompletionOptions.HiddenDefaultCmd = false

@@ -495,17 +495,9 @@ func (sw *switchover) streamTimeout() time.Duration {
 }
 
 func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
-	_, err := sw.env.Ctl.RunCommand(ctx, sw.primary.Name, ActionRejoin, map[string]string{
-		"REPLCTL_PRIMARY_CONNINFO": conninfo,
-		"REPLCTL_PRIMARY_SLOT":     sw.primary.Name,
-	})
-	if err != nil {
+	r := &rejoin{env: sw.env, primary: sw.candidate.Name, node: sw.primary.Name, conninfo: conninfo, timeline: sw.newTimeline}
+	if err := r.run(ctx); err != nil {
 		return err
-	}
-	wctx, cancel := context.WithTimeout(ctx, sw.streamTimeout())
-	defer cancel()
-	if err := sw.env.Ctl.WaitStreaming(wctx, sw.primary.Name, sw.newTimeline); err != nil {
-		return fmt.Errorf("%s does not stream from %s after rejoin: %w", sw.primary.Name, sw.candidate.Name, err)
 	}
 	// The slots it kept for its own replicas would retain WAL forever.
 	var old []string
@@ -516,7 +508,7 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 	if err := sw.env.Ctl.DropSlots(ctx, sw.primary.Name, old); err != nil {
 		return err
 	}
-	_, _, err = sw.env.Lock.UpdateState(ctx, func(s *State) error {
+	_, _, err := sw.env.Lock.UpdateState(ctx, func(s *State) error {
 		s.Unfence(sw.primary.Name)
 		return nil
 	})

@@ -1,0 +1,177 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/replctl/replctl/checks"
+	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover"
+)
+
+// RejoinOptions are the inputs of replctl rejoin.
+type RejoinOptions struct {
+	IO       *IOStreams
+	Config   func() (*config.Config, error)
+	Etcd     func(context.Context) (*clientv3.Client, error)
+	Factory  *Factory
+	Output   string
+	Timeout  time.Duration
+	Node     string
+	DryRun   bool
+	Yes      bool
+	LockWait time.Duration
+	Command  []string
+}
+
+func newCmdRejoin(f *Factory, runF func(context.Context, *RejoinOptions) error) *cobra.Command {
+	o := &RejoinOptions{IO: f.IO, Config: f.Config, Etcd: f.Etcd, Factory: f}
+	c := &cobra.Command{
+		Use:   "rejoin NODE",
+		Short: "Make a former primary (or a diverged node) a replica of the current primary",
+		Long: `Turn NODE into a streaming replica of the current primary through its
+commands.rejoin (which stops it, runs pg_rewind when its WAL diverged, writes
+standby.signal and primary_conninfo, and starts it), with
+REPLCTL_PRIMARY_CONNINFO and REPLCTL_PRIMARY_SLOT set. replctl first creates
+the node's slot on the primary, then waits until the node streams on the
+primary's timeline, drops the slots it kept from its time as a primary, and
+removes its fenced mark from the cluster record. It refuses on the current
+primary. --dry-run prints the checks and the plan and changes nothing.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(f); err != nil {
+				return err
+			}
+			o.Node, o.Output, o.Timeout = args[0], f.Output, f.Timeout
+			o.Command = commandLine(cmd, args)
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return runRejoin(cmd.Context(), o)
+		},
+	}
+	c.Flags().BoolVar(&o.DryRun, "dry-run", false, "run the checks read-only and print the plan; change nothing")
+	c.Flags().BoolVarP(&o.Yes, "yes", "y", false, "do not ask for confirmation (required without a terminal)")
+	addLockWaitFlag(c, &o.LockWait)
+	return c
+}
+
+// rejoinReport is the result of rejoin, the same for every format.
+type rejoinReport struct {
+	DryRun  bool             `json:"dry_run"`
+	Node    string           `json:"node"`
+	Primary string           `json:"primary"`
+	Checks  []checks.Result  `json:"checks"`
+	Proceed bool             `json:"would_proceed"`
+	Plan    *failover.Plan   `json:"plan"`
+	Result  *failover.Result `json:"result,omitempty"`
+	Error   string           `json:"error,omitempty"`
+}
+
+func runRejoin(ctx context.Context, o *RejoinOptions) error {
+	cfg, err := o.Config()
+	if err != nil {
+		return err
+	}
+	if _, ok := cfg.Node(o.Node); !ok {
+		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("node %q is not in %s: configured nodes are %v", o.Node, cfg.File, cfg.NodeNames())}
+	}
+	if !cfg.Etcd.Configured() && !o.DryRun {
+		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("rejoin needs etcd for the fencing lock: add etcd.endpoints to %s", cfg.File)}
+	}
+	cli, recordFn, err := etcdForPlanning(ctx, cfg, o.Etcd, o.DryRun)
+	if err != nil {
+		return err
+	}
+	if cli != nil {
+		defer cli.Close()
+	}
+	obs := observe(ctx, cfg, o.Timeout, nil, recordFn)
+	rep := &rejoinReport{DryRun: o.DryRun, Node: o.Node, Primary: string(obs.Snap.Primary)}
+	plan, results, perr := failover.PlanRejoin(cfg, obs.Snap, o.Node, nil)
+	results = append(results, lockPreflight(obs, cfg))
+	rep.Checks, rep.Plan = results, plan
+	failed := checks.Failed(results)
+	rep.Proceed = len(failed) == 0 && perr == nil
+	show := func() error {
+		return render(o.IO, o.Output, rep, func(w io.Writer) error { return writeRejoinText(w, o.IO.StdoutTTY, rep) })
+	}
+	if o.DryRun || !rep.Proceed {
+		if err := show(); err != nil {
+			return err
+		}
+		if len(failed) > 0 {
+			return &ExitError{Code: ExitUnsafe, Err: &failover.RefusedError{Failed: failed}}
+		}
+		if perr != nil {
+			return &ExitError{Code: ExitUnsafe, Err: perr}
+		}
+		return nil
+	}
+	if o.Output == "table" {
+		fmt.Fprintf(o.IO.ErrOut, "Rejoin %s as a replica of %s:\n", o.Node, rep.Primary)
+		writePlan(o.IO.ErrOut, plan)
+	}
+	if err := o.IO.Confirm(fmt.Sprintf("Rejoin %s as a replica of %s?", o.Node, rep.Primary), o.Yes); err != nil {
+		return err
+	}
+	ctl := failover.NewPG(cfg, o.Timeout)
+	defer ctl.Close()
+	env := &failover.Env{Ctl: ctl}
+	plan, _, err = failover.PlanRejoin(cfg, obs.Snap, o.Node, env)
+	if err != nil {
+		return err
+	}
+	op := &operation{f: o.Factory, spec: failover.OperationSpec{
+		Cfg: cfg, Cli: cli, Kind: "rejoin", Command: o.Command, LockWait: o.LockWait,
+		Params: map[string]string{"node": o.Node, "primary": rep.Primary},
+		Rebuild: func(ctx context.Context) (*failover.Plan, []checks.Result, error) {
+			obs := observe(ctx, cfg, o.Timeout, nil, func(rctx context.Context) (*recordInfo, error) { return readRecordWith(rctx, cli, cfg) })
+			return failover.PlanRejoin(cfg, obs.Snap, o.Node, nil)
+		},
+	}}
+	res := op.run(ctx, plan, env)
+	rep.Result = res
+	if res.Err != nil {
+		rep.Error = res.Err.Error()
+	}
+	if err := show(); err != nil {
+		return err
+	}
+	return resultCode(res)
+}
+
+func writeRejoinText(w io.Writer, tty bool, rep *rejoinReport) error {
+	if rep.Result == nil {
+		fmt.Fprintln(w, "Checks:")
+		if err := writeChecks(w, tty, rep.Checks); err != nil {
+			return err
+		}
+		if rep.Plan != nil {
+			fmt.Fprintf(w, "\nPlan (rejoin %s as a replica of %s):\n", rep.Node, rep.Primary)
+			writePlan(w, rep.Plan)
+		}
+		if rep.DryRun {
+			if rep.Proceed {
+				fmt.Fprintln(w, "\nDry-run: a real run would proceed. Nothing was changed.")
+			} else {
+				fmt.Fprintln(w, "\nDry-run: a real run would be refused (see the failed checks). Nothing was changed.")
+			}
+		}
+		return nil
+	}
+	if err := writeStepResults(w, tty, rep.Result); err != nil {
+		return err
+	}
+	if rep.Result.Outcome == failover.OutcomeSucceeded {
+		fmt.Fprintf(w, "Rejoin done: %s streams from %s.\n", rep.Node, rep.Primary)
+	} else {
+		fmt.Fprintf(w, "Rejoin %s: %s\n", rep.Result.Outcome, rep.Error)
+	}
+	return nil
+}

@@ -1,0 +1,154 @@
+package failover
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/replctl/replctl/checks"
+	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/topology"
+)
+
+// StepDropSlots and StepUnfence are rejoin's own steps.
+const (
+	StepDropSlots = "drop-old-slots"
+	StepUnfence   = "unfence"
+)
+
+// RejoinPreflight checks that node can be made a replica of the current
+// primary through its rejoin command. It is pure.
+func RejoinPreflight(cfg *config.Config, snap *topology.Snapshot, node string) []checks.Result {
+	var out []checks.Result
+	fail := func(name, msg, hint string) {
+		out = append(out, checks.Result{Name: name, Node: node, Level: checks.Critical, Code: name, Message: msg, Hint: hint})
+	}
+	ok := func(name, msg string) {
+		out = append(out, checks.Result{Name: name, Node: node, Level: checks.OK, Code: "ok", Message: msg})
+	}
+	cn, found := cfg.Node(node)
+	if !found {
+		fail("node_configured", fmt.Sprintf("%q is not a configured node", node), "name one of the nodes in "+cfg.File)
+		return out
+	}
+	p := snap.PrimaryNode()
+	switch {
+	case p == nil:
+		fail("primary", "no reachable primary to rejoin", "a node rejoins the current primary: promote one first")
+	case p.Name == node:
+		fail("not_primary", node+" is the current primary", "rejoin turns a former primary or a diverged node into a replica; it refuses on the primary")
+	default:
+		ok("primary", "current primary: "+p.Name)
+	}
+	if cn.Commands.Rejoin == "" {
+		fail("rejoin_command", "no commands.rejoin configured", "configure commands.rejoin (stop, pg_rewind, standby.signal, primary_conninfo, start) or rejoin by hand")
+	} else {
+		ok("rejoin_command", "has commands.rejoin")
+	}
+	if n := snap.Node(node); n != nil && n.Reachable && n.Foreign {
+		fail("system_identifier", "a foreign node (different system identifier)", "pg_rewind cannot rejoin a node of another cluster: rebuild it with pg_basebackup")
+	}
+	return out
+}
+
+// PlanRejoin plans making node a replica of the current primary: a slot for
+// it on the primary, its rejoin command, a wait until it streams, the drop
+// of slots it kept from its time as primary, and the fence mark removed.
+// It is pure; nil plan with failed results means refused.
+func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *Env) (*Plan, []checks.Result, error) {
+	results := RejoinPreflight(cfg, snap, node)
+	if len(checks.Failed(results)) > 0 {
+		return nil, results, nil
+	}
+	p := snap.PrimaryNode()
+	primary, _ := cfg.Node(p.Name)
+	target, _ := cfg.Node(node)
+	ci, err := ReplicaConninfo(primary, "")
+	if err != nil {
+		return nil, results, err
+	}
+	var tl uint32
+	if p.Timeline != nil {
+		tl = *p.Timeline
+	}
+	// Slots named after the other nodes are what it kept as a primary.
+	var stale []string
+	for _, n := range cfg.Nodes {
+		if n.Name != node {
+			stale = append(stale, n.Name)
+		}
+	}
+	r := &rejoin{env: env, primary: primary.Name, node: target.Name, conninfo: ci, timeline: tl, stale: stale}
+	budget := min(5*time.Second, cfg.Lock.TTL/2)
+	plan := &Plan{Kind: "rejoin", Primary: primary.Name, Candidate: node}
+	plan.Steps = []Step{
+		{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight", cfg.Etcd.Prefix, cfg.Cluster, cfg.Lock.TTL),
+			Run: func(ctx context.Context) error { return env.Acquire(ctx) }},
+		{ID: StepCreateSlots, Node: primary.Name, Mutates: true, Budget: budget,
+			Description: fmt.Sprintf("%s: create physical replication slot %s for it, if missing", primary.Name, node),
+			Run: func(ctx context.Context) error {
+				_, err := env.Ctl.CreateSlots(ctx, primary.Name, []string{node})
+				return err
+			}},
+		{ID: StepRejoin, Node: node, Mutates: true, Budget: budget, PointOfNoReturn: true,
+			Description: fmt.Sprintf("%s: rejoin as a replica of %s: commands.rejoin (%s) with REPLCTL_PRIMARY_CONNINFO=%s; wait until it streams on timeline %d",
+				node, primary.Name, target.Commands.Rejoin, quoteLiteral(ci), tl),
+			Run: r.run},
+		{ID: StepDropSlots, Node: node, Mutates: true, Budget: budget,
+			Description: fmt.Sprintf("%s: drop the inactive slots it kept as a primary (%s)", node, joinNames(stale)),
+			Run:         func(ctx context.Context) error { return env.Ctl.DropSlots(ctx, node, stale) }},
+		{ID: StepUnfence, Mutates: true, Budget: budget,
+			Description: fmt.Sprintf("etcd: unmark %s fenced in the cluster record", node),
+			Run: func(ctx context.Context) error {
+				_, _, err := env.Lock.UpdateState(ctx, func(s *State) error {
+					s.Unfence(node)
+					return nil
+				})
+				return err
+			}},
+	}
+	return plan, results, nil
+}
+
+type rejoin struct {
+	env      *Env
+	primary  string
+	node     string
+	conninfo string
+	timeline uint32
+	stale    []string
+}
+
+func (r *rejoin) run(ctx context.Context) error {
+	_, err := r.env.Ctl.RunCommand(ctx, r.node, ActionRejoin, map[string]string{
+		"REPLCTL_PRIMARY_CONNINFO": r.conninfo,
+		"REPLCTL_PRIMARY_SLOT":     r.node,
+	})
+	if err != nil {
+		return err
+	}
+	timeout := r.env.StreamTimeout
+	if timeout <= 0 {
+		timeout = 60 * time.Second
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := r.env.Ctl.WaitStreaming(wctx, r.node, r.timeline); err != nil {
+		return fmt.Errorf("%s does not stream from %s after rejoin: %w", r.node, r.primary, err)
+	}
+	return nil
+}
+
+func joinNames(n []string) string {
+	s := slices.Clone(n)
+	slices.Sort(s)
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += ", "
+		}
+		out += x
+	}
+	return out
+}
