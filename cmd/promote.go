@@ -32,6 +32,11 @@ type PromoteOptions struct {
 	NoRejoin       bool
 	RequireStop    bool
 	LockWait       time.Duration
+	// Emergency failover.
+	Emergency     bool
+	AllowDataLoss bool
+	Force         bool
+	NoFence       bool
 	// Command is the command line, recorded in the lock and the history.
 	Command []string
 }
@@ -68,6 +73,16 @@ promotion undoes the fence and leaves the old primary serving.`,
 			if o.CatchupTimeout <= 0 {
 				return usageError("--catchup-timeout must be positive, e.g. 30s")
 			}
+			for _, name := range []string{"allow-data-loss", "force", "no-fence"} {
+				if cmd.Flags().Changed(name) && !o.Emergency {
+					return usageError("--%s applies only to --emergency", name)
+				}
+			}
+			for _, name := range []string{"max-lag", "no-rejoin", "require-stop"} {
+				if cmd.Flags().Changed(name) && o.Emergency {
+					return usageError("--%s applies only to a planned switchover, not --emergency", name)
+				}
+			}
 			o.Output, o.Timeout = f.Output, f.Timeout
 			o.Command = commandLine(cmd, args)
 			if runF != nil {
@@ -83,6 +98,10 @@ promotion undoes the fence and leaves the old primary serving.`,
 	fl.DurationVar(&o.CatchupTimeout, "catchup-timeout", 30*time.Second, "how long to wait for the candidate to catch up and replay the final position")
 	fl.BoolVar(&o.NoRejoin, "no-rejoin", false, "leave the old primary fenced instead of rejoining it as a replica")
 	fl.BoolVar(&o.RequireStop, "require-stop", false, "refuse unless the primary can be stopped (commands.stop): no SQL fence")
+	fl.BoolVar(&o.Emergency, "emergency", false, "emergency failover: the primary is dead; prove it, fence it, promote the most advanced replica")
+	fl.BoolVar(&o.AllowDataLoss, "allow-data-loss", false, "emergency: promote even when another node is ahead or the sync quorum proof fails")
+	fl.BoolVar(&o.Force, "force", false, "emergency: override the evidence that the primary is dead (only that check)")
+	fl.BoolVar(&o.NoFence, "no-fence", false, "emergency: skip fencing the old primary (dangerous if it is alive)")
 	addLockWaitFlag(c, &o.LockWait)
 	return c
 }
@@ -103,6 +122,9 @@ type promoteReport struct {
 	// WriteOutageSeconds is the time from the fence to the promoted
 	// candidate accepting writes, null when no promotion ran.
 	WriteOutageSeconds *float64 `json:"write_outage_seconds"`
+	// Emergency is the evidence, candidate choice and quorum proof of an
+	// emergency failover.
+	Emergency *failover.EmergencyAnalysis `json:"emergency,omitempty"`
 }
 
 func runPromote(ctx context.Context, o *PromoteOptions) error {
@@ -126,6 +148,9 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 		defer cli.Close()
 	}
 	obs := observe(ctx, cfg, o.Timeout, nil, recordFn)
+	if o.Emergency {
+		return o.runEmergency(ctx, cfg, cli, obs, recordFn)
+	}
 	rep := &promoteReport{DryRun: o.DryRun, Kind: "switchover", Cluster: cfg.Cluster, Primary: string(obs.Snap.Primary)}
 
 	plan, results, perr := o.plan(cfg, obs, rep, nil)
@@ -204,6 +229,11 @@ func (o *PromoteOptions) render(rep *promoteReport) error {
 }
 
 func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
+	if rep.Emergency != nil && rep.Result == nil {
+		if err := writeEvidence(w, tty, rep.Emergency); err != nil {
+			return err
+		}
+	}
 	if rep.Choice != nil {
 		fmt.Fprintf(w, "Candidate: %s (%s)\n", rep.Choice.Chosen, rep.Choice.Why)
 		for _, n := range sortedKeys(rep.Choice.Rejected) {
@@ -216,7 +246,7 @@ func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
 			return err
 		}
 		if rep.Plan != nil {
-			fmt.Fprintf(w, "\nPlan (switchover %s -> %s, %s fence):\n", rep.Primary, rep.Candidate, rep.Plan.Fence)
+			fmt.Fprintf(w, "\nPlan (%s %s -> %s, %s fence):\n", rep.Kind, rep.Primary, rep.Candidate, rep.Plan.Fence)
 			writePlan(w, rep.Plan)
 		}
 		if rep.DryRun {
@@ -236,14 +266,18 @@ func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
 	}
 	switch rep.Result.Outcome {
 	case failover.OutcomeSucceeded:
-		fmt.Fprintf(w, "Switchover done: %s is the primary.\n", rep.Candidate)
+		fmt.Fprintf(w, "%s done: %s is the primary.\n", titleKind(rep.Kind), rep.Candidate)
 	case failover.OutcomePartial:
 		fmt.Fprintf(w, "Partly done: %s is the primary, but some steps failed. Remaining:\n", rep.Candidate)
 		for _, r := range rep.Result.Remaining {
 			fmt.Fprintf(w, "  - %s\n", r)
 		}
 	default:
-		fmt.Fprintf(w, "Switchover failed; %s remains the primary: %s\n", rep.Primary, rep.Error)
+		if rep.Kind == "failover" {
+			fmt.Fprintf(w, "Failover failed: %s\n", rep.Error)
+		} else {
+			fmt.Fprintf(w, "Switchover failed; %s remains the primary: %s\n", rep.Primary, rep.Error)
+		}
 	}
 	for _, n := range rep.Plan.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
@@ -279,4 +313,11 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+func titleKind(k string) string {
+	if k == "failover" {
+		return "Failover"
+	}
+	return "Switchover"
 }

@@ -33,6 +33,7 @@ type UnreachableError struct {
 	Err       error
 }
 
+// Error names the endpoints and the timeout, never credentials.
 func (e *UnreachableError) Error() string {
 	msg := fmt.Sprintf("etcd unreachable at %s within %s", strings.Join(e.Endpoints, ", "), e.Timeout)
 	if e.Diagnosis != "" {
@@ -41,6 +42,7 @@ func (e *UnreachableError) Error() string {
 	return msg
 }
 
+// Unwrap returns the client's error.
 func (e *UnreachableError) Unwrap() error { return e.Err }
 
 // Connect returns a client for the configured etcd after proving, within

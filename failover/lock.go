@@ -202,6 +202,7 @@ type LockHeldError struct {
 	At time.Time
 }
 
+// Error names the holder, what it runs, since when, and its lease left.
 func (e *LockHeldError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "lock on cluster %s ", e.Cluster)
@@ -226,6 +227,7 @@ type LockLostError struct {
 	At      time.Time
 }
 
+// Error says which lock was lost and why.
 func (e *LockLostError) Error() string {
 	return fmt.Sprintf("lost the lock on cluster %s (token %d): %s", e.Cluster, e.Token, e.Reason)
 }

@@ -254,9 +254,13 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 
 // RejoinAdvice tells the operator how to bring a fenced former primary back.
 func RejoinAdvice(cfg *config.Config, old, primary string, asked bool) string {
+	n, _ := cfg.Node(old)
 	why := "it has no commands.rejoin"
-	if asked {
+	switch {
+	case asked:
 		why = "--no-rejoin was given"
+	case n.Commands.Rejoin != "":
+		return fmt.Sprintf("%s stays fenced until it rejoins: once it is repaired, run `replctl rejoin %s` to make it a replica of %s", old, old, primary)
 	}
 	return fmt.Sprintf("%s stays fenced (%s). To make it a replica of %s: run `replctl rejoin %s` (needs commands.rejoin), or by hand on its host: stop it, "+
 		"pg_rewind --target-pgdata=$PGDATA --source-server='<%s conninfo>', touch $PGDATA/standby.signal, set primary_conninfo to %s and primary_slot_name = '%s', start it",
@@ -457,7 +461,7 @@ func (sw *switchover) record(ctx context.Context) error {
 		s.Primary = sw.candidate.Name
 		s.Timeline = sw.newTimeline
 		s.LSN = sw.newLSN
-		s.Fence(sw.primary.Name, "former primary after switchover to "+sw.candidate.Name)
+		s.Fence(sw.primary.Name, "former primary, replaced by "+sw.candidate.Name)
 		return nil
 	})
 	if err != nil {
