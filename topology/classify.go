@@ -472,6 +472,8 @@ func computeLag(n, ref *Node) {
 
 func state(n *Node) string {
 	switch {
+	case !n.Reachable && n.Fenced:
+		return "unreachable, fenced"
 	case !n.Reachable:
 		return "unreachable"
 	case n.Foreign:
