@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -317,4 +318,60 @@ func TestIntegrationEndpoints(t *testing.T) {
 	if err := pgxQuery(t, out, "SELECT pg_is_in_recovery()", &inRecovery); err != nil || inRecovery {
 		t.Fatalf("%q: in recovery %v, %v", out, inRecovery, err)
 	}
+}
+
+// TestIntegrationEtcdDown: status reads the lock and the cluster record when
+// etcd answers, and still reports the cluster, naming the problem, when it
+// does not, within the dial timeout.
+func TestIntegrationEtcdDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs PostgreSQL and etcd")
+	}
+	t.Parallel()
+	c := testenv.Start(t, testenv.Options{Replicas: 1})
+	cfg := withEtcdDialTimeout(t, c, "1s")
+
+	d := statusJSON(t, cfg)
+	if d.Etcd != "ok" {
+		t.Fatalf("etcd up: etcd = %q", d.Etcd)
+	}
+
+	if err := c.StopEtcd(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	d = statusJSON(t, cfg)
+	took := time.Since(start)
+	if d.Primary == nil || *d.Primary != "pg1" || len(d.Nodes) != 2 {
+		t.Fatalf("status without etcd lost the topology: %+v", d)
+	}
+	if d.Etcd == "ok" || d.Etcd == "" {
+		t.Errorf("etcd down: etcd = %q, want the reason", d.Etcd)
+	}
+	// Generous: the point is "bounded by the dial timeout", not a speed test.
+	if took > 20*time.Second {
+		t.Errorf("status took %s with etcd down; the dial timeout is 1s", took)
+	}
+	out, code := runCLI(t, "--config", cfg, "status")
+	if code != 0 || !bytes.Contains([]byte(out), []byte("etcd")) {
+		t.Errorf("table status with etcd down: exit %d\n%s", code, out)
+	}
+	if err := c.StartEtcd(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// withEtcdDialTimeout copies the testenv configuration with etcd.dial_timeout set.
+func withEtcdDialTimeout(t *testing.T, c *testenv.Cluster, d string) string {
+	t.Helper()
+	b, err := os.ReadFile(c.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(b), "  prefix: /replctl\n", "  prefix: /replctl\n  dial_timeout: "+d+"\n", 1)
+	p := filepath.Join(t.TempDir(), "replctl.yaml")
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
