@@ -117,6 +117,12 @@ func TestChecks(t *testing.T) {
 			st[1].WALReceiver.SenderPort = ptr(5434)
 			return st
 		}, want: []string{"CRITICAL:fenced_writable:pg1", "WARNING:min_replicas:"}, worst: Critical},
+		{name: "fenced former primary read-only", rec: &topology.Record{Primary: "pg3", Fenced: []string{"pg1"}}, mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
+			st[2] = prim("pg3", 900, "pg2")
+			st[1].WALReceiver.SenderPort = ptr(5434)
+			st[0].Settings.DefaultTransactionReadOnly = ptr("on")
+			return st
+		}, want: []string{"WARNING:min_replicas:"}, worst: Warning},
 		{name: "recorded primary differs", rec: &topology.Record{Primary: "pg2"}, want: []string{"WARNING:recorded_primary_differs:pg1"}, worst: Warning},
 		{name: "no primary", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
 			st[0] = topology.NodeStatus{Name: "pg1", Error: "timeout"}

@@ -15,7 +15,9 @@ func ok(format string, a ...any) []Result {
 func singlePrimary(s *topology.Snapshot, _ *config.Config) []Result {
 	var out []Result
 	for _, n := range s.Nodes {
-		if n.Member() && n.Role == topology.RolePrimary && n.Fenced {
+		// A fenced node that is still up but read-only (the SQL fence) is
+		// fenced as intended; only one that accepts writes again is not.
+		if n.Member() && n.Role == topology.RolePrimary && n.Fenced && !n.ReadOnly() {
 			out = append(out, Result{Level: Critical, Code: "fenced_writable", Node: n.Name,
 				Message: fmt.Sprintf("%s is marked fenced but accepts writes", n.Name),
 				Hint:    fmt.Sprintf("stop %s or restart it as a replica (replctl rejoin %s); clients writing to it will lose those writes", n.Name, n.Name)})

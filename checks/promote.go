@@ -33,8 +33,9 @@ type Ranking struct {
 }
 
 // ChooseSwitchoverCandidate picks the best replica to promote in a planned
-// switchover: priority > 0, streaming directly from the primary, least lag,
-// then highest priority, then name. It is pure.
+// switchover: priority > 0, streaming directly from the primary, least lag
+// (lags within LagTie of each other count as equal), then highest
+// priority, then name. It is pure.
 func ChooseSwitchoverCandidate(s *topology.Snapshot) (Ranking, error) {
 	r := Ranking{Rejected: map[string]string{}}
 	p := s.PrimaryNode()
@@ -56,7 +57,7 @@ func ChooseSwitchoverCandidate(s *topology.Snapshot) (Ranking, error) {
 		return r, fmt.Errorf("no eligible candidate: %s", rejectedList(r.Rejected))
 	}
 	slices.SortStableFunc(eligible, func(a, b *topology.Node) int {
-		if c := cmp.Compare(lagOrMax(a), lagOrMax(b)); c != 0 {
+		if c := cmp.Compare(lagBucket(a), lagBucket(b)); c != 0 {
 			return c
 		}
 		if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
@@ -69,12 +70,12 @@ func ChooseSwitchoverCandidate(s *topology.Snapshot) (Ranking, error) {
 	r.Why = fmt.Sprintf("streams from %s with the least lag (%s), priority %d", p.Name, lagText(best), best.Priority)
 	for _, n := range eligible[1:] {
 		switch {
-		case lagOrMax(n) > lagOrMax(best):
+		case lagBucket(n) > lagBucket(best):
 			r.Rejected[n.Name] = fmt.Sprintf("more lag (%s)", lagText(n))
 		case n.Priority < best.Priority:
-			r.Rejected[n.Name] = fmt.Sprintf("same lag, lower priority (%d)", n.Priority)
+			r.Rejected[n.Name] = fmt.Sprintf("as little lag (%s), lower priority (%d)", lagText(n), n.Priority)
 		default:
-			r.Rejected[n.Name] = "same lag and priority, later by name"
+			r.Rejected[n.Name] = fmt.Sprintf("as little lag (%s) and the same priority, later by name", lagText(n))
 		}
 	}
 	return r, nil
@@ -101,6 +102,23 @@ func ineligible(n, p *topology.Node) string {
 		return "replay paused"
 	}
 	return ""
+}
+
+// LagTie is how close two candidates' lags must be to count as equal. Lag
+// read from a busy primary moves by kilobytes from one look to the next;
+// without a tie the choice would flip between equally good replicas, and a
+// dry-run would preview a different candidate than the run then promotes.
+// It is the distance the switchover waits to close anyway before fencing.
+const LagTie = 1 << 20
+
+// lagBucket orders lags in steps of LagTie: transitive, as sorting needs,
+// unlike "within LagTie of each other".
+func lagBucket(n *topology.Node) uint64 {
+	l := lagOrMax(n)
+	if l == ^uint64(0) {
+		return l
+	}
+	return l / LagTie
 }
 
 func lagOrMax(n *topology.Node) uint64 {

@@ -13,6 +13,7 @@ import (
 	"github.com/mattn/go-isatty"
 
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover"
 )
 
 // IOStreams are the command's standard streams and what they are attached to.
@@ -48,6 +49,10 @@ type Factory struct {
 	Now func() time.Time
 	// Executable re-executes this binary (testenv helpers).
 	Executable func() (string, error)
+	// Controller returns what an operation changes nodes through, each
+	// call bounded by call, and a function that closes its connections.
+	// Tests wrap it to inject faults at a chosen step.
+	Controller func(cfg *config.Config, call time.Duration) (failover.Controller, func())
 
 	cfgOnce sync.Once
 	cfg     *config.Config
@@ -56,7 +61,13 @@ type Factory struct {
 
 // NewFactory returns a factory on the given streams.
 func NewFactory(io *IOStreams) *Factory {
-	return &Factory{IO: io, Now: time.Now, Executable: os.Executable, Timeout: 3 * time.Second, Output: "table"}
+	return &Factory{IO: io, Now: time.Now, Executable: os.Executable, Timeout: 3 * time.Second, Output: "table", Controller: pgController}
+}
+
+// pgController is the real Controller: pgx connections and node commands.
+func pgController(cfg *config.Config, call time.Duration) (failover.Controller, func()) {
+	pg := failover.NewPG(cfg, call)
+	return pg, pg.Close
 }
 
 // Config loads the configuration once.

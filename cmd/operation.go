@@ -179,6 +179,13 @@ func writePlan(w io.Writer, p *failover.Plan) {
 	}
 }
 
+// lockHeldError is exit 5 for a lock seen held before the operation began:
+// failing then rather than in Acquire leaves etcd untouched.
+func lockHeldError(cluster, holder string) error {
+	return &ExitError{Code: ExitLocked, Err: fmt.Errorf("lock on cluster %s held by %s: wait for it to finish, or pass --lock-wait DURATION; "+
+		"if its process is gone, break the lock with 'replctl lock release --force'", cluster, holder)}
+}
+
 // lockPreflight reports whether the lock is free (dry-runs only report it).
 func lockPreflight(obs observation, cfg *config.Config) checks.Result {
 	r := checks.Result{Name: "lock", Level: checks.OK, Code: "ok", Message: "the cluster lock is free"}

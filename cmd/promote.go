@@ -154,7 +154,19 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	rep := &promoteReport{DryRun: o.DryRun, Kind: "switchover", Cluster: cfg.Cluster, Primary: string(obs.Snap.Primary)}
 
 	plan, results, perr := o.plan(cfg, obs, rep, nil)
-	results = append(results, lockPreflight(obs, cfg))
+	// For a real run a held lock is no preflight failure: it is exit 5 at
+	// once, naming the holder (whose operation in flight may be what fails
+	// the other checks), or with --lock-wait a wait when taking it, which
+	// refusing here would make impossible.
+	lockCheck := lockPreflight(obs, cfg)
+	if held := !o.DryRun && obs.RecordErr == nil && obs.Record != nil && obs.Record.Lock != nil; held {
+		if o.LockWait <= 0 {
+			return lockHeldError(cfg.Cluster, obs.Record.Lock.Holder)
+		}
+		lockCheck.Level = checks.Warning
+		lockCheck.Message += fmt.Sprintf(": waiting up to %s for it", o.LockWait)
+	}
+	results = append(results, lockCheck)
 	rep.Checks = results
 	failed := checks.Failed(results)
 	rep.Proceed = len(failed) == 0 && perr == nil
@@ -181,8 +193,8 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	if err := o.IO.Confirm(fmt.Sprintf("Promote %s and demote %s?", rep.Candidate, rep.Primary), o.Yes); err != nil {
 		return err
 	}
-	ctl := failover.NewPG(cfg, o.Timeout)
-	defer ctl.Close()
+	ctl, closeCtl := o.Factory.Controller(cfg, o.Timeout)
+	defer closeCtl()
 	env := &failover.Env{Ctl: ctl}
 	plan, _, err = o.plan(cfg, obs, &promoteReport{}, env)
 	if err != nil {

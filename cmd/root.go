@@ -86,6 +86,7 @@ fencing lock. Dry-runs print exactly the steps a real run would execute.`,
 		newCmdHistory(f, nil),
 		newCmdPromote(f, nil),
 		newCmdRejoin(f, nil),
+		newCmdRunbook(f),
 		newCmdTestenv(f),
 	)
 	root.CompletionOptions.HiddenDefaultCmd = false

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/replctl/replctl/checks"
@@ -166,6 +167,12 @@ func JudgeEvidence(cfg *config.Config, snap *topology.Snapshot, old string, prob
 		}
 		if w := n.WALReceiver; w != nil {
 			re.Status = w.Status
+			if re.Status == "" {
+				// A receiver process runs (its pid is visible to anyone)
+				// but the role may not read its state: it may be
+				// streaming from a live primary.
+				re.Status = "unknown"
+			}
 			if w.LastMsgReceiptTime != nil && n.ServerTime != nil {
 				s := n.ServerTime.Sub(*w.LastMsgReceiptTime).Seconds()
 				re.SilenceSeconds = &s
@@ -173,6 +180,10 @@ func JudgeEvidence(cfg *config.Config, snap *topology.Snapshot, old string, prob
 		}
 		if re.Status == "" {
 			re.Status = "stopped"
+		}
+		if re.Status == "unknown" {
+			re.HearsPrimary = true
+			hearing = append(hearing, n.Name+" (a WAL receiver runs; its state is unreadable: grant pg_monitor)")
 		}
 		if re.Status == "streaming" {
 			thr := silenceThreshold(n)
@@ -428,6 +439,13 @@ func EmergencyPreflight(cfg *config.Config, snap *topology.Snapshot, st *State, 
 		last = fmt.Sprintf("%s was last recorded at %s; %s has received up to %s", old, st.LSN, chosen.Name, receivePos(chosen))
 	}
 	ch.Proof = ProveSync(st, examined, chosen.Name, last)
+	if ch.Proof.Proven && ch.AheadBytes > 0 {
+		// The quorum rule puts every acknowledged commit on the most
+		// advanced examined node, which is not the one chosen.
+		ch.Proof.Proven = false
+		ch.Proof.Message = fmt.Sprintf("examined %d quorum standbys, but %s is %s ahead of %s: acknowledged commits may be only on %s",
+			len(ch.Proof.Examined), ch.AheadNode, config.HumanBytes(ch.AheadBytes), chosen.Name, ch.AheadNode)
+	}
 	pr := checks.Result{Name: "sync_proof", Node: chosen.Name, Level: checks.OK, Code: "ok", Message: ch.Proof.Message}
 	switch {
 	case ch.Proof.Sync && !ch.Proof.Proven:
@@ -472,9 +490,19 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 	if o.CatchupTimeout <= 0 {
 		o.CatchupTimeout = 30 * time.Second
 	}
-	sw := &switchover{env: env, cfg: cfg, primary: oldNode, candidate: cand, opts: SwitchoverOptions{Candidate: candidate, CatchupTimeout: o.CatchupTimeout}}
+	cn := snap.Node(candidate)
+	sw := &switchover{env: env, cfg: cfg, primary: oldNode, candidate: cand, opts: SwitchoverOptions{Candidate: candidate, CatchupTimeout: o.CatchupTimeout},
+		candSync: syncSettingsOf(cn)}
+	var ahead []string
 	for _, n := range snap.Nodes {
 		if n.Member() && n.Role == topology.RoleReplica && n.Name != candidate && directReplicaOf(cfg, snap, n, old) {
+			// A replica that received WAL the candidate lacks (--allow-data-loss)
+			// cannot follow its timeline: repointing it would only wait for a
+			// stream that never comes. It needs a rewind.
+			if cn != nil && receivePos(n) != nil && receivePos(cn) != nil && *receivePos(n) > *receivePos(cn) {
+				ahead = append(ahead, n.Name)
+				continue
+			}
 			sw.others = append(sw.others, n)
 			sw.slots = append(sw.slots, slotFor(n))
 		}
@@ -508,7 +536,7 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 	}
 	if !o.NoFence {
 		add(Step{ID: StepFenceSQL, Node: old, Mutates: true, Budget: budget(2 * time.Second), Optional: true,
-			Description: fmt.Sprintf("%s: try the SQL fence in case it is reachable after all (%s); failure to connect is expected", old, strings.Join(SQLFenceSQL[:3], "; ")),
+			Description: fmt.Sprintf("%s: try the SQL fence in case it is reachable after all (%s); failure to connect is expected", old, strings.Join(SQLFenceSQL, "; ")),
 			Run: func(ctx context.Context) error {
 				c, cancel := context.WithTimeout(ctx, time.Second)
 				defer cancel()
@@ -567,6 +595,10 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 		p.Notes = append(p.Notes, fmt.Sprintf("no standby is left for synchronous_standby_names %s: %s runs asynchronous until replicas are added", quoteLiteral(sw.syncOriginal), candidate))
 	}
 	p.Notes = append(p.Notes, RejoinAdvice(cfg, old, candidate, false))
+	for _, name := range ahead {
+		p.Notes = append(p.Notes, fmt.Sprintf("%s received WAL that %s lacks and cannot follow it: it is left as it is; run `replctl rejoin %s` to rewind it into a replica of %s",
+			name, candidate, name, candidate))
+	}
 	return p, nil
 }
 
@@ -582,25 +614,46 @@ func (sw *switchover) replayReceived(ctx context.Context) error {
 }
 
 // ProbeOldPrimary tries to reach the old primary several times over the
-// confirmation window: one lucky connection proves it alive.
+// confirmation window: one lucky connection proves it alive. Attempts start
+// on schedule, each bounded by timeout, rather than one after the other: a
+// hung primary makes every attempt last its whole timeout, which would
+// stretch the window to three timeouts.
 func ProbeOldPrimary(ctx context.Context, prober topology.Prober, node config.Node, window, timeout time.Duration) []ProbeAttempt {
 	const attempts = 3
-	var out []ProbeAttempt
 	gap := window / (attempts - 1)
-	for i := 0; i < attempts; i++ {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		a       ProbeAttempt
+		aborted bool // cut short because another attempt succeeded
+	}
+	results := make([]*result, attempts)
+	var wg sync.WaitGroup
+	start := time.Now()
+schedule:
+	for i := range attempts {
 		if i > 0 {
 			select {
 			case <-ctx.Done():
-				return out
-			case <-time.After(gap):
+				break schedule
+			case <-time.After(time.Until(start.Add(time.Duration(i) * gap))):
 			}
 		}
-		pctx, cancel := context.WithTimeout(ctx, timeout)
-		st := prober.Probe(pctx, node)
-		cancel()
-		out = append(out, attemptOf(st))
-		if st.Reachable {
-			break
+		wg.Go(func() {
+			pctx, pcancel := context.WithTimeout(ctx, timeout)
+			st := prober.Probe(pctx, node)
+			pcancel()
+			results[i] = &result{a: attemptOf(st), aborted: !st.Reachable && ctx.Err() != nil}
+			if st.Reachable {
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	var out []ProbeAttempt
+	for _, r := range results {
+		if r != nil && !r.aborted {
+			out = append(out, r.a)
 		}
 	}
 	return out

@@ -21,10 +21,16 @@ type Controller interface {
 	Checkpoint(ctx context.Context, node string) error
 	CurrentLSN(ctx context.Context, node string) (topology.LSN, error)
 	ReceiveReplay(ctx context.Context, node string) (recv, replay topology.LSN, err error)
+	// WALReceiver is the pid of node's WAL receiver (0 without one) and the
+	// WAL it has received.
+	WALReceiver(ctx context.Context, node string) (pid int, received topology.LSN, err error)
+	// FenceSQL returns once no session that started read-write remains.
 	FenceSQL(ctx context.Context, node string) (*SQLFenceUndo, error)
 	UnfenceSQL(ctx context.Context, node string, u *SQLFenceUndo) error
 	CreateSlots(ctx context.Context, node string, slots []string) (created []string, err error)
 	DropSlots(ctx context.Context, node string, slots []string) error
+	// Promote wraps ErrPromoteNotSent in an error that left the node
+	// certainly unpromoted.
 	Promote(ctx context.Context, node string) error
 	Writable(ctx context.Context, node string) (timeline uint32, lsn topology.LSN, err error)
 	Repoint(ctx context.Context, node string, conninfo, slot string) error
@@ -193,16 +199,52 @@ func (p *PG) ReceiveReplay(ctx context.Context, node string) (recv, replay topol
 	return recv, replay, nil
 }
 
+// WALReceiver reads the pid of a replica's WAL receiver and what it has
+// received (its replay position when it never received anything).
+func (p *PG) WALReceiver(ctx context.Context, node string) (int, topology.LSN, error) {
+	var pid *int32
+	var r, y *string
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		return c.QueryRow(ctx, "SELECT (SELECT pid FROM pg_stat_wal_receiver), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").Scan(&pid, &r, &y)
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	if r == nil {
+		r = y
+	}
+	if r == nil {
+		return 0, 0, fmt.Errorf("%s: no receive or replay position: is it in recovery?", node)
+	}
+	lsn, err := topology.ParseLSN(*r)
+	if err != nil {
+		return 0, 0, err
+	}
+	if pid == nil {
+		return 0, lsn, nil
+	}
+	return int(*pid), lsn, nil
+}
+
 // fenceStandbyName is a synchronous standby name no standby has: a commit
 // that slips past the read-only fence waits for it, unacknowledged.
 const fenceStandbyName = "replctl_fenced"
 
-// SQLFenceSQL is the SQL of the SQL fence, shown in plans.
+// The SQL fence's statements.
+const (
+	fenceReadOnlySQL  = "ALTER SYSTEM SET default_transaction_read_only = on"
+	fenceSyncSQL      = "ALTER SYSTEM SET synchronous_standby_names = '" + fenceStandbyName + "'"
+	fenceReloadSQL    = "SELECT pg_reload_conf()"
+	fenceTerminateSQL = "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+)
+
+// SQLFenceSQL is the SQL fence as plans show it: its statements in order,
+// with the waits FenceSQL makes between them.
 var SQLFenceSQL = []string{
-	"ALTER SYSTEM SET default_transaction_read_only = on",
-	"ALTER SYSTEM SET synchronous_standby_names = '" + fenceStandbyName + "'",
-	"SELECT pg_reload_conf()",
-	"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+	fenceReadOnlySQL,
+	fenceSyncSQL,
+	fenceReloadSQL + ", then wait until the reload has taken effect",
+	fenceTerminateSQL + ", then wait until those sessions have exited",
 }
 
 // SQLFenceUndo remembers what the SQL fence replaced.
@@ -236,14 +278,56 @@ func (p *PG) FenceSQL(ctx context.Context, node string) (*SQLFenceUndo, error) {
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		for _, s := range SQLFenceSQL {
+		for _, s := range []string{fenceReadOnlySQL, fenceSyncSQL, fenceReloadSQL} {
 			if _, err := c.Exec(ctx, s); err != nil {
 				return fmt.Errorf("%s: %w", firstWords(s), err)
 			}
 		}
-		return nil
+		// pg_reload_conf() only signals the postmaster. Until it has
+		// reloaded, a new session still starts read-write, and would not
+		// be among those terminated below. Once it has, it signals every
+		// backend, this one included: seeing the new value here proves
+		// that every later session starts read-only.
+		err = pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+			var v string
+			err := c.QueryRow(ctx, "SELECT current_setting('synchronous_standby_names')").Scan(&v)
+			return v == fenceStandbyName, err
+		}, "the configuration reload did not take effect (is postgresql.conf valid?)")
+		if err != nil {
+			return err
+		}
+		pids, err := terminate(ctx, c)
+		if err != nil {
+			return err
+		}
+		// pg_terminate_backend() only signals too, and a session busy
+		// committing can still acknowledge that commit: the final WAL
+		// position may be read only once every one of them is gone.
+		return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+			var left int
+			err := c.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids).Scan(&left)
+			return left == 0, err
+		}, fmt.Sprintf("%d terminated sessions did not exit", len(pids)))
 	})
 	return u, err
+}
+
+// terminate terminates every other client session and returns their pids.
+func terminate(ctx context.Context, c *pgx.Conn) ([]int32, error) {
+	rows, err := c.Query(ctx, fenceTerminateSQL)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", firstWords(fenceTerminateSQL), err)
+	}
+	pids := []int32{}
+	for rows.Next() {
+		var pid int32
+		var ok bool
+		if err := rows.Scan(&pid, &ok); err != nil {
+			return nil, err
+		}
+		pids = append(pids, pid)
+	}
+	return pids, rows.Err()
 }
 
 // UnfenceSQL restores what FenceSQL changed.
@@ -297,23 +381,68 @@ func (p *PG) DropSlots(ctx context.Context, node string, slots []string) error {
 	})
 }
 
+// ErrPromoteNotSent is wrapped by a Promote failure that happened before
+// pg_promote() could reach the node: the node was not promoted and will not
+// be, so the old primary's fence may be lifted. After any other failure
+// the promotion may still happen.
+var ErrPromoteNotSent = errors.New("pg_promote() was not sent")
+
 // Promote asks the standby to promote and polls until it leaves recovery.
 // pg_promote(wait => true) polls only every 100 ms; we poll faster because
-// every millisecond here is write outage.
+// every millisecond here is write outage. A failure before the request was
+// sent wraps ErrPromoteNotSent.
 func (p *PG) Promote(ctx context.Context, node string) error {
-	if err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
-		var ok bool
-		return c.QueryRow(ctx, "SELECT pg_promote(wait => false)").Scan(&ok)
-	}); err != nil {
-		return err
+	c, err := p.live(ctx, node)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrPromoteNotSent, err)
 	}
-	return p.poll(ctx, func(ctx context.Context) (bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, p.Call)
+	var ok bool
+	err = c.QueryRow(cctx, "SELECT pg_promote(wait => false)").Scan(&ok)
+	cancel()
+	if err == nil && !ok {
+		err = errors.New("returned false")
+	}
+	if err != nil {
+		n, _ := p.node(node)
+		return fmt.Errorf("%s: pg_promote(): %s", node, config.Scrub(err.Error(), n.DSN))
+	}
+	// Promotion takes a few milliseconds, all of them write outage: poll
+	// faster than Poll, which waits of seconds use.
+	return pollUntil(ctx, min(p.Poll, promotePoll), func(ctx context.Context) (bool, error) {
 		var rec bool
 		err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
 			return c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
 		})
 		return !rec, err
-	})
+	}, "timed out")
+}
+
+// promotePoll is how often Promote looks whether the node left recovery.
+const promotePoll = time.Millisecond
+
+// live returns a connection to node that has just answered a ping. Sent on
+// a cached connection whose server has died since, a request fails in a
+// way that cannot tell "never arrived" from "arrived, then the server
+// died"; a failed ping means nothing else was sent.
+func (p *PG) live(ctx context.Context, name string) (*pgx.Conn, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := p.conn(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		pctx, cancel := context.WithTimeout(ctx, p.Call)
+		err = c.Ping(pctx)
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		if c.IsClosed() && attempt == 0 && ctx.Err() == nil {
+			continue
+		}
+		n, _ := p.node(name)
+		return nil, fmt.Errorf("%s: %s", name, config.Scrub(err.Error(), n.DSN))
+	}
 }
 
 // Writable verifies the node accepts writes and returns its timeline, read

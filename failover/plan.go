@@ -155,7 +155,12 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 		}
 		start := now()
 		sink(Event{Type: StepStarted, StepID: s.ID, Node: s.Node, Description: s.Description, Time: start})
-		err := ctx.Err()
+		var err error
+		if ctx.Err() != nil {
+			// The cause says why (the lock was lost), where Err says only
+			// "context canceled".
+			err = context.Cause(ctx)
+		}
 		if err == nil && s.Mutates && guard != nil {
 			if gerr := guard.Check(ctx, s.Budget); gerr != nil {
 				err = fmt.Errorf("lock check before %q: %w", s.ID, gerr)

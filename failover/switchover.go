@@ -26,6 +26,7 @@ const (
 	StepCheckpoint  = "checkpoint"
 	StepFence       = "fence"
 	StepFinalLSN    = "final-lsn"
+	StepDetach      = "detach"
 	StepWaitReplay  = "wait-replay"
 	StepPromote     = "promote"
 	StepVerify      = "verify"
@@ -109,6 +110,25 @@ type switchover struct {
 	sync         *topology.SyncStandbys
 	syncOriginal string
 	syncCommit   string
+	// candSync is the candidate's own synchronous replication settings: what
+	// it runs with once promoted, until the sync step replaces them.
+	candSync SyncSettings
+}
+
+// syncSettingsOf is a node's synchronous replication settings as probed;
+// unknown ones stay empty, which ProveSync reads as "not recorded".
+func syncSettingsOf(n *topology.Node) SyncSettings {
+	var s SyncSettings
+	if n == nil {
+		return s
+	}
+	if v := n.Settings.SynchronousStandbyNames; v != nil {
+		s.StandbyNames = *v
+	}
+	if v := n.Settings.SynchronousCommit; v != nil {
+		s.Commit = *v
+	}
+	return s
 }
 
 // BuildSwitchoverPlan builds the planned switchover of snap's primary to
@@ -129,7 +149,8 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 	if opts.CatchupTimeout <= 0 {
 		opts.CatchupTimeout = 30 * time.Second
 	}
-	sw := &switchover{env: env, cfg: cfg, primary: primary, candidate: candidate, opts: opts, fence: FenceSQL}
+	sw := &switchover{env: env, cfg: cfg, primary: primary, candidate: candidate, opts: opts, fence: FenceSQL,
+		candSync: syncSettingsOf(snap.Node(candidate.Name))}
 	if primary.Commands.Stop != "" {
 		sw.fence = FenceStop
 	}
@@ -202,8 +223,36 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 			Description: fmt.Sprintf("%s: read its final WAL position: SELECT pg_current_wal_lsn()", primary.Name),
 			Run:         sw.finalFromPrimary})
 	}
+	replayed := fmt.Sprintf("%s's final position", primary.Name)
+	if sw.fence == FenceSQL && len(sw.others) > 0 {
+		// The SQL-fenced primary stays up and may still write WAL of its
+		// own (checkpoints, standby snapshots, hint bits). A replica that
+		// replayed some of it past the candidate's end of recovery could
+		// never follow the new timeline, so each one stops following the
+		// old primary (it cascades from the candidate instead) before the
+		// promotion, and the candidate replays at least what it received.
+		for _, o := range sw.others {
+			ci, err := ReplicaConninfo(candidate, o.Name)
+			if err != nil {
+				return nil, err
+			}
+			back, err := ReplicaConninfo(primary, o.Name)
+			if err != nil {
+				return nil, err
+			}
+			slot, b := slotFor(o), budget(2*time.Second)
+			add(Step{ID: StepDetach + "-" + o.Name, Node: o.Name, Mutates: true, Budget: b,
+				Description: fmt.Sprintf("%s: stop it following %s, which stays up: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s (cascade from %s); SELECT pg_reload_conf(); wait until its WAL receiver has restarted and read what it received",
+					o.Name, primary.Name, quoteLiteral(ci), quoteLiteral(slot), candidate.Name),
+				UndoDescription: fmt.Sprintf("%s: follow %s again: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf()",
+					o.Name, primary.Name, quoteLiteral(back), quoteLiteral(slot)),
+				Run:  func(ctx context.Context) error { return sw.detach(ctx, o.Name, ci, slot, b, true) },
+				Undo: func(ctx context.Context) error { return sw.reattach(ctx, o.Name, back, slot, b) }})
+		}
+		replayed += " and what the other replicas received"
+	}
 	add(Step{ID: StepWaitReplay, Node: candidate.Name,
-		Description: fmt.Sprintf("%s: wait until it has replayed up to %s's final position (timeout %s)", candidate.Name, primary.Name, opts.CatchupTimeout),
+		Description: fmt.Sprintf("%s: wait until it has replayed up to %s (timeout %s)", candidate.Name, replayed, opts.CatchupTimeout),
 		Run:         sw.waitReplay})
 	add(Step{ID: StepPromote, Node: candidate.Name, Mutates: true, Budget: budget(2 * time.Second), PointOfNoReturn: true,
 		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery", candidate.Name),
@@ -419,6 +468,46 @@ func (sw *switchover) finalFromPrimary(ctx context.Context) error {
 	return err
 }
 
+// detach points a replica at a new upstream and waits up to timeout until
+// its WAL receiver has restarted, so that it no longer receives from the
+// old one. With raise, the candidate's replay target rises to what it had
+// received.
+func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string, timeout time.Duration, raise bool) error {
+	pid0, _, err := sw.env.Ctl.WALReceiver(ctx, node)
+	if err != nil {
+		return err
+	}
+	if err := sw.env.Ctl.Repoint(ctx, node, conninfo, slot); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var received topology.LSN
+	// A new primary_conninfo makes the startup process restart the WAL
+	// receiver: a new pid, or none for a moment, means the old one is gone.
+	err = pollUntil(wctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		pid, r, err := sw.env.Ctl.WALReceiver(ctx, node)
+		received = r
+		return err == nil && (pid == 0 || pid != pid0), err
+	}, fmt.Sprintf("%s's WAL receiver did not restart within %s after its primary_conninfo changed", node, timeout))
+	if err != nil {
+		return err
+	}
+	if raise && received > sw.finalLSN {
+		sw.finalLSN = received
+	}
+	return nil
+}
+
+func (sw *switchover) reattach(ctx context.Context, node, conninfo, slot string, timeout time.Duration) error {
+	if sw.promoteSent {
+		return fmt.Errorf("leaving %s to follow %s: it may have been promoted", node, sw.candidate.Name)
+	}
+	// Waiting for the restart frees its slot on the candidate, which the
+	// slots' undo then drops.
+	return sw.detach(ctx, node, conninfo, slot, timeout, false)
+}
+
 func (sw *switchover) waitReplay(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, sw.opts.CatchupTimeout)
 	defer cancel()
@@ -436,8 +525,11 @@ func (sw *switchover) waitReplay(ctx context.Context) error {
 }
 
 func (sw *switchover) promote(ctx context.Context) error {
-	sw.promoteSent = true
-	return sw.env.Ctl.Promote(ctx, sw.candidate.Name)
+	err := sw.env.Ctl.Promote(ctx, sw.candidate.Name)
+	// Unless pg_promote() certainly never reached the candidate, it may be
+	// promoted yet: the undo must then leave the old primary fenced.
+	sw.promoteSent = !errors.Is(err, ErrPromoteNotSent)
+	return err
 }
 
 func (sw *switchover) verify(ctx context.Context) error {
@@ -461,6 +553,11 @@ func (sw *switchover) record(ctx context.Context) error {
 		s.Primary = sw.candidate.Name
 		s.Timeline = sw.newTimeline
 		s.LSN = sw.newLSN
+		// The record's settings must be the primary's that is now in
+		// charge: an emergency failover proves its quorum with them, and
+		// the old primary's name different standbys.
+		s.Sync = sw.candSync
+		s.Sync.SeenAt = time.Now()
 		s.Fence(sw.primary.Name, "former primary, replaced by "+sw.candidate.Name)
 		return nil
 	})
@@ -530,7 +627,14 @@ func (sw *switchover) applySync(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return sw.env.Ctl.SetSyncStandbys(ctx, sw.candidate.Name, want.String())
+	if err := sw.env.Ctl.SetSyncStandbys(ctx, sw.candidate.Name, want.String()); err != nil {
+		return err
+	}
+	_, _, err = sw.env.Lock.UpdateState(ctx, func(s *State) error {
+		s.Sync = SyncSettings{StandbyNames: want.String(), Commit: sw.candSync.Commit, SeenAt: time.Now()}
+		return nil
+	})
+	return err
 }
 
 // pollUntil calls cond every interval until it is true or ctx ends; on

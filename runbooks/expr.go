@@ -114,7 +114,7 @@ type Value struct {
 func (v Value) String() string {
 	switch v.Type {
 	case TypeDuration:
-		return time.Duration(v.N).String()
+		return roundDur(time.Duration(v.N)).String()
 	case TypeSize:
 		return config.HumanBytes(uint64(v.N))
 	case TypeNode:

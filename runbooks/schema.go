@@ -99,11 +99,11 @@ type Runbook struct {
 	OnFailure []*Step
 }
 
-// Changes reports whether any step changes the cluster (such a run asks
-// for confirmation).
-func (rb *Runbook) Changes() bool {
+// Writes reports whether any step changes the cluster or writes to it
+// (the probe's table and rows): such a run asks for confirmation.
+func (rb *Runbook) Writes() bool {
 	for _, s := range append(append([]*Step{}, rb.Steps...), rb.OnFailure...) {
-		if s.Kind.Changes() {
+		if s.Kind.Changes() || s.Kind == KindProbe {
 			return true
 		}
 	}
@@ -181,6 +181,8 @@ type Step struct {
 	CatchupTimeout time.Duration
 	NoRejoin       bool
 	RequireStop    bool
+	// AllowDataLoss is promote --emergency --allow-data-loss.
+	AllowDataLoss bool
 	// rejoin, node, wait (reachable, unreachable, primary)
 	Target Ref
 	// node: stop, start, kill; probe: start, stop

@@ -478,8 +478,12 @@ func state(n *Node) string {
 		return "unreachable"
 	case n.Foreign:
 		return "foreign"
+	case n.Role == RolePrimary && n.Fenced && n.ReadOnly():
+		return "read-only, fenced"
 	case n.Role == RolePrimary && n.Fenced:
 		return "writable, fenced"
+	case n.Role == RolePrimary && n.ReadOnly():
+		return "read-only"
 	case n.Role == RolePrimary:
 		return "writable"
 	}

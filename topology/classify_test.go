@@ -199,6 +199,14 @@ func TestClassifyForeignAndSplitBrain(t *testing.T) {
 	if s.Primary != "pg3" || len(s.SplitBrain) != 0 || !s.Node("pg1").Fenced || s.Node("pg1").State != "writable, fenced" {
 		t.Fatalf("with record: primary %q split %v pg1 %+v", s.Primary, s.SplitBrain, s.Node("pg1").State)
 	}
+	// Under the SQL fence it is up but read-only, and said to be.
+	ro := "on"
+	st[0].Settings.DefaultTransactionReadOnly = &ro
+	s = Classify(cfg, st, &Record{Primary: "pg3", Fenced: []string{"pg1"}})
+	if s.Primary != "pg3" || s.Node("pg1").State != "read-only, fenced" {
+		t.Fatalf("fenced read-only: primary %q pg1 %q", s.Primary, s.Node("pg1").State)
+	}
+	st[0].Settings.DefaultTransactionReadOnly = nil
 	s = Classify(cfg, st, &Record{Primary: "pg3"})
 	if s.Primary != "pg3" || len(s.SplitBrain) != 2 {
 		t.Fatalf("recorded primary in a split brain: %q %v", s.Primary, s.SplitBrain)

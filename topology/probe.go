@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -73,6 +74,16 @@ func (p PgProber) probe(ctx context.Context, node config.Node, st *NodeStatus) e
 	if err := decodeProbe([]byte(doc), node, st); err != nil {
 		return fmt.Errorf("probe %s: %w", node.Name, err)
 	}
+	var want struct {
+		HistoryWanted bool `json:"history_wanted"`
+	}
+	if json.Unmarshal([]byte(doc), &want) == nil && want.HistoryWanted {
+		var tli *int64
+		if err := conn.QueryRow(ctx, historyTimelineQuery).Scan(&tli); err != nil {
+			return fmt.Errorf("probe %s: timeline history: %w", node.Name, err)
+		}
+		applyHistoryTimeline(st, tli)
+	}
 	st.Reachable = true
 	return nil
 }
@@ -125,6 +136,8 @@ SELECT json_build_object(
   'server_version', current_setting('server_version'),
   'system_identifier', (SELECT system_identifier::text FROM pg_control_system()),
   'checkpoint_timeline', (SELECT timeline_id FROM pg_control_checkpoint()),
+  'history_wanted', s.rec AND has_function_privilege('pg_ls_waldir()', 'EXECUTE')
+    AND NOT EXISTS (SELECT 1 FROM pg_stat_get_wal_receiver() WHERE received_tli > 0),
   'in_recovery', s.rec,
   'current_lsn', w.cur,
   'walfile', pg_walfile_name(w.cur),
@@ -160,7 +173,8 @@ SELECT json_build_object(
     'primary_slot_name', current_setting('primary_slot_name'),
     'wal_receiver_timeout', current_setting('wal_receiver_timeout'),
     'wal_sender_timeout', current_setting('wal_sender_timeout'),
-    'cluster_name', current_setting('cluster_name'))
+    'cluster_name', current_setting('cluster_name'),
+    'default_transaction_read_only', current_setting('default_transaction_read_only'))
 )::text
 FROM s, w`
 }
@@ -168,8 +182,33 @@ FROM s, w`
 // probeDoc is the JSON document probeQuery returns.
 type probeDoc struct {
 	NodeStatus
-	Walfile  *string            `json:"walfile"`
-	Settings map[string]*string `json:"settings"`
+	Walfile *string `json:"walfile"`
+	// HistoryWanted asks for historyTimelineQuery: a replica without a
+	// receiver timeline, and a role that may list pg_wal.
+	HistoryWanted bool               `json:"history_wanted"`
+	Settings      map[string]*string `json:"settings"`
+}
+
+// historyTimelineQuery reads the newest timeline history file in pg_wal. It
+// is a second round trip, made only on a replica whose WAL receiver is
+// gone, because a query that so much as names pg_ls_waldir() fails for a
+// role without the privilege, even where a CASE would not call it.
+const historyTimelineQuery = `SELECT max(('x' || substr(name, 1, 8))::bit(32)::bigint)
+FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\.history$'`
+
+// applyHistoryTimeline takes a replica's timeline from its newest history
+// file (tli, nil when none) when that is ahead of the restartpoint's:
+// recovery_target_timeline = latest switches to the newest timeline it
+// fetched, while the last restartpoint's lags a promotion by up to
+// checkpoint_timeout. Timeline 1 has no history file.
+func applyHistoryTimeline(st *NodeStatus, tli *int64) {
+	if tli == nil || *tli <= 0 || *tli > math.MaxUint32 || st.TimelineSource != TimelineFromCheckpoint && st.Timeline != nil {
+		return
+	}
+	if st.Timeline == nil || uint32(*tli) >= *st.Timeline {
+		v := uint32(*tli)
+		st.Timeline, st.TimelineSource = &v, TimelineFromHistory
+	}
 }
 
 // decodeProbe fills st from the probe's JSON document. It is separate from
@@ -190,10 +229,15 @@ func decodeProbe(doc []byte, node config.Node, st *NodeStatus) error {
 		if err != nil {
 			return err
 		}
-		st.Timeline = &tli
+		st.Timeline, st.TimelineSource = &tli, TimelineFromWAL
 	case st.InRecovery && st.WALReceiver != nil && st.WALReceiver.ReceivedTLI != nil && *st.WALReceiver.ReceivedTLI > 0:
 		tli := *st.WALReceiver.ReceivedTLI
-		st.Timeline = &tli
+		st.Timeline, st.TimelineSource = &tli, TimelineFromReceiver
+	case st.InRecovery && st.CheckpointTimeline != nil && *st.CheckpointTimeline > 0:
+		// No receiver (its upstream died): the last restartpoint's timeline,
+		// until applyHistoryTimeline finds a newer one.
+		tli := *st.CheckpointTimeline
+		st.Timeline, st.TimelineSource = &tli, TimelineFromCheckpoint
 	}
 	if st.WALReceiver != nil && st.WALReceiver.Conninfo != nil {
 		s := config.Scrub(*st.WALReceiver.Conninfo)
@@ -240,6 +284,7 @@ func decodeSettings(m map[string]*string, node config.Node) Settings {
 	s.RecoveryTargetTimeline = str("recovery_target_timeline")
 	s.PrimarySlotName = str("primary_slot_name")
 	s.ClusterName = str("cluster_name")
+	s.DefaultTransactionReadOnly = str("default_transaction_read_only")
 	if c := str("primary_conninfo"); c != nil {
 		v := config.Scrub(*c, node.DSN)
 		s.PrimaryConninfo = &v

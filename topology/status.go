@@ -33,9 +33,14 @@ type NodeStatus struct {
 	SystemID   string `json:"system_identifier"`
 	InRecovery bool   `json:"in_recovery"`
 	// Timeline is the node's current timeline: from the WAL file being
-	// written on a primary, from the WAL receiver on a replica. Nil when a
-	// replica has no WAL receiver: the checkpoint's timeline may be stale.
+	// written on a primary, from the WAL receiver on a replica. A replica
+	// without a receiver (its primary died) falls back to the newest
+	// timeline history file in its pg_wal, else its last restartpoint's
+	// timeline; TimelineSource says which. Nil when none is readable.
 	Timeline *uint32 `json:"timeline"`
+	// TimelineSource is where Timeline comes from: "wal", "receiver", or
+	// the replica's fallbacks "history" and "checkpoint".
+	TimelineSource string `json:"timeline_source,omitempty"`
 	// CheckpointTimeline is the last checkpoint's timeline, for diagnosis
 	// only: it stays on the old timeline for a while after a promotion.
 	CheckpointTimeline *uint32 `json:"checkpoint_timeline"`
@@ -55,6 +60,22 @@ type NodeStatus struct {
 	Replication    []Replication `json:"replication"`
 	Slots          []Slot        `json:"slots"`
 	Settings       Settings      `json:"settings"`
+}
+
+// Timeline sources, from the most to the least direct.
+const (
+	TimelineFromWAL        = "wal"
+	TimelineFromReceiver   = "receiver"
+	TimelineFromHistory    = "history"
+	TimelineFromCheckpoint = "checkpoint"
+)
+
+// ReadOnly reports whether sessions start read-only
+// (default_transaction_read_only = on), as on a primary under the SQL
+// fence: not in recovery, yet ordinary clients cannot write.
+func (n *NodeStatus) ReadOnly() bool {
+	v := n.Settings.DefaultTransactionReadOnly
+	return v != nil && *v == "on"
 }
 
 // ReplayPaused reports whether replay is paused or a pause was requested.
@@ -151,4 +172,7 @@ type Settings struct {
 	WALReceiverTimeoutMS *int64  `json:"wal_receiver_timeout_ms"`
 	WALSenderTimeoutMS   *int64  `json:"wal_sender_timeout_ms"`
 	ClusterName          *string `json:"cluster_name"`
+	// DefaultTransactionReadOnly is "on" on a primary under the SQL fence:
+	// ordinary sessions cannot write.
+	DefaultTransactionReadOnly *string `json:"default_transaction_read_only"`
 }
