@@ -206,7 +206,12 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 			"max_lag": o.MaxLag.String(), "catchup_timeout": o.CatchupTimeout.String(), "no_rejoin": fmt.Sprint(o.NoRejoin)},
 		Rebuild: func(ctx context.Context) (*failover.Plan, []checks.Result, error) {
 			obs := observe(ctx, cfg, o.Timeout, nil, func(rctx context.Context) (*recordInfo, error) { return readRecordWith(rctx, cli, cfg) })
-			return o.plan(cfg, obs, &promoteReport{}, nil)
+			// Keep the candidate that was shown: under write load two
+			// replicas can swap places by a few bytes of lag, and the
+			// re-check is about safety, not about choosing again.
+			pinned := *o
+			pinned.Node = rep.Candidate
+			return pinned.plan(cfg, obs, &promoteReport{}, nil)
 		},
 	}}
 	res := op.run(ctx, plan, env)

@@ -567,6 +567,14 @@ func (l *Lock) Err() error {
 	return nil
 }
 
+// OperationID is the history ID of the operation running under the lock,
+// "" before StartOperation.
+func (l *Lock) OperationID() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.opID
+}
+
 // Token is the fencing token: the etcd revision at which the lock was
 // acquired, greater than every earlier holder's.
 func (l *Lock) Token() int64 { return l.token }

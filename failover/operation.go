@@ -127,10 +127,13 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *Plan, env *Env) *R
 		return nil
 	}
 	env.OperationID = func() string {
-		if op == nil {
-			return ""
+		switch {
+		case op != nil:
+			return op.ID()
+		case lock != nil:
+			return lock.OperationID() // the caller's, e.g. a drill's
 		}
-		return op.ID()
+		return ""
 	}
 	sink := func(e Event) {
 		if spec.Sink != nil {

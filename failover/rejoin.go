@@ -85,6 +85,10 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 	plan.Steps = []Step{
 		{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight", cfg.Etcd.Prefix, cfg.Cluster, cfg.Lock.TTL),
 			Run: func(ctx context.Context) error { return env.Acquire(ctx) }},
+		{ID: StepSaveConfig, Node: primary.Name, Mutates: true, Budget: budget,
+			Description: fmt.Sprintf("etcd: save %s's synchronous_standby_names (%s) and synchronous_commit (%s) in the cluster record",
+				primary.Name, quoteOrEmpty(p.Settings.SynchronousStandbyNames), orUnknown(p.Settings.SynchronousCommit)),
+			Run: func(ctx context.Context) error { return SaveSyncSettings(ctx, env.Lock, p) }},
 		{ID: StepCreateSlots, Node: primary.Name, Mutates: true, Budget: budget,
 			Description: fmt.Sprintf("%s: create physical replication slot %s for it, if missing", primary.Name, node),
 			Run: func(ctx context.Context) error {

@@ -92,6 +92,7 @@ type SwitchoverOptions struct {
 type switchover struct {
 	env       *Env
 	cfg       *config.Config
+	pn        *topology.Node // the primary as observed
 	primary   config.Node
 	candidate config.Node
 	others    []*topology.Node
@@ -377,14 +378,7 @@ func (sw *switchover) acquire(ctx context.Context) error {
 }
 
 func (sw *switchover) saveSettings(ctx context.Context) error {
-	_, _, err := sw.env.Lock.UpdateState(ctx, func(s *State) error {
-		if s.Primary == "" {
-			s.Primary = sw.primary.Name
-		}
-		s.Sync = SyncSettings{StandbyNames: sw.syncOriginal, Commit: sw.syncCommit, SeenAt: time.Now()}
-		return nil
-	})
-	return err
+	return SaveSyncSettings(ctx, sw.env.Lock, sw.pn)
 }
 
 func (sw *switchover) catchup(ctx context.Context) error {

@@ -99,7 +99,11 @@ func (e *Engine) Run(ctx context.Context, rb *Runbook) (*Report, error) {
 	// The lock's context ends when the lock is lost: no main step starts,
 	// or goes on, after that.
 	lctx := lock.Context()
-	d.initial = string(e.observe(lctx).Snap.Primary)
+	first := e.observe(lctx)
+	d.initial = string(first.Snap.Primary)
+	if err := failover.SaveSyncSettings(lctx, lock, first.Snap.PrimaryNode()); err != nil {
+		e.emit(Event{Type: EventDrillStarted, Message: "warning: could not save the primary's synchronous settings in the cluster record: " + err.Error()})
+	}
 	rep.InitialPrimary = d.initial
 	e.emit(Event{Type: EventDrillStarted, Message: fmt.Sprintf("drill %s on cluster %s: lock taken (token %d), operation %s, initial primary %s",
 		rb.Name, rb.Cluster, lock.Token(), op.ID(), orNone(d.initial))})
