@@ -32,21 +32,18 @@ func (o *PromoteOptions) runEmergency(ctx context.Context, cfg *config.Config, c
 	}
 	eo := failover.EmergencyOptions{Candidate: o.Node, AllowDataLoss: o.AllowDataLoss, Force: o.Force, NoFence: o.NoFence, CatchupTimeout: o.CatchupTimeout}
 	plan, an, perr := failover.PlanEmergency(cfg, obs.Snap, st, probes, eo, nil)
-	lockCheck := lockPreflight(obs, cfg)
+	lockCheck, err := lockGate(obs, cfg, o.DryRun, o.LockWait)
+	if err != nil {
+		return err
+	}
 	results := append(an.Checks, lockCheck)
 	rep := &promoteReport{DryRun: o.DryRun, Kind: "failover", Cluster: cfg.Cluster, Primary: an.OldPrimary,
 		Candidate: an.Choice.Chosen, Checks: results, Plan: plan, Emergency: an}
 	if an.Choice.Chosen != "" {
 		rep.Choice = &an.Choice.Ranking
 	}
-	// A held lock is no refusal for a real run: it is exit 5, or a wait
-	// with --lock-wait, which refusing here would make impossible.
-	held := !o.DryRun && obs.RecordErr == nil && obs.Record != nil && obs.Record.Lock != nil
-	failed := checks.Failed(an.Checks)
-	if !held {
-		failed = checks.Failed(results)
-	}
-	rep.Proceed = len(failed) == 0 && perr == nil && !(held && o.LockWait <= 0)
+	failed := checks.Failed(results)
+	rep.Proceed = len(failed) == 0 && perr == nil
 	if o.Force && !an.Evidence.Conclusive {
 		fmt.Fprintf(o.IO.ErrOut, "WARNING: --force: proceeding although %s\n", an.Evidence.Verdict)
 	}
@@ -62,10 +59,6 @@ func (o *PromoteOptions) runEmergency(ctx context.Context, cfg *config.Config, c
 			return &ExitError{Code: ExitUnsafe, Err: &failover.RefusedError{Failed: failed}}
 		case perr != nil:
 			return &ExitError{Code: ExitUnsafe, Err: perr}
-		case held:
-			// Failing here rather than in Acquire leaves etcd untouched.
-			return &ExitError{Code: ExitLocked, Err: fmt.Errorf("lock on cluster %s held by %s: wait for it to finish, or pass --lock-wait DURATION; if its process is gone, break the lock with 'replctl lock release --force'",
-				cfg.Cluster, obs.Record.Lock.Holder)}
 		}
 		return nil
 	}
@@ -79,7 +72,7 @@ func (o *PromoteOptions) runEmergency(ctx context.Context, cfg *config.Config, c
 	ctl, closeCtl := o.Factory.Controller(cfg, o.Timeout)
 	defer closeCtl()
 	env := &failover.Env{Ctl: ctl}
-	plan, _, err := failover.PlanEmergency(cfg, obs.Snap, st, probes, eo, env)
+	plan, _, err = failover.PlanEmergency(cfg, obs.Snap, st, probes, eo, env)
 	if err != nil {
 		return &ExitError{Code: ExitUnsafe, Err: err}
 	}

@@ -186,6 +186,23 @@ func lockHeldError(cluster, holder string) error {
 		"if its process is gone, break the lock with 'replctl lock release --force'", cluster, holder)}
 }
 
+// lockGate turns the observed lock into a preflight result. For a real run
+// a lock held by another operation is no refusal: it is exit 5 at once,
+// naming the holder (whose operation in flight may be what fails the other
+// checks), or with --lock-wait a wait when taking it, which refusing here
+// would make impossible. A dry-run only reports it.
+func lockGate(obs observation, cfg *config.Config, dryRun bool, lockWait time.Duration) (checks.Result, error) {
+	r := lockPreflight(obs, cfg)
+	if held := !dryRun && obs.RecordErr == nil && obs.Record != nil && obs.Record.Lock != nil; held {
+		if lockWait <= 0 {
+			return r, lockHeldError(cfg.Cluster, obs.Record.Lock.Holder)
+		}
+		r.Level = checks.Warning
+		r.Message += fmt.Sprintf(": waiting up to %s for it", lockWait)
+	}
+	return r, nil
+}
+
 // lockPreflight reports whether the lock is free (dry-runs only report it).
 func lockPreflight(obs observation, cfg *config.Config) checks.Result {
 	r := checks.Result{Name: "lock", Level: checks.OK, Code: "ok", Message: "the cluster lock is free"}

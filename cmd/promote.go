@@ -154,17 +154,9 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	rep := &promoteReport{DryRun: o.DryRun, Kind: "switchover", Cluster: cfg.Cluster, Primary: string(obs.Snap.Primary)}
 
 	plan, results, perr := o.plan(cfg, obs, rep, nil)
-	// For a real run a held lock is no preflight failure: it is exit 5 at
-	// once, naming the holder (whose operation in flight may be what fails
-	// the other checks), or with --lock-wait a wait when taking it, which
-	// refusing here would make impossible.
-	lockCheck := lockPreflight(obs, cfg)
-	if held := !o.DryRun && obs.RecordErr == nil && obs.Record != nil && obs.Record.Lock != nil; held {
-		if o.LockWait <= 0 {
-			return lockHeldError(cfg.Cluster, obs.Record.Lock.Holder)
-		}
-		lockCheck.Level = checks.Warning
-		lockCheck.Message += fmt.Sprintf(": waiting up to %s for it", o.LockWait)
+	lockCheck, err := lockGate(obs, cfg, o.DryRun, o.LockWait)
+	if err != nil {
+		return err
 	}
 	results = append(results, lockCheck)
 	rep.Checks = results

@@ -94,7 +94,11 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	obs := observe(ctx, cfg, o.Timeout, nil, recordFn)
 	rep := &rejoinReport{DryRun: o.DryRun, Node: o.Node, Primary: string(obs.Snap.Primary)}
 	plan, results, perr := failover.PlanRejoin(cfg, obs.Snap, o.Node, nil)
-	results = append(results, lockPreflight(obs, cfg))
+	lockCheck, err := lockGate(obs, cfg, o.DryRun, o.LockWait)
+	if err != nil {
+		return err
+	}
+	results = append(results, lockCheck)
 	rep.Checks, rep.Plan = results, plan
 	failed := checks.Failed(results)
 	rep.Proceed = len(failed) == 0 && perr == nil
