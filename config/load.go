@@ -236,7 +236,7 @@ func checkKeys(path string, n *yaml.Node, t reflect.Type, where string) error {
 			f, ok := fields[k.Value]
 			if !ok {
 				return &Error{File: path, Line: k.Line, Key: key, Msg: "unknown key",
-					Hint: "known keys here are " + strings.Join(names, ", ") + suggest(k.Value, names)}
+					Hint: "known keys here are " + strings.Join(names, ", ") + Suggest(k.Value, names)}
 			}
 			if seen[k.Value] {
 				return &Error{File: path, Line: k.Line, Key: key, Msg: "key given twice", Hint: "keep one"}
@@ -296,8 +296,9 @@ func orTop(where string) string {
 	return where
 }
 
-// suggest offers the closest known key for a likely typo.
-func suggest(bad string, names []string) string {
+// Suggest offers the closest known name for a likely typo, as
+// ` (did you mean "x"?)`, or "" when nothing is close.
+func Suggest(bad string, names []string) string {
 	best, bestD := "", 3
 	for _, n := range names {
 		if d := editDistance(bad, n); d < bestD {

@@ -156,7 +156,7 @@ func ParseAssertion(expr string, nodes []string) (*Assertion, error) {
 	}
 	info, ok := metricInfo(name)
 	if !ok {
-		return nil, fmt.Errorf("unknown metric %q: known metrics are %s and <step id>.duration%s", name, strings.Join(metricNames(), ", "), suggest(name, metricNames()))
+		return nil, fmt.Errorf("unknown metric %q: known metrics are %s and <step id>.duration%s", name, strings.Join(metricNames(), ", "), config.Suggest(name, metricNames()))
 	}
 	rest := strings.TrimSpace(s[i:])
 	var op Op
@@ -263,7 +263,7 @@ func parseRef(raw string, nodes []string, allowAuto bool) (Ref, error) {
 		if allowAuto {
 			refs = "auto, " + refs
 		}
-		return Ref{}, fmt.Errorf("%q is not a configured node: name one of %s, or %s%s", raw, strings.Join(nodes, ", "), refs, suggest(raw, nodes))
+		return Ref{}, fmt.Errorf("%q is not a configured node: name one of %s, or %s%s", raw, strings.Join(nodes, ", "), refs, config.Suggest(raw, nodes))
 	}
 	return Ref{Kind: RefNode, Node: raw}, nil
 }
@@ -303,38 +303,4 @@ func (a *Assertion) Eval(got Value, bound Value) bool {
 		return x != y
 	}
 	return false
-}
-
-// suggest offers the closest known name for a likely typo.
-func suggest(bad string, names []string) string {
-	best, bestD := "", 3
-	for _, n := range names {
-		if d := editDistance(bad, n); d < bestD {
-			best, bestD = n, d
-		}
-	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur := make([]int, len(b)+1)
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev = cur
-	}
-	return prev[len(b)]
 }

@@ -108,7 +108,7 @@ func (l *loader) mapping(n *yaml.Node, where string, allowed []string) *mapping 
 		key := join(where, k.Value)
 		switch {
 		case !slices.Contains(allowed, k.Value):
-			l.errAt(k, key, "unknown key", "known keys here are "+strings.Join(known, ", ")+suggest(k.Value, known))
+			l.errAt(k, key, "unknown key", "known keys here are "+strings.Join(known, ", ")+config.Suggest(k.Value, known))
 		case m.vals[k.Value] != nil:
 			l.errAt(k, key, "key given twice", "keep one")
 		default:
@@ -351,7 +351,7 @@ func (l *loader) step(n *yaml.Node, phase Phase, i int, rb *Runbook) *Step {
 		}
 		hint := "give it exactly one kind key: " + kindList()
 		for _, k := range keys {
-			if sg := suggest(k, kindNames()); sg != "" {
+			if sg := config.Suggest(k, kindNames()); sg != "" {
 				hint += "; " + k + sg
 			}
 		}
@@ -439,7 +439,7 @@ func (l *loader) step(n *yaml.Node, phase Phase, i int, rb *Runbook) *Step {
 	case KindWait:
 		v, vn, _ := m.required(string(s.Kind), "name a condition: "+strings.Join(WaitConditions(), ", "))
 		if v != "" && !slices.Contains(WaitConditions(), v) {
-			l.errAt(vn, kkey, fmt.Sprintf("unknown condition %q", v), "conditions are "+strings.Join(WaitConditions(), ", ")+suggest(v, WaitConditions()))
+			l.errAt(vn, kkey, fmt.Sprintf("unknown condition %q", v), "conditions are "+strings.Join(WaitConditions(), ", ")+config.Suggest(v, WaitConditions()))
 			v = ""
 		}
 		s.Condition = v
@@ -543,7 +543,7 @@ func (l *loader) checkNames(n *yaml.Node, key string) []string {
 			continue
 		}
 		if !slices.Contains(known, c.Value) {
-			l.errAt(c, key, fmt.Sprintf("unknown check %q", c.Value), "known checks are "+strings.Join(known, ", ")+suggest(c.Value, known))
+			l.errAt(c, key, fmt.Sprintf("unknown check %q", c.Value), "known checks are "+strings.Join(known, ", ")+config.Suggest(c.Value, known))
 			continue
 		}
 		out = append(out, c.Value)
