@@ -195,11 +195,11 @@ type faultController struct {
 
 // Points of faultController.
 const (
-	pointCatchup      = "catchup"      // CurrentLSN on the primary: the first call under the lock
-	pointBeforeFence  = "before-fence" // FenceSQL, or the stop command
-	pointAfterFence   = "after-fence"
-	pointBeforePromot = "before-promote"
-	pointVerify       = "verify" // Writable on the promoted candidate
+	pointCatchup       = "catchup"      // CurrentLSN on the primary: the first call under the lock
+	pointBeforeFence   = "before-fence" // FenceSQL, or the stop command
+	pointAfterFence    = "after-fence"
+	pointBeforePromote = "before-promote"
+	pointVerify        = "verify" // Writable on the promoted candidate
 )
 
 func (f *faultController) CurrentLSN(ctx context.Context, node string) (topology.LSN, error) {
@@ -234,7 +234,7 @@ func (f *faultController) Writable(ctx context.Context, node string) (uint32, to
 }
 
 func (f *faultController) Promote(ctx context.Context, node string) error {
-	f.hook(ctx, pointBeforePromot, node)
+	f.hook(ctx, pointBeforePromote, node)
 	return f.Controller.Promote(ctx, node)
 }
 

@@ -216,7 +216,7 @@ func TestIntegrationSwitchoverCandidateDies(t *testing.T) {
 	}
 	t.Parallel()
 	runFaults(t, faultCase{
-		point: pointBeforePromot,
+		point: pointBeforePromote,
 		fault: func(ctx context.Context, t *testing.T, c *testenv.Cluster, node string) {
 			if err := c.KillNode(ctx, node); err != nil {
 				t.Error(err)

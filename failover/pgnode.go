@@ -21,9 +21,10 @@ type Controller interface {
 	Checkpoint(ctx context.Context, node string) error
 	CurrentLSN(ctx context.Context, node string) (topology.LSN, error)
 	ReceiveReplay(ctx context.Context, node string) (recv, replay topology.LSN, err error)
-	// WALReceiver is the pid of node's WAL receiver (0 without one) and the
-	// WAL it has received.
-	WALReceiver(ctx context.Context, node string) (pid int, received topology.LSN, err error)
+	// Reload makes node re-read its configuration (pg_reload_conf()).
+	Reload(ctx context.Context, node string) error
+	// WALReceiverPID is the pid of node's WAL receiver, 0 without one.
+	WALReceiverPID(ctx context.Context, node string) (int, error)
 	// FenceSQL returns once no session that started read-write remains.
 	FenceSQL(ctx context.Context, node string) (*SQLFenceUndo, error)
 	UnfenceSQL(ctx context.Context, node string, u *SQLFenceUndo) error
@@ -199,31 +200,28 @@ func (p *PG) ReceiveReplay(ctx context.Context, node string) (recv, replay topol
 	return recv, replay, nil
 }
 
-// WALReceiver reads the pid of a replica's WAL receiver and what it has
-// received (its replay position when it never received anything).
-func (p *PG) WALReceiver(ctx context.Context, node string) (int, topology.LSN, error) {
+// Reload runs pg_reload_conf(). Besides reloading, it wakes a standby's
+// startup process from whatever it waits for.
+func (p *PG) Reload(ctx context.Context, node string) error {
+	return p.exec(ctx, node, "SELECT pg_reload_conf()")
+}
+
+// WALReceiverPID reads the pid of a replica's WAL receiver, 0 when it has
+// none: a new pid after a change of primary_conninfo means the receiver
+// restarted with it.
+func (p *PG) WALReceiverPID(ctx context.Context, node string) (int, error) {
 	var pid *int32
-	var r, y *string
 	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
-		return c.QueryRow(ctx, "SELECT (SELECT pid FROM pg_stat_wal_receiver), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text").Scan(&pid, &r, &y)
+		err := c.QueryRow(ctx, "SELECT pid FROM pg_stat_wal_receiver").Scan(&pid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		return err
 	})
-	if err != nil {
-		return 0, 0, err
+	if err != nil || pid == nil {
+		return 0, err
 	}
-	if r == nil {
-		r = y
-	}
-	if r == nil {
-		return 0, 0, fmt.Errorf("%s: no receive or replay position: is it in recovery?", node)
-	}
-	lsn, err := topology.ParseLSN(*r)
-	if err != nil {
-		return 0, 0, err
-	}
-	if pid == nil {
-		return 0, lsn, nil
-	}
-	return int(*pid), lsn, nil
+	return int(*pid), nil
 }
 
 // fenceStandbyName is a synchronous standby name no standby has: a commit

@@ -215,23 +215,12 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 			Description: fmt.Sprintf("%s: read %s's final WAL position as received (after a clean shutdown it is final)", candidate.Name, primary.Name),
 			Run:         sw.finalFromCandidate})
 	} else {
-		p.Notes = append(p.Notes, fmt.Sprintf("%s has no commands.stop: using the SQL fence. It stops every ordinary client, but a session that sets default_transaction_read_only = off and synchronous_commit = local can still commit; use --require-stop to refuse without a stop command.", primary.Name))
-		add(Step{ID: StepFence, Node: primary.Name, Mutates: true, Budget: budget(2 * time.Second),
-			Description:     fmt.Sprintf("%s: SQL fence: %s", primary.Name, strings.Join(SQLFenceSQL, "; ")),
-			UndoDescription: fmt.Sprintf("%s: restore default_transaction_read_only and synchronous_standby_names (ALTER SYSTEM), SELECT pg_reload_conf()", primary.Name),
-			Run:             sw.fenceSQL, Undo: sw.unfenceSQL})
-		add(Step{ID: StepFinalLSN, Node: primary.Name,
-			Description: fmt.Sprintf("%s: read its final WAL position: SELECT pg_current_wal_lsn()", primary.Name),
-			Run:         sw.finalFromPrimary})
-	}
-	replayed := fmt.Sprintf("%s's final position", primary.Name)
-	if sw.fence == FenceSQL && len(sw.others) > 0 {
 		// The SQL-fenced primary stays up and may still write WAL of its
 		// own (checkpoints, standby snapshots, hint bits). A replica that
 		// replayed some of it past the candidate's end of recovery could
-		// never follow the new timeline, so each one stops following the
-		// old primary (it cascades from the candidate instead) before the
-		// promotion, and the candidate replays at least what it received.
+		// never follow the new timeline; so the other replicas first stop
+		// following it and cascade from the candidate, which then has all
+		// they have. Done before the fence, it costs no outage.
 		for _, o := range sw.others {
 			ci, err := ReplicaConninfo(candidate, o.Name)
 			if err != nil {
@@ -243,17 +232,24 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 			}
 			slot, b := slotFor(o), budget(2*time.Second)
 			add(Step{ID: StepDetach + "-" + o.Name, Node: o.Name, Mutates: true, Budget: b,
-				Description: fmt.Sprintf("%s: stop it following %s, which stays up: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s (cascade from %s); SELECT pg_reload_conf(); wait until its WAL receiver has restarted and read what it received",
+				Description: fmt.Sprintf("%s: stop following %s, which the SQL fence leaves up: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s (cascade from %s); SELECT pg_reload_conf(); wait until its WAL receiver has restarted",
 					o.Name, primary.Name, quoteLiteral(ci), quoteLiteral(slot), candidate.Name),
 				UndoDescription: fmt.Sprintf("%s: follow %s again: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf()",
 					o.Name, primary.Name, quoteLiteral(back), quoteLiteral(slot)),
-				Run:  func(ctx context.Context) error { return sw.detach(ctx, o.Name, ci, slot, b, true) },
+				Run:  func(ctx context.Context) error { return sw.detach(ctx, o.Name, ci, slot, b) },
 				Undo: func(ctx context.Context) error { return sw.reattach(ctx, o.Name, back, slot, b) }})
 		}
-		replayed += " and what the other replicas received"
+		p.Notes = append(p.Notes, fmt.Sprintf("%s has no commands.stop: using the SQL fence. It stops every ordinary client, but a session that sets default_transaction_read_only = off and synchronous_commit = local can still commit; use --require-stop to refuse without a stop command.", primary.Name))
+		add(Step{ID: StepFence, Node: primary.Name, Mutates: true, Budget: budget(2 * time.Second),
+			Description:     fmt.Sprintf("%s: SQL fence: %s", primary.Name, strings.Join(SQLFenceSQL, "; ")),
+			UndoDescription: fmt.Sprintf("%s: restore default_transaction_read_only and synchronous_standby_names (ALTER SYSTEM), SELECT pg_reload_conf()", primary.Name),
+			Run:             sw.fenceSQL, Undo: sw.unfenceSQL})
+		add(Step{ID: StepFinalLSN, Node: primary.Name,
+			Description: fmt.Sprintf("%s: read its final WAL position: SELECT pg_current_wal_lsn()", primary.Name),
+			Run:         sw.finalFromPrimary})
 	}
 	add(Step{ID: StepWaitReplay, Node: candidate.Name,
-		Description: fmt.Sprintf("%s: wait until it has replayed up to %s (timeout %s)", candidate.Name, replayed, opts.CatchupTimeout),
+		Description: fmt.Sprintf("%s: wait until it has replayed up to %s's final position (timeout %s); SELECT pg_reload_conf() wakes its startup process if replay stalls", candidate.Name, primary.Name, opts.CatchupTimeout),
 		Run:         sw.waitReplay})
 	add(Step{ID: StepPromote, Node: candidate.Name, Mutates: true, Budget: budget(2 * time.Second), PointOfNoReturn: true,
 		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery", candidate.Name),
@@ -464,10 +460,9 @@ func (sw *switchover) finalFromPrimary(ctx context.Context) error {
 
 // detach points a replica at a new upstream and waits up to timeout until
 // its WAL receiver has restarted, so that it no longer receives from the
-// old one. With raise, the candidate's replay target rises to what it had
-// received.
-func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string, timeout time.Duration, raise bool) error {
-	pid0, _, err := sw.env.Ctl.WALReceiver(ctx, node)
+// old one.
+func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string, timeout time.Duration) error {
+	pid0, err := sw.env.Ctl.WALReceiverPID(ctx, node)
 	if err != nil {
 		return err
 	}
@@ -476,21 +471,12 @@ func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string, t
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var received topology.LSN
 	// A new primary_conninfo makes the startup process restart the WAL
 	// receiver: a new pid, or none for a moment, means the old one is gone.
-	err = pollUntil(wctx, time.Millisecond, func(ctx context.Context) (bool, error) {
-		pid, r, err := sw.env.Ctl.WALReceiver(ctx, node)
-		received = r
+	return pollUntil(wctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		pid, err := sw.env.Ctl.WALReceiverPID(ctx, node)
 		return err == nil && (pid == 0 || pid != pid0), err
 	}, fmt.Sprintf("%s's WAL receiver did not restart within %s after its primary_conninfo changed", node, timeout))
-	if err != nil {
-		return err
-	}
-	if raise && received > sw.finalLSN {
-		sw.finalLSN = received
-	}
-	return nil
 }
 
 func (sw *switchover) reattach(ctx context.Context, node, conninfo, slot string, timeout time.Duration) error {
@@ -499,19 +485,42 @@ func (sw *switchover) reattach(ctx context.Context, node, conninfo, slot string,
 	}
 	// Waiting for the restart frees its slot on the candidate, which the
 	// slots' undo then drops.
-	return sw.detach(ctx, node, conninfo, slot, timeout, false)
+	return sw.detach(ctx, node, conninfo, slot, timeout)
 }
+
+// replayStall is how long the candidate's replay may stand still, with the
+// WAL it needs received, before waitReplay wakes its startup process.
+const replayStall = 20 * time.Millisecond
 
 func (sw *switchover) waitReplay(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, sw.opts.CatchupTimeout)
 	defer cancel()
+	var last topology.LSN
+	moved, nudged := time.Now(), time.Time{}
 	return pollUntil(ctx, 2*time.Millisecond, func(ctx context.Context) (bool, error) {
-		_, replay, err := sw.env.Ctl.ReceiveReplay(ctx, sw.candidate.Name)
+		recv, replay, err := sw.env.Ctl.ReceiveReplay(ctx, sw.candidate.Name)
 		if err != nil {
 			return false, err
 		}
 		if replay >= sw.finalLSN {
 			return true, nil
+		}
+		now := time.Now()
+		if replay != last {
+			last, moved = replay, now
+		}
+		// When its upstream goes away (the stop fence, a dead primary)
+		// before the startup process has replayed all it received, it
+		// takes the lost stream for a failure and, if the previous one was
+		// less than wal_retrieve_retry_interval ago (5 s by default),
+		// sleeps out that interval before reading from pg_wal the WAL it
+		// already has: write outage for nothing. The SIGHUP of a reload
+		// wakes it; otherwise a reload changes nothing.
+		if recv >= sw.finalLSN && now.Sub(moved) > replayStall && now.Sub(nudged) > replayStall {
+			nudged = now
+			if err := sw.env.Ctl.Reload(ctx, sw.candidate.Name); err != nil {
+				return false, err
+			}
 		}
 		sw.env.progress(StepWaitReplay, "%s left to replay", config.HumanBytes(sw.finalLSN.Behind(replay)))
 		return false, nil

@@ -16,17 +16,17 @@ import (
 )
 
 // fakeCtl is a Controller over a pretend cluster: pg1 primary at lsn, pg2
-// and pg3 replicas. The candidate's replay advances by step on each read.
+// and pg3 replicas.
 type fakeCtl struct {
 	mu         sync.Mutex
 	calls      []string
 	lsn        topology.LSN
 	replay     map[string]topology.LSN
-	step       topology.LSN
 	pids       map[string]int
 	promoteErr error
-	// replayAtPromote is the candidate's replay position when Promote ran.
-	replayAtPromote topology.LSN
+	// stalled holds the candidate's replay short of what it received
+	// until a reload wakes it.
+	stalled bool
 }
 
 func newFakeCtl(lsn topology.LSN) *fakeCtl {
@@ -56,15 +56,15 @@ func (f *fakeCtl) ReceiveReplay(_ context.Context, n string) (topology.LSN, topo
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r := f.replay[n]
-	if n == "pg2" {
-		f.replay[n] += f.step
+	if n == "pg2" && f.stalled {
+		return r, r - 0x100, nil
 	}
 	return r, r, nil
 }
-func (f *fakeCtl) WALReceiver(_ context.Context, n string) (int, topology.LSN, error) {
+func (f *fakeCtl) WALReceiverPID(_ context.Context, n string) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.pids[n], f.replay[n], nil
+	return f.pids[n], nil
 }
 func (f *fakeCtl) FenceSQL(_ context.Context, n string) (*SQLFenceUndo, error) {
 	f.log("fence-sql %s", n)
@@ -83,9 +83,6 @@ func (f *fakeCtl) DropSlots(_ context.Context, n string, s []string) error {
 	return nil
 }
 func (f *fakeCtl) Promote(_ context.Context, n string) error {
-	f.mu.Lock()
-	f.replayAtPromote = f.replay[n]
-	f.mu.Unlock()
 	f.log("promote %s", n)
 	return f.promoteErr
 }
@@ -97,6 +94,13 @@ func (f *fakeCtl) Repoint(_ context.Context, n, conninfo, slot string) error {
 	f.pids[n]++ // the WAL receiver restarts
 	f.mu.Unlock()
 	f.log("repoint %s %s", n, conninfo)
+	return nil
+}
+func (f *fakeCtl) Reload(_ context.Context, n string) error {
+	f.mu.Lock()
+	f.stalled = false
+	f.mu.Unlock()
+	f.log("reload %s", n)
 	return nil
 }
 func (f *fakeCtl) WaitStreaming(context.Context, string, uint32) error      { return nil }
@@ -161,24 +165,23 @@ func stepIDs(p *Plan) []string {
 }
 
 // The SQL-fenced primary stays up and may write WAL of its own: the other
-// replicas stop following it before the promotion, and the candidate
-// replays what they received first.
+// replicas stop following it, before the fence, and cascade from the
+// candidate, so that they never have WAL the candidate lacks.
 func TestSwitchoverSQLFenceDetachesOtherReplicas(t *testing.T) {
 	t.Parallel()
 	cfg, snap := switchoverFixture(t, false)
 	ctl := newFakeCtl(0x3000060)
-	ctl.step = 0x100
-	ctl.replay["pg3"] = 0x3000060 + 0x300 // pg3 received more than pg1's "final" position
 	p, res := runSwitchover(t, cfg, snap, ctl)
 	if res.Outcome != OutcomeSucceeded {
 		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
 	}
 	ids := stepIDs(p)
-	if i, j, k := slices.Index(ids, StepFinalLSN), slices.Index(ids, StepDetach+"-pg3"), slices.Index(ids, StepWaitReplay); !(i >= 0 && i < j && j < k) {
-		t.Errorf("steps %v: want final-lsn, detach-pg3, wait-replay in that order", ids)
+	if i, j := slices.Index(ids, StepDetach+"-pg3"), slices.Index(ids, StepFence); !(i >= 0 && i < j) {
+		t.Errorf("steps %v: want detach-pg3 before the fence", ids)
 	}
-	if ctl.replayAtPromote < 0x3000060+0x300 {
-		t.Errorf("promoted at replay %s, before what pg3 had received (%s)", ctl.replayAtPromote, topology.LSN(0x3000360))
+	detach := slices.Index(ctl.calls, "repoint pg3 host=127.0.0.1 port=5433 user=postgres application_name=pg3")
+	if fence := slices.Index(ctl.calls, "fence-sql pg1"); detach < 0 || detach > fence {
+		t.Errorf("pg3 not pointed at the candidate before the fence: %v", ctl.calls)
 	}
 
 	cfg, snap = switchoverFixture(t, true)
@@ -226,5 +229,19 @@ func TestSwitchoverPromoteMaybeSentKeepsFence(t *testing.T) {
 	}
 	if !strings.Contains(res.Err.Error(), "may have been promoted") {
 		t.Errorf("error %v", res.Err)
+	}
+}
+
+// A candidate whose replay stalls with the final WAL received (its startup
+// process sleeping after the lost stream) is woken by a reload rather than
+// waited for.
+func TestSwitchoverWakesStalledReplay(t *testing.T) {
+	t.Parallel()
+	cfg, snap := switchoverFixture(t, true)
+	ctl := newFakeCtl(0x3000060)
+	ctl.stalled = true
+	_, res := runSwitchover(t, cfg, snap, ctl)
+	if res.Outcome != OutcomeSucceeded || !ctl.called("reload pg2") {
+		t.Fatalf("outcome %s (%v), calls %v", res.Outcome, res.Err, ctl.calls)
 	}
 }
