@@ -174,18 +174,13 @@ func SaveSyncSettings(ctx context.Context, l Recorder, primary *topology.Node) e
 	if primary == nil || !primary.Reachable {
 		return nil
 	}
-	names, commit := "", ""
-	if v := primary.Settings.SynchronousStandbyNames; v != nil {
-		names = *v
-	}
-	if v := primary.Settings.SynchronousCommit; v != nil {
-		commit = *v
-	}
+	sync := syncSettingsOf(primary)
+	sync.SeenAt = time.Now()
 	_, _, err := l.UpdateState(ctx, func(s *State) error {
 		if s.Primary == "" {
 			s.Primary = primary.Name
 		}
-		s.Sync = SyncSettings{StandbyNames: names, Commit: commit, SeenAt: time.Now()}
+		s.Sync = sync
 		return nil
 	})
 	return err

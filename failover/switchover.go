@@ -110,7 +110,6 @@ type switchover struct {
 	rejoin       bool
 	sync         *topology.SyncStandbys
 	syncOriginal string
-	syncCommit   string
 	// candSync is the candidate's own synchronous replication settings: what
 	// it runs with once promoted, until the sync step replaces them.
 	candSync SyncSettings
@@ -172,9 +171,6 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 	}
 	if pn.Settings.SynchronousStandbyNames != nil {
 		sw.syncOriginal = *pn.Settings.SynchronousStandbyNames
-	}
-	if pn.Settings.SynchronousCommit != nil {
-		sw.syncCommit = *pn.Settings.SynchronousCommit
 	}
 
 	ttl := cfg.Lock.TTL
