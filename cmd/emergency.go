@@ -90,7 +90,7 @@ func (o *PromoteOptions) runEmergency(ctx context.Context, cfg *config.Config, c
 		},
 	}}
 	res := op.run(ctx, plan, env)
-	rep.Result = res
+	rep.Result, rep.Commands = res, op.commands
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -57,6 +59,8 @@ func readRecordWith(ctx context.Context, cli *clientv3.Client, cfg *config.Confi
 type operation struct {
 	f    *Factory
 	spec failover.OperationSpec
+	// commands are the node commands the run executed.
+	commands []failover.CommandResult
 }
 
 func (o *operation) run(ctx context.Context, p *failover.Plan, env *failover.Env) *failover.Result {
@@ -75,7 +79,49 @@ func (o *operation) run(ctx context.Context, p *failover.Plan, env *failover.Env
 			fmt.Fprintf(o.f.IO.ErrOut, "      %s\n", msg)
 		}
 	}
-	return failover.RunOperation(ctx, o.spec, p, env)
+	log := &commandLog{Controller: env.Ctl}
+	env.Ctl = log
+	res := failover.RunOperation(ctx, o.spec, p, env)
+	o.commands = log.all()
+	return res
+}
+
+// commandLog keeps every node command an operation ran, with its captured
+// output, for the report: the steps themselves only carry errors.
+type commandLog struct {
+	failover.Controller
+	mu   sync.Mutex
+	runs []failover.CommandResult
+}
+
+func (c *commandLog) RunCommand(ctx context.Context, node, action string, env map[string]string) (failover.CommandResult, error) {
+	r, err := c.Controller.RunCommand(ctx, node, action, env)
+	c.mu.Lock()
+	c.runs = append(c.runs, r)
+	c.mu.Unlock()
+	return r, err
+}
+
+func (c *commandLog) all() []failover.CommandResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.runs)
+}
+
+// writeCommands prints the node commands an operation ran and their output.
+func writeCommands(w io.Writer, runs []failover.CommandResult) {
+	if len(runs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Node commands:")
+	for _, r := range runs {
+		fmt.Fprintf(w, "  %s %s (exit %d, %s): %s\n", r.Node, r.Action, r.ExitCode, roundDur(r.Duration), r.Command)
+		for _, line := range strings.Split(strings.TrimRight(r.Output, "\n"), "\n") {
+			if line != "" {
+				fmt.Fprintf(w, "    | %s\n", line)
+			}
+		}
+	}
 }
 
 func (o *operation) printEvent(e failover.Event, i, total int) {

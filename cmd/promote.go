@@ -122,6 +122,8 @@ type promoteReport struct {
 	// WriteOutageSeconds is the time from the fence to the promoted
 	// candidate accepting writes, null when no promotion ran.
 	WriteOutageSeconds *float64 `json:"write_outage_seconds"`
+	// Commands are the node commands the run executed, with their output.
+	Commands []failover.CommandResult `json:"commands,omitempty"`
 	// Emergency is the evidence, candidate choice and quorum proof of an
 	// emergency failover.
 	Emergency *failover.EmergencyAnalysis `json:"emergency,omitempty"`
@@ -207,7 +209,7 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 		},
 	}}
 	res := op.run(ctx, plan, env)
-	rep.Result = res
+	rep.Result, rep.Commands = res, op.commands
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
 	}
@@ -270,6 +272,7 @@ func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
 	if err := writeStepResults(w, tty, rep.Result); err != nil {
 		return err
 	}
+	writeCommands(w, rep.Commands)
 	if rep.WriteOutageSeconds != nil {
 		fmt.Fprintf(w, "Write outage (fence to writable %s): %.3fs\n", rep.Candidate, *rep.WriteOutageSeconds)
 	}

@@ -71,6 +71,8 @@ type rejoinReport struct {
 	Plan    *failover.Plan   `json:"plan"`
 	Result  *failover.Result `json:"result,omitempty"`
 	Error   string           `json:"error,omitempty"`
+	// Commands are the node commands the run executed, with their output.
+	Commands []failover.CommandResult `json:"commands,omitempty"`
 }
 
 func runRejoin(ctx context.Context, o *RejoinOptions) error {
@@ -124,8 +126,8 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	if err := o.IO.Confirm(fmt.Sprintf("Rejoin %s as a replica of %s?", o.Node, rep.Primary), o.Yes); err != nil {
 		return err
 	}
-	ctl := failover.NewPG(cfg, o.Timeout)
-	defer ctl.Close()
+	ctl, closeCtl := o.Factory.Controller(cfg, o.Timeout)
+	defer closeCtl()
 	env := &failover.Env{Ctl: ctl}
 	plan, _, err = failover.PlanRejoin(cfg, obs.Snap, o.Node, env)
 	if err != nil {
@@ -140,7 +142,7 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 		},
 	}}
 	res := op.run(ctx, plan, env)
-	rep.Result = res
+	rep.Result, rep.Commands = res, op.commands
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
 	}
@@ -172,6 +174,7 @@ func writeRejoinText(w io.Writer, tty bool, rep *rejoinReport) error {
 	if err := writeStepResults(w, tty, rep.Result); err != nil {
 		return err
 	}
+	writeCommands(w, rep.Commands)
 	if rep.Result.Outcome == failover.OutcomeSucceeded {
 		fmt.Fprintf(w, "Rejoin done: %s streams from %s.\n", rep.Node, rep.Primary)
 	} else {

@@ -47,7 +47,7 @@ type CommandResult struct {
 	Command  string        `json:"command"`
 	Output   string        `json:"output,omitempty"`
 	ExitCode int           `json:"exit_code"`
-	Duration time.Duration `json:"duration"`
+	Duration time.Duration `json:"duration_ns"`
 }
 
 // maxOutput bounds the captured output kept in reports and history.

@@ -685,7 +685,7 @@ func TestRenderConfig(t *testing.T) {
 		`cluster: "yes"`,
 		`endpoints: ["127.0.0.1:2379"]`,
 		"  - name: pg2\n    dsn: \"host=127.0.0.1 port=5433 user=postgres dbname=postgres sslmode=disable\"\n    zone: z2\n",
-		`stop: "runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -w -t 60 stop -m fast"`,
+		`stop: "runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -W stop -m fast && i=0 && while [ -e '/t d/pg1/data/postmaster.pid' ]`,
 		`start: "runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -l '/t d/pg1/server.log' -w -t 60 start"`,
 		`kill: "kill -9 $(head -n 1 '/t d/pg1/data/postmaster.pid')"`,
 		`rejoin: "runuser -u 'postgres' -- sh '/t d/rejoin.sh' '/t d/pg2/data' 5433"`,
