@@ -10,7 +10,6 @@ import (
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
-	"github.com/replctl/replctl/topology"
 )
 
 // runEmergency is promote --emergency: probe the old primary over the
@@ -19,16 +18,13 @@ import (
 func (o *PromoteOptions) runEmergency(ctx context.Context, cfg *config.Config, cli *clientv3.Client, obs observation,
 	recordFn func(context.Context) (*recordInfo, error)) error {
 	st := stateOf(obs)
-	var probes []failover.ProbeAttempt
-	if old, err := failover.OldPrimary(cfg, obs.Snap, st); err == nil && obs.Snap.PrimaryNode() == nil {
-		if n := obs.Snap.Node(old); n != nil && !n.Reachable {
-			cn, _ := cfg.Node(old)
-			fmt.Fprintf(o.IO.ErrOut, "probing %s over %s (failover.confirm_window)...\n", old, cfg.Failover.ConfirmWindow)
-			probes = failover.ProbeOldPrimary(ctx, topology.PgProber{Timeout: o.Timeout}, cn, cfg.Failover.ConfirmWindow, o.Timeout)
-			// The replicas' receivers are judged as they are now, after the window.
-			obs = observe(ctx, cfg, o.Timeout, nil, recordFn)
-			st = stateOf(obs)
-		}
+	probes := failover.ConfirmDown(ctx, cfg, obs.Snap, st, o.Timeout, func(old string) {
+		fmt.Fprintf(o.IO.ErrOut, "probing %s over %s (failover.confirm_window)...\n", old, cfg.Failover.ConfirmWindow)
+	})
+	if probes != nil {
+		// The replicas' receivers are judged as they are now, after the window.
+		obs = observe(ctx, cfg, o.Timeout, nil, recordFn)
+		st = stateOf(obs)
 	}
 	eo := failover.EmergencyOptions{Candidate: o.Node, AllowDataLoss: o.AllowDataLoss, Force: o.Force, NoFence: o.NoFence, CatchupTimeout: o.CatchupTimeout}
 	plan, an, perr := failover.PlanEmergency(cfg, obs.Snap, st, probes, eo, nil)

@@ -700,3 +700,24 @@ func PlanEmergency(cfg *config.Config, snap *topology.Snapshot, st *State, probe
 	p, err := BuildEmergencyPlan(cfg, snap, st, old, a.Choice.Chosen, o, env)
 	return p, a, err
 }
+
+// ConfirmDown probes the old primary over the confirmation window when the
+// snapshot shows no primary and the old one unreachable, telling before
+// (announce) whom it probes. It returns nil when there was nothing to
+// confirm; after a probe the caller looks at the replicas again, since
+// their receivers are judged as they are after the window.
+func ConfirmDown(ctx context.Context, cfg *config.Config, snap *topology.Snapshot, st *State, timeout time.Duration, announce func(old string)) []ProbeAttempt {
+	old, err := OldPrimary(cfg, snap, st)
+	if err != nil || snap.PrimaryNode() != nil {
+		return nil
+	}
+	n := snap.Node(old)
+	if n == nil || n.Reachable {
+		return nil
+	}
+	if announce != nil {
+		announce(old)
+	}
+	cn, _ := cfg.Node(old)
+	return ProbeOldPrimary(ctx, topology.PgProber{Timeout: timeout}, cn, cfg.Failover.ConfirmWindow, timeout)
+}

@@ -332,13 +332,11 @@ func (d *drill) promote(ctx context.Context, s *Step, sr *StepReport) error {
 	if s.Promote == PromoteEmergency {
 		// As promote --emergency does: a primary that does not answer is
 		// probed over the confirmation window before it is declared dead.
-		if old, err := failover.OldPrimary(d.e.Cfg, obs.Snap, obs.State); err == nil && obs.Snap.PrimaryNode() == nil {
-			if n := obs.Snap.Node(old); n != nil && !n.Reachable {
-				cn, _ := d.e.Cfg.Node(old)
-				d.e.emit(Event{Type: EventProgress, Step: sr, Message: fmt.Sprintf("probing %s over %s (failover.confirm_window)", old, d.e.Cfg.Failover.ConfirmWindow)})
-				probes = failover.ProbeOldPrimary(ctx, topology.PgProber{Timeout: d.e.timeout()}, cn, d.e.Cfg.Failover.ConfirmWindow, d.e.timeout())
-				obs = d.e.observe(ctx)
-			}
+		probes = failover.ConfirmDown(ctx, d.e.Cfg, obs.Snap, obs.State, d.e.timeout(), func(old string) {
+			d.e.emit(Event{Type: EventProgress, Step: sr, Message: fmt.Sprintf("probing %s over %s (failover.confirm_window)", old, d.e.Cfg.Failover.ConfirmWindow)})
+		})
+		if probes != nil {
+			obs = d.e.observe(ctx)
 		}
 	}
 	env := d.env(sr)
