@@ -27,6 +27,20 @@ func (f *Factory) Etcd(ctx context.Context) (*clientv3.Client, error) {
 	return connectEtcd(ctx, cfg)
 }
 
+// configAndEtcd loads the configuration and connects to its etcd, for the
+// commands that need both; the caller closes the client.
+func configAndEtcd(ctx context.Context, load func() (*config.Config, error), connect func(context.Context) (*clientv3.Client, error)) (*config.Config, *clientv3.Client, error) {
+	cfg, err := load()
+	if err != nil {
+		return nil, nil, err
+	}
+	cli, err := connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, cli, nil
+}
+
 func connectEtcd(ctx context.Context, cfg *config.Config) (*clientv3.Client, error) {
 	if !cfg.Etcd.Configured() {
 		return nil, &ExitError{Code: ExitUsage, Err: fmt.Errorf("etcd is not configured: add etcd.endpoints to %s", cfg.File)}

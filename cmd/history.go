@@ -79,11 +79,7 @@ steps[] {id, description, started, finished, outcome, error}}.`,
 }
 
 func runHistory(ctx context.Context, o *HistoryOptions) error {
-	cfg, err := o.Config()
-	if err != nil {
-		return err
-	}
-	cli, err := o.Etcd(ctx)
+	cfg, cli, err := configAndEtcd(ctx, o.Config, o.Etcd)
 	if err != nil {
 		return err
 	}

@@ -141,11 +141,7 @@ age_seconds, lease_id, lease_ttl_seconds, lease_left_seconds, key, waiters}.`,
 }
 
 func runLockStatus(ctx context.Context, o *LockStatusOptions) error {
-	cfg, err := o.Config()
-	if err != nil {
-		return err
-	}
-	cli, err := o.Etcd(ctx)
+	cfg, cli, err := configAndEtcd(ctx, o.Config, o.Etcd)
 	if err != nil {
 		return err
 	}
@@ -254,11 +250,7 @@ func runLockRelease(ctx context.Context, o *LockReleaseOptions) error {
 	if !o.Force {
 		return usageError("refusing to break the lock without --force: it belongs to another operation, which may still be changing the cluster (see 'replctl lock status')")
 	}
-	cfg, err := o.Config()
-	if err != nil {
-		return err
-	}
-	cli, err := o.Etcd(ctx)
+	cfg, cli, err := configAndEtcd(ctx, o.Config, o.Etcd)
 	if err != nil {
 		return err
 	}
@@ -354,11 +346,7 @@ Exit codes: 0 the command succeeded, 1 it failed or the lock was lost,
 }
 
 func runLockRun(ctx context.Context, o *LockRunOptions) (err error) {
-	cfg, err := o.Config()
-	if err != nil {
-		return err
-	}
-	cli, err := o.Etcd(ctx)
+	cfg, cli, err := configAndEtcd(ctx, o.Config, o.Etcd)
 	if err != nil {
 		return err
 	}
