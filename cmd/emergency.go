@@ -33,8 +33,8 @@ func (o *PromoteOptions) runEmergency(ctx context.Context, cfg *config.Config, c
 		return err
 	}
 	results := append(an.Checks, lockCheck)
-	rep := &promoteReport{DryRun: o.DryRun, Kind: "failover", Cluster: cfg.Cluster, Primary: an.OldPrimary,
-		Candidate: an.Choice.Chosen, Checks: results, Plan: plan, Emergency: an}
+	rep := &promoteReport{DryRun: o.DryRun, Cluster: cfg.Cluster, OperationPlan: failover.OperationPlan{Kind: "failover", Primary: an.OldPrimary,
+		Candidate: an.Choice.Chosen, Checks: results, Plan: plan, Emergency: an}}
 	if an.Choice.Chosen != "" {
 		rep.Choice = &an.Choice.Ranking
 	}

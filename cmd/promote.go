@@ -106,27 +106,18 @@ promotion undoes the fence and leaves the old primary serving.`,
 	return c
 }
 
-// promoteReport is the result of promote, the same for every format.
+// promoteReport is the result of promote, the same for every format: the
+// planned operation, and what running it did.
 type promoteReport struct {
-	DryRun    bool             `json:"dry_run"`
-	Kind      string           `json:"kind"`
-	Cluster   string           `json:"cluster"`
-	Primary   string           `json:"primary"`
-	Candidate string           `json:"candidate"`
-	Choice    *checks.Ranking  `json:"choice,omitempty"`
-	Checks    []checks.Result  `json:"checks"`
-	Proceed   bool             `json:"would_proceed"`
-	Plan      *failover.Plan   `json:"plan"`
-	Result    *failover.Result `json:"result,omitempty"`
-	Error     string           `json:"error,omitempty"`
+	DryRun  bool   `json:"dry_run"`
+	Cluster string `json:"cluster"`
+	failover.OperationPlan
+	Result *failover.Result `json:"result,omitempty"`
 	// WriteOutageSeconds is the time from the fence to the promoted
 	// candidate accepting writes, null when no promotion ran.
 	WriteOutageSeconds *float64 `json:"write_outage_seconds"`
 	// Commands are the node commands the run executed, with their output.
 	Commands []failover.CommandResult `json:"commands,omitempty"`
-	// Emergency is the evidence, candidate choice and quorum proof of an
-	// emergency failover.
-	Emergency *failover.EmergencyAnalysis `json:"emergency,omitempty"`
 }
 
 func runPromote(ctx context.Context, o *PromoteOptions) error {
@@ -153,7 +144,7 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	if o.Emergency {
 		return o.runEmergency(ctx, cfg, cli, obs, recordFn)
 	}
-	rep := &promoteReport{DryRun: o.DryRun, Kind: "switchover", Cluster: cfg.Cluster, Primary: string(obs.Snap.Primary)}
+	rep := &promoteReport{DryRun: o.DryRun, Cluster: cfg.Cluster, OperationPlan: failover.OperationPlan{Kind: "switchover", Primary: string(obs.Snap.Primary)}}
 
 	plan, results, perr := o.plan(cfg, obs, rep, nil)
 	lockCheck, err := lockGate(obs, cfg, o.DryRun, o.LockWait)

@@ -329,8 +329,7 @@ func writeOperationPlan(w io.Writer, tty bool, cluster string, op *runbooks.Oper
 	if op.Kind == "rejoin" {
 		return writeRejoinText(w, tty, &rejoinReport{Node: op.Candidate, Primary: op.Primary, Checks: op.Checks, Proceed: op.Proceed, Plan: op.Plan, Error: op.Error})
 	}
-	return writePromoteText(w, tty, &promoteReport{Kind: op.Kind, Cluster: cluster, Primary: op.Primary, Candidate: op.Candidate,
-		Choice: op.Choice, Checks: op.Checks, Proceed: op.Proceed, Plan: op.Plan, Emergency: op.Emergency, Error: op.Error})
+	return writePromoteText(w, tty, &promoteReport{Cluster: cluster, OperationPlan: *op})
 }
 
 func runRunbookRun(ctx context.Context, o *RunbookOptions) error {

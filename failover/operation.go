@@ -201,3 +201,19 @@ func PlanSwitchover(cfg *config.Config, snap *topology.Snapshot, opts Switchover
 	p, err := BuildSwitchoverPlan(cfg, snap, opts, env)
 	return p, rank, results, err
 }
+
+// OperationPlan is a promotion or rejoin planned from one look at the
+// cluster: what promote --dry-run, rejoin --dry-run and a drill's plan
+// report. Its JSON field names are a stable contract.
+type OperationPlan struct {
+	// Kind is switchover, failover or rejoin.
+	Kind      string             `json:"kind"`
+	Primary   string             `json:"primary"`
+	Candidate string             `json:"candidate"`
+	Choice    *checks.Ranking    `json:"choice,omitempty"`
+	Checks    []checks.Result    `json:"checks"`
+	Proceed   bool               `json:"would_proceed"`
+	Plan      *Plan              `json:"plan"`
+	Emergency *EmergencyAnalysis `json:"emergency,omitempty"`
+	Error     string             `json:"error,omitempty"`
+}

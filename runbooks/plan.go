@@ -66,19 +66,9 @@ type PlannedStep struct {
 	WillCheck []string `json:"will_check,omitempty"`
 }
 
-// OperationPlan is a promotion or rejoin planned from the current topology.
-type OperationPlan struct {
-	// Kind is switchover, failover or rejoin.
-	Kind      string                      `json:"kind"`
-	Primary   string                      `json:"primary"`
-	Candidate string                      `json:"candidate"`
-	Choice    *checks.Ranking             `json:"choice,omitempty"`
-	Checks    []checks.Result             `json:"checks"`
-	Proceed   bool                        `json:"would_proceed"`
-	Plan      *failover.Plan              `json:"plan"`
-	Emergency *failover.EmergencyAnalysis `json:"emergency,omitempty"`
-	Error     string                      `json:"error,omitempty"`
-}
+// OperationPlan is a promotion or rejoin planned from the current topology,
+// the same shape promote --dry-run reports.
+type OperationPlan = failover.OperationPlan
 
 // Plan evaluates, read-only, every step that can be evaluated against the
 // cluster as it is now, and describes the others: it probes the nodes and
