@@ -431,6 +431,17 @@ func (sw *switchover) finalFromCandidate(ctx context.Context) error {
 		return fmt.Errorf("%s received only up to %s but %s had written up to %s before it stopped: it was not connected at shutdown",
 			sw.candidate.Name, recv, sw.primary.Name, sw.preStopLSN)
 	}
+	// A candidate whose receiver dropped during the shutdown may lack the
+	// shutdown checkpoint another replica got: promoting it would leave that
+	// replica ahead of the new timeline's fork. Unreachable replicas are the
+	// repoint step's problem, not a reason to abort.
+	for _, o := range sw.others {
+		orecv, _, err := sw.env.Ctl.ReceiveReplay(ctx, o.Name)
+		if err == nil && orecv > recv {
+			return fmt.Errorf("%s received up to %s, more than %s (%s): not promoting a candidate that is behind another replica",
+				o.Name, orecv, sw.candidate.Name, recv)
+		}
+	}
 	sw.finalLSN = recv
 	return nil
 }

@@ -245,3 +245,20 @@ func TestSwitchoverWakesStalledReplay(t *testing.T) {
 		t.Fatalf("outcome %s (%v), calls %v", res.Outcome, res.Err, ctl.calls)
 	}
 }
+
+// With the stop fence, a candidate whose receiver missed the end of the old
+// primary's WAL (another replica received more) is not promoted: the fence
+// is undone and the old primary serves again.
+func TestSwitchoverStopFenceRefusesCandidateBehindAnotherReplica(t *testing.T) {
+	t.Parallel()
+	cfg, snap := switchoverFixture(t, true)
+	ctl := newFakeCtl(0x3000060)
+	ctl.replay["pg3"] = 0x3000100
+	_, res := runSwitchover(t, cfg, snap, ctl)
+	if res.Outcome != OutcomeFailed || !strings.Contains(res.Err.Error(), "pg3 received up to 0/3000100") {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	if ctl.called("promote") || !ctl.called("command pg1 start") {
+		t.Errorf("calls %v: want no promotion and pg1 started again", ctl.calls)
+	}
+}
