@@ -50,13 +50,7 @@ func (o *PromoteOptions) runEmergency(ctx context.Context, cfg *config.Config, c
 		if err := o.render(rep); err != nil {
 			return err
 		}
-		switch {
-		case len(failed) > 0:
-			return &ExitError{Code: ExitUnsafe, Err: &failover.RefusedError{Failed: failed}}
-		case perr != nil:
-			return &ExitError{Code: ExitUnsafe, Err: perr}
-		}
-		return nil
+		return refusal(failed, perr)
 	}
 	if o.Output == "table" {
 		fmt.Fprintf(o.IO.ErrOut, "Emergency failover of %s from %s to %s:\n%s\n", cfg.Cluster, rep.Primary, rep.Candidate, an.Choice.Proof.Message)

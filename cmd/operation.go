@@ -232,6 +232,18 @@ func lockHeldError(cluster, holder string) error {
 		"if its process is gone, break the lock with 'replctl lock release --force'", cluster, holder)}
 }
 
+// refusal is the exit of a planned operation that will not run: 4 when
+// preflight checks failed or the plan could not be built, nil otherwise.
+func refusal(failed []checks.Result, planErr error) error {
+	switch {
+	case len(failed) > 0:
+		return &ExitError{Code: ExitUnsafe, Err: &failover.RefusedError{Failed: failed}}
+	case planErr != nil:
+		return &ExitError{Code: ExitUnsafe, Err: planErr}
+	}
+	return nil
+}
+
 // lockGate turns the observed lock into a preflight result. For a real run
 // a lock held by another operation is no refusal: it is exit 5 at once,
 // naming the holder (whose operation in flight may be what fails the other

@@ -161,13 +161,7 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 		if err := o.render(rep); err != nil {
 			return err
 		}
-		switch {
-		case len(failed) > 0:
-			return &ExitError{Code: ExitUnsafe, Err: &failover.RefusedError{Failed: failed}}
-		case perr != nil:
-			return &ExitError{Code: ExitUnsafe, Err: perr}
-		}
-		return nil
+		return refusal(failed, perr)
 	}
 
 	// A real run: show the plan where someone can read it, then confirm.

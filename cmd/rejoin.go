@@ -111,13 +111,7 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 		if err := show(); err != nil {
 			return err
 		}
-		if len(failed) > 0 {
-			return &ExitError{Code: ExitUnsafe, Err: &failover.RefusedError{Failed: failed}}
-		}
-		if perr != nil {
-			return &ExitError{Code: ExitUnsafe, Err: perr}
-		}
-		return nil
+		return refusal(failed, perr)
 	}
 	if o.Output == "table" {
 		fmt.Fprintf(o.IO.ErrOut, "Rejoin %s as a replica of %s:\n", o.Node, rep.Primary)
