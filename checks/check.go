@@ -5,7 +5,7 @@
 //
 // Monitoring checks (run by "replctl check" without names):
 //
-//	single_primary          exactly one writable member; split brain, a fenced node writable again, or no primary is critical
+//	single_primary          exactly one writable member (out of recovery, not read-only, not SQL-fenced); split brain, a fenced node writable again, or no writable node is critical
 //	same_system_identifier  every reachable node shares the cluster's system identifier (a foreign node is critical)
 //	reachable               every configured node answers
 //	timelines               every replica is on its primary's timeline

@@ -50,6 +50,15 @@ func repl(name string, upstreamPort int, replay topology.LSN) topology.NodeStatu
 		Settings:       topology.Settings{RecoveryTargetTimeline: ptr("latest")}}
 }
 
+// sqlFence puts st under replctl's SQL fence: read-only, and commits
+// waiting for a standby that does not exist.
+func sqlFence(st topology.NodeStatus) topology.NodeStatus {
+	st.Settings.DefaultTransactionReadOnly = ptr("on")
+	st.Settings.SynchronousStandbyNames = ptr(topology.FenceStandbyName)
+	st.Settings.SyncStandbys = &topology.SyncStandbys{Method: topology.SyncFirst, Num: 1, Names: []string{topology.FenceStandbyName}}
+	return st
+}
+
 // healthy is pg1 primary with pg2 and pg3 streaming, caught up.
 func healthy() []topology.NodeStatus {
 	return []topology.NodeStatus{prim("pg1", 1000, "pg2", "pg3"), repl("pg2", 5432, 1000), repl("pg3", 5432, 1000)}
@@ -77,6 +86,8 @@ func TestChecks(t *testing.T) {
 		checks []string
 		want   []string
 		worst  Level
+		// msg is in the message of every result that is not OK.
+		msg string
 	}{
 		{name: "healthy", worst: OK},
 		{name: "lag warning by bytes", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
@@ -123,6 +134,30 @@ func TestChecks(t *testing.T) {
 			st[0].Settings.DefaultTransactionReadOnly = ptr("on")
 			return st
 		}, want: []string{"WARNING:min_replicas:"}, worst: Warning},
+		{name: "SQL-fenced primary, nothing promoted: no primary", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
+			st[0] = sqlFence(st[0])
+			return st
+		}, checks: []string{"single_primary"}, want: []string{"CRITICAL:no_primary:"}, worst: Critical, msg: "pg1 (read-only, fenced)"},
+		{name: "read-only primary: no primary", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
+			st[0].Settings.DefaultTransactionReadOnly = ptr("on")
+			return st
+		}, checks: []string{"single_primary"}, want: []string{"CRITICAL:no_primary:"}, worst: Critical, msg: "pg1 (read-only)"},
+		{name: "SQL-fenced old primary, promoted replica, record not updated", rec: &topology.Record{Primary: "pg1"}, mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
+			st[0] = sqlFence(st[0])
+			st[0].Replication = nil
+			st[2] = prim("pg3", 900, "pg2")
+			st[2].Timeline = ptr(uint32(2))
+			st[1].WALReceiver.SenderPort = ptr(5434)
+			st[1].Timeline = ptr(uint32(2))
+			return st
+		}, checks: []string{"single_primary", "recorded_primary", "timelines"}, want: []string{"WARNING:recorded_primary_differs:pg3"}, worst: Warning},
+		{name: "fenced, read-only lifted, commits still wait", rec: &topology.Record{Primary: "pg3", Fenced: []string{"pg1"}}, mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
+			st[0] = sqlFence(st[0])
+			st[0].Settings.DefaultTransactionReadOnly = ptr("off")
+			st[2] = prim("pg3", 900, "pg2")
+			st[1].WALReceiver.SenderPort = ptr(5434)
+			return st
+		}, checks: []string{"single_primary"}, want: []string{"CRITICAL:fenced_writable:pg1"}, worst: Critical, msg: "no longer read-only"},
 		{name: "recorded primary differs", rec: &topology.Record{Primary: "pg2"}, want: []string{"WARNING:recorded_primary_differs:pg1"}, worst: Warning},
 		{name: "no primary", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
 			st[0] = topology.NodeStatus{Name: "pg1", Error: "timeout"}
@@ -197,6 +232,9 @@ func TestChecks(t *testing.T) {
 			for _, r := range rs {
 				if r.Name == "" || r.Message == "" {
 					t.Errorf("result without name or message: %+v", r)
+				}
+				if r.Level != OK && !strings.Contains(r.Message, tt.msg) {
+					t.Errorf("%s: message %q does not say %q", r.Code, r.Message, tt.msg)
 				}
 			}
 		})

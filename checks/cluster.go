@@ -12,15 +12,30 @@ func ok(format string, a ...any) []Result {
 	return []Result{{Level: OK, Code: "ok", Message: fmt.Sprintf(format, a...)}}
 }
 
+// describeNodes names nodes with their state: "pg1 (read-only, fenced)".
+func describeNodes(ns []*topology.Node) string {
+	var parts []string
+	for _, n := range ns {
+		parts = append(parts, fmt.Sprintf("%s (%s)", n.Name, n.State))
+	}
+	return strings.Join(parts, ", ")
+}
+
 func singlePrimary(s *topology.Snapshot, _ *config.Config) []Result {
 	var out []Result
 	for _, n := range s.Nodes {
 		// A fenced node that is still up but read-only (the SQL fence) is
-		// fenced as intended; only one that accepts writes again is not.
+		// fenced as intended; one whose read-only default was lifted is
+		// not, even while its commits still wait for the fence's standby
+		// name: a session that cancels the wait has committed locally.
 		if n.Member() && n.Role == topology.RolePrimary && n.Fenced && !n.ReadOnly() {
-			out = append(out, Result{Level: Critical, Code: "fenced_writable", Node: n.Name,
-				Message: fmt.Sprintf("%s is marked fenced but accepts writes", n.Name),
-				Hint:    fmt.Sprintf("stop %s or restart it as a replica (replctl rejoin %s); clients writing to it will lose those writes", n.Name, n.Name)})
+			msg := fmt.Sprintf("%s is marked fenced but accepts writes", n.Name)
+			if n.SyncFenced() {
+				msg = fmt.Sprintf("%s is marked fenced but no longer read-only: its commits wait for %s, yet a session that cancels the wait or sets synchronous_commit = local commits on it",
+					n.Name, topology.FenceStandbyName)
+			}
+			out = append(out, Result{Level: Critical, Code: "fenced_writable", Node: n.Name, Message: msg,
+				Hint: fmt.Sprintf("stop %s or restart it as a replica (replctl rejoin %s); clients writing to it will lose those writes", n.Name, n.Name)})
 		}
 	}
 	switch {
@@ -29,8 +44,14 @@ func singlePrimary(s *topology.Snapshot, _ *config.Config) []Result {
 			Message: fmt.Sprintf("split brain: %s are all writable", strings.Join(s.SplitBrain, ", ")),
 			Hint:    "stop writes to all but one, then rebuild the others as replicas; do not fail over until this is resolved"})
 	case s.Primary == "" && len(out) == 0:
-		out = append(out, Result{Level: Critical, Code: "no_primary", Message: "no reachable writable node",
-			Hint: "check the primary's host and logs; if it is lost, run replctl failover"})
+		r := Result{Level: Critical, Code: "no_primary", Message: "no reachable writable node",
+			Hint: "check the primary's host and logs; if it is lost, run replctl failover"}
+		if ro := s.Unwritable(); len(ro) > 0 {
+			r.Message += "; out of recovery but accepting no writes: " + describeNodes(ro)
+			r.Hint = "a switchover or failover that stopped midway leaves its fence in place: read replctl history, and lift the fence " +
+				"only on the node that has every acknowledged write, once sure no other node was promoted"
+		}
+		out = append(out, r)
 	}
 	if len(out) == 0 {
 		return ok("%s is the only writable node", s.Primary)

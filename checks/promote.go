@@ -244,6 +244,9 @@ func primaryProblem(s *topology.Snapshot) string {
 	if len(s.SplitBrain) > 0 {
 		return "several writable nodes: " + strings.Join(s.SplitBrain, ", ")
 	}
+	if ro := s.Unwritable(); len(ro) > 0 {
+		return "no reachable writable primary; out of recovery but accepting no writes: " + describeNodes(ro)
+	}
 	return "no reachable primary"
 }
 

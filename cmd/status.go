@@ -201,8 +201,18 @@ func buildStatusReport(cfg *config.Config, obs observation) (*statusReport, erro
 	return r, nil
 }
 
+// statusSummary names the primary: Classify makes it a writable node, never
+// one out of recovery under the SQL fence (on the old timeline, typically);
+// those are named as what they are when there is no primary.
 func statusSummary(s *topology.Snapshot, warnings int) string {
 	primary := "no primary"
+	if ro := s.Unwritable(); len(ro) > 0 {
+		var parts []string
+		for _, n := range ro {
+			parts = append(parts, n.Name+" "+n.State)
+		}
+		primary += " (" + strings.Join(parts, "; ") + ")"
+	}
 	if p := s.PrimaryNode(); p != nil {
 		primary = "primary " + p.Name
 		if p.Timeline != nil {

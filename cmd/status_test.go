@@ -131,6 +131,31 @@ func scenario(name string) (tt.Prober, func(context.Context) (*recordInfo, error
 		return p, func(context.Context) (*recordInfo, error) {
 			return &recordInfo{Lock: &lockInfo{Held: true, Holder: "alice@ops1 switchover", Token: 42}, RecordedPrimary: "pg3", Fenced: []string{"pg1"}}, nil
 		}
+	case "sql-fenced":
+		// A switchover fenced pg1 with the SQL fence and promoted pg3, then
+		// lost the lock before recording it: the record still names pg1.
+		p["pg1"] = sqlFence(tt.Primary("pg1", 0x3000060))
+		p3 := tt.Primary("pg3", 0x4000000, "pg2", "pg4")
+		p3.Timeline = tt.Ptr(uint32(2))
+		p["pg3"] = p3
+		for _, n := range []string{"pg2", "pg4"} {
+			r := tt.Replica(n, 5434, 0x4000000)
+			r.Timeline = tt.Ptr(uint32(2))
+			p[n] = r
+		}
+		return p, func(context.Context) (*recordInfo, error) {
+			return &recordInfo{Lock: &lockInfo{}, RecordedPrimary: "pg1"}, nil
+		}
+	case "sql-fenced-alone":
+		// A switchover fenced pg1 and stopped before promoting anyone,
+		// leaving the fence in place: nothing accepts writes.
+		p["pg1"] = sqlFence(tt.Primary("pg1", 0x3000060, "pg2", "pg3", "pg4"))
+		for _, n := range []string{"pg2", "pg3", "pg4"} {
+			p[n] = tt.Replica(n, 5432, 0x3000060)
+		}
+		return p, func(context.Context) (*recordInfo, error) {
+			return &recordInfo{Lock: &lockInfo{}, RecordedPrimary: "pg1"}, nil
+		}
 	case "etcd-down":
 		p, _ = scenario("healthy")
 		return p, func(context.Context) (*recordInfo, error) {
@@ -145,7 +170,7 @@ func scenario(name string) (tt.Prober, func(context.Context) (*recordInfo, error
 func runStatusScenario(t *testing.T, name, output string, tty bool) (string, error) {
 	t.Helper()
 	cfg := fixtureConfig(t, name == "healthy" || name == "degraded")
-	if name == "healthy" || name == "etcd-down" || name == "split" || name == "fenced" {
+	if name == "healthy" || name == "etcd-down" || name == "split" || name == "fenced" || strings.HasPrefix(name, "sql-fenced") {
 		cfg.Nodes = cfg.Nodes[:4]
 	}
 	p, rec := scenario(name)
@@ -161,7 +186,7 @@ func runStatusScenario(t *testing.T, name, output string, tty bool) (string, err
 
 func TestStatusGolden(t *testing.T) {
 	t.Parallel()
-	for _, name := range []string{"healthy", "degraded", "split", "fenced", "etcd-down"} {
+	for _, name := range []string{"healthy", "degraded", "split", "fenced", "etcd-down", "sql-fenced", "sql-fenced-alone"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			out, err := runStatusScenario(t, name, "table", false)
@@ -179,6 +204,77 @@ func TestStatusGolden(t *testing.T) {
 		}
 		golden(t, "status_healthy_tty.txt", []byte(out))
 	})
+}
+
+// sqlFence puts st under replctl's SQL fence (failover.FenceSQL): read-only,
+// and commits waiting for a standby that does not exist.
+func sqlFence(st topology.NodeStatus) topology.NodeStatus {
+	st.Settings.DefaultTransactionReadOnly = tt.Ptr("on")
+	st.Settings.SynchronousStandbyNames = tt.Ptr(topology.FenceStandbyName)
+	st.Settings.SyncStandbys = &topology.SyncStandbys{Method: topology.SyncFirst, Num: 1, Names: []string{topology.FenceStandbyName}}
+	return st
+}
+
+// TestStatusFences: a node out of recovery under the SQL fence is shown
+// fenced, is neither the primary nor a split-brain writer, and a cluster
+// with no writable node is critical.
+func TestStatusFences(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		scenario string
+		summary  string
+		warnings []string // code:node, in order
+		check    int      // exit code of check single_primary
+	}{
+		{scenario: "sql-fenced", summary: "cluster demo: primary pg3 on timeline 2, 2/2 replicas streaming",
+			warnings: []string{"recorded_primary_differs:pg3"}, check: 0},
+		{scenario: "sql-fenced-alone", summary: "cluster demo: no primary (pg1 read-only, fenced), 3/3 replicas streaming",
+			warnings: []string{"no_primary:", "sync_quorum:"}, check: 2},
+	} {
+		t.Run(tc.scenario, func(t *testing.T) {
+			t.Parallel()
+			out, err := runStatusScenario(t, tc.scenario, "json", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var doc struct {
+				Primary    *string  `json:"primary"`
+				SplitBrain []string `json:"split_brain"`
+				Summary    string   `json:"summary"`
+				Nodes      []struct {
+					Name, State, Role string
+				} `json:"nodes"`
+				Warnings []struct{ Code, Node, Message string } `json:"warnings"`
+			}
+			if err := json.Unmarshal([]byte(out), &doc); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(doc.Summary, tc.summary) {
+				t.Errorf("summary %q, want %q...", doc.Summary, tc.summary)
+			}
+			if doc.Primary != nil && *doc.Primary == "pg1" || len(doc.SplitBrain) != 0 {
+				t.Errorf("primary pg1 or split brain %v: the fenced pg1 counted as writable", doc.SplitBrain)
+			}
+			var got []string
+			for _, w := range doc.Warnings {
+				got = append(got, w.Code+":"+w.Node)
+				if w.Code == "no_primary" && !strings.Contains(w.Message, "pg1 (read-only, fenced)") {
+					t.Errorf("no_primary does not name the fenced pg1: %q", w.Message)
+				}
+			}
+			if strings.Join(got, " ") != strings.Join(tc.warnings, " ") {
+				t.Errorf("warnings %q, want %q", got, tc.warnings)
+			}
+			for _, n := range doc.Nodes {
+				if n.Name == "pg1" && n.State != "read-only, fenced" {
+					t.Errorf("pg1 state %q", n.State)
+				}
+			}
+			if out, code := runCheckScenario(t, tc.scenario, "table", "single_primary"); code != tc.check {
+				t.Errorf("check single_primary: exit %d, want %d\n%s", code, tc.check, out)
+			}
+		})
+	}
 }
 
 func TestStatusNoNodeReachable(t *testing.T) {

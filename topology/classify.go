@@ -90,6 +90,17 @@ func (n *Node) ReplayDelay() (time.Duration, bool) {
 // Member reports whether the node is a reachable member of this cluster.
 func (n *Node) Member() bool { return n.Reachable && !n.Foreign }
 
+// Writable reports whether the node accepts writes: a reachable member out
+// of recovery whose sessions do not start read-only
+// (default_transaction_read_only) and whose commits do not wait for the SQL
+// fence's standby name (FenceStandbyName). A node out of recovery that is
+// not writable keeps RolePrimary but is never the snapshot's primary nor in
+// its split brain. The record's fence mark does not enter: a node marked
+// fenced whose fence was lifted is writable, and reported as such.
+func (n *Node) Writable() bool {
+	return n.Member() && !n.InRecovery && !n.ReadOnly() && !n.SyncFenced()
+}
+
 // Streaming reports whether a replica's WAL receiver is streaming.
 func (n *Node) Streaming() bool {
 	return n.Role == RoleReplica && n.WALReceiver != nil && n.WALReceiver.Status == "streaming"
@@ -105,8 +116,9 @@ type Unmanaged struct {
 // Snapshot is the classified state of the cluster at one moment.
 type Snapshot struct {
 	Cluster string `json:"cluster"`
-	// Primary is the one writable member not marked fenced; null when there
-	// is none, or several and the record does not say which.
+	// Primary is the one writable member (Node.Writable) not marked fenced;
+	// null when there is none, or several and the record does not say which.
+	// A node out of recovery under the SQL fence is never the primary.
 	Primary NodeName `json:"primary"`
 	// SystemID is the cluster's system identifier: the one most reachable
 	// nodes share.
@@ -115,8 +127,8 @@ type Snapshot struct {
 	// their upstream, then the rest.
 	Nodes     []*Node     `json:"nodes"`
 	Unmanaged []Unmanaged `json:"unmanaged_replicas"`
-	// SplitBrain lists the writable members not marked fenced, when there
-	// is more than one.
+	// SplitBrain lists the writable members (Node.Writable) not marked
+	// fenced, when there is more than one.
 	SplitBrain []string `json:"split_brain"`
 	// Record is the cluster record classification used, nil without one.
 	Record *Record `json:"-"`
@@ -151,9 +163,10 @@ func (s *Snapshot) Replicas() []*Node {
 	return out
 }
 
-// Root is the primary a replica's lag is measured against: the writable
-// member at the top of its chain of upstreams (in a split brain, the one it
-// actually follows), else the cluster's primary; nil when there is none.
+// Root is the primary a replica's lag is measured against: the member out of
+// recovery at the top of its chain of upstreams (in a split brain, the one
+// it actually follows, even fenced), else the cluster's primary; nil when
+// there is none.
 func (s *Snapshot) Root(n *Node) *Node {
 	seen := map[*Node]bool{n: true}
 	for cur := n; cur.Upstream != ""; {
@@ -168,6 +181,18 @@ func (s *Snapshot) Root(n *Node) *Node {
 		cur = up
 	}
 	return s.PrimaryNode()
+}
+
+// Unwritable returns the members out of recovery that accept no writes
+// (read-only, or under the SQL fence), in tree order.
+func (s *Snapshot) Unwritable() []*Node {
+	var out []*Node
+	for _, n := range s.Nodes {
+		if n.Member() && n.Role == RolePrimary && !n.Writable() {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // Reachable counts the nodes that answered.
@@ -219,7 +244,7 @@ func Classify(cfg *config.Config, statuses []NodeStatus, rec *Record) *Snapshot 
 
 	var writable []string
 	for _, n := range nodes {
-		if n.Member() && n.Role == RolePrimary && !n.Fenced {
+		if n.Writable() && !n.Fenced {
 			writable = append(writable, n.Name)
 		}
 	}
@@ -411,7 +436,7 @@ func matchWalsenders(nodes []*Node, byName map[string]*Node) []Unmanaged {
 				if r.FlushLSN == nil || n.ReceiveLSN == nil {
 					continue
 				}
-				d := max(r.FlushLSN.Behind(*n.ReceiveLSN), n.ReceiveLSN.Behind(*r.FlushLSN))
+				d := Distance(*r.FlushLSN, *n.ReceiveLSN)
 				if best < 0 || d < bestD {
 					best, bestD = i, d
 				}
@@ -478,14 +503,19 @@ func state(n *Node) string {
 		return "unreachable"
 	case n.Foreign:
 		return "foreign"
-	case n.Role == RolePrimary && n.Fenced && n.ReadOnly():
-		return "read-only, fenced"
-	case n.Role == RolePrimary && n.Fenced:
+	case n.Role == RolePrimary && n.Writable() && n.Fenced:
 		return "writable, fenced"
-	case n.Role == RolePrimary && n.ReadOnly():
-		return "read-only"
-	case n.Role == RolePrimary:
+	case n.Role == RolePrimary && n.Writable():
 		return "writable"
+	case n.Role == RolePrimary:
+		s := "read-only"
+		if !n.ReadOnly() {
+			s = "commits blocked" // waiting for FenceStandbyName
+		}
+		if n.Fenced || n.SyncFenced() {
+			s += ", fenced"
+		}
+		return s
 	}
 	s := "not streaming"
 	if n.WALReceiver != nil {

@@ -280,3 +280,151 @@ func TestNormHostAndAddrs(t *testing.T) {
 		t.Errorf("addrs = %v", got)
 	}
 }
+
+// sqlFenced puts st under replctl's SQL fence, or the parts of it given.
+func sqlFenced(st NodeStatus, readOnly bool, syncNames string) NodeStatus {
+	if readOnly {
+		st.Settings.DefaultTransactionReadOnly = ptr("on")
+	} else {
+		st.Settings.DefaultTransactionReadOnly = ptr("off")
+	}
+	st.Settings.SynchronousStandbyNames = ptr(syncNames)
+	st.Settings.SyncStandbys = nil
+	if ss, err := ParseSyncStandbyNames(syncNames); err == nil {
+		st.Settings.SyncStandbys = &ss
+	}
+	return st
+}
+
+// TestClassifyFences: a node out of recovery that does not accept writes
+// (read-only, or its commits waiting for the fence's standby name) is never
+// the primary nor part of a split brain.
+func TestClassifyFences(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t, "pg1", "pg2", "pg3")
+	// pg3 was promoted onto timeline 2 and pg2 follows it; pg1 is the old
+	// primary on timeline 1.
+	promoted := func() NodeStatus {
+		p := primary("pg3", 2000, walsender("pg2", 2000))
+		p.Timeline = ptr(uint32(2))
+		return p
+	}
+	follower := func() NodeStatus {
+		r := replica("pg2", port(2), 2000, 2000)
+		r.Timeline, r.WALReceiver.ReceivedTLI = ptr(uint32(2)), ptr(uint32(2))
+		return r
+	}
+	old := func(readOnly bool, syncNames string) NodeStatus {
+		return sqlFenced(primary("pg1", 1000), readOnly, syncNames)
+	}
+	tests := []struct {
+		name     string
+		st       []NodeStatus
+		rec      *Record
+		primary  NodeName
+		split    []string
+		writable []string // nodes Writable() reports true for
+		states   map[string]string
+	}{
+		{name: "SQL-fenced old primary, record not updated",
+			st:  []NodeStatus{old(true, FenceStandbyName), follower(), promoted()},
+			rec: &Record{Primary: "pg1"}, primary: "pg3", writable: []string{"pg3"},
+			states: map[string]string{"pg1": "read-only, fenced", "pg3": "writable"}},
+		{name: "SQL-fenced old primary, no record",
+			st:      []NodeStatus{old(true, FenceStandbyName), follower(), promoted()},
+			primary: "pg3", writable: []string{"pg3"},
+			states: map[string]string{"pg1": "read-only, fenced"}},
+		{name: "SQL-fenced old primary, marked fenced",
+			st:  []NodeStatus{old(true, FenceStandbyName), follower(), promoted()},
+			rec: &Record{Primary: "pg3", Fenced: []string{"pg1"}}, primary: "pg3", writable: []string{"pg3"},
+			states: map[string]string{"pg1": "read-only, fenced"}},
+		{name: "read-only by default_transaction_read_only alone",
+			st:      []NodeStatus{old(true, ""), follower(), promoted()},
+			primary: "pg3", writable: []string{"pg3"},
+			states: map[string]string{"pg1": "read-only"}},
+		{name: "read-only lifted, commits still wait for the fence",
+			st:      []NodeStatus{old(false, FenceStandbyName), follower(), promoted()},
+			primary: "pg3", writable: []string{"pg3"},
+			states: map[string]string{"pg1": "commits blocked, fenced"}},
+		{name: "the fence's name among others that can satisfy the quorum is no fence",
+			st:    []NodeStatus{old(false, "ANY 1 (replctl_fenced, pg9)"), follower(), promoted()},
+			split: []string{"pg1", "pg3"}, writable: []string{"pg1", "pg3"},
+			states: map[string]string{"pg1": "writable"}},
+		{name: "the fence's name needed for the number of standbys",
+			st:      []NodeStatus{old(false, "FIRST 2 (pg9, \"REPLCTL_FENCED\")"), follower(), promoted()},
+			primary: "pg3", writable: []string{"pg3"}},
+		{name: "a wildcard is no fence",
+			st:    []NodeStatus{old(false, "FIRST 1 (replctl_fenced, *)"), follower(), promoted()},
+			split: []string{"pg1", "pg3"}, writable: []string{"pg1", "pg3"}},
+		{name: "the only node out of recovery is fenced: no primary",
+			st:       []NodeStatus{old(true, FenceStandbyName), replica("pg2", port(0), 1000, 1000), replica("pg3", port(0), 1000, 1000)},
+			rec:      &Record{Primary: "pg1"},
+			writable: nil, states: map[string]string{"pg1": "read-only, fenced"}},
+		{name: "two writable and a fenced one: the split brain names the writable",
+			st:    []NodeStatus{old(false, ""), sqlFenced(primary("pg2", 1500), true, FenceStandbyName), promoted()},
+			split: []string{"pg1", "pg3"}, writable: []string{"pg1", "pg3"},
+			states: map[string]string{"pg2": "read-only, fenced"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := Classify(cfg, tc.st, tc.rec)
+			split := tc.split
+			if split == nil {
+				split = []string{}
+			}
+			if s.Primary != tc.primary || !slices.Equal(s.SplitBrain, split) {
+				t.Errorf("primary %q split %q, want %q %q", s.Primary, s.SplitBrain, tc.primary, split)
+			}
+			var writable []string
+			for _, n := range s.Nodes {
+				if n.Writable() {
+					writable = append(writable, n.Name)
+				}
+			}
+			slices.Sort(writable)
+			if !slices.Equal(writable, tc.writable) {
+				t.Errorf("writable %q, want %q", writable, tc.writable)
+			}
+			for name, want := range tc.states {
+				if got := s.Node(name).State; got != want {
+					t.Errorf("%s state %q, want %q", name, got, want)
+				}
+			}
+			if p := s.PrimaryNode(); p != nil && (!p.Writable() || p.Fenced) {
+				t.Errorf("primary %s is not writable or fenced", p.Name)
+			}
+		})
+	}
+}
+
+func TestClassifyWritable(t *testing.T) {
+	t.Parallel()
+	p := primary("pg1", 1000)
+	for _, tc := range []struct {
+		name string
+		n    Node
+		want bool
+	}{
+		{"primary", Node{NodeStatus: p}, true},
+		{"replica", Node{NodeStatus: replica("pg1", port(1), 1, 1)}, false},
+		{"unreachable", Node{NodeStatus: NodeStatus{Name: "pg1"}}, false},
+		{"foreign", Node{NodeStatus: p, Foreign: true}, false},
+		{"read-only", Node{NodeStatus: sqlFenced(p, true, "")}, false},
+		{"SQL fence", Node{NodeStatus: sqlFenced(p, true, FenceStandbyName)}, false},
+		{"sync fence only", Node{NodeStatus: sqlFenced(p, false, FenceStandbyName)}, false},
+		{"sync fence unparsed", Node{NodeStatus: func() NodeStatus {
+			st := p
+			st.Settings = Settings{SynchronousStandbyNames: ptr(FenceStandbyName)}
+			return st
+		}()}, false},
+		{"synchronous to a real standby", Node{NodeStatus: sqlFenced(p, false, "pg2")}, true},
+		// The record's mark alone does not stop writes: it is reported
+		// as a fenced node accepting writes, not hidden.
+		{"marked fenced, not SQL-fenced", Node{NodeStatus: p, Fenced: true}, true},
+	} {
+		if got := tc.n.Writable(); got != tc.want {
+			t.Errorf("%s: Writable() = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -51,22 +51,29 @@ func (l *LSN) UnmarshalText(b []byte) error {
 // Sub returns l - o in bytes, negative when o is ahead.
 func (l LSN) Sub(o LSN) int64 { return int64(l - o) }
 
-// Behind returns how many bytes l is behind ahead, clamped at zero: the two
-// positions are sampled at slightly different moments on different servers,
-// so a replica can appear a few bytes "ahead" of the primary it follows.
-func (l LSN) Behind(ahead LSN) uint64 {
-	if l >= ahead {
+// LagBytes is how many bytes replica is behind primary, clamped at zero:
+// the two positions are sampled at slightly different moments on different
+// servers, so a replica can appear a few bytes "ahead" of the primary it
+// follows. The arguments name which position is ahead; there is no method
+// form, which invites reading the comparison backwards.
+func LagBytes(primary, replica LSN) uint64 {
+	if replica >= primary {
 		return 0
 	}
-	return uint64(ahead - l)
+	return uint64(primary - replica)
 }
 
-// Lag is Behind over nullable positions: unknown (nil) when either is.
-func Lag(ahead, behind *LSN) *uint64 {
-	if ahead == nil || behind == nil {
+// Distance is how far apart two positions are, whichever is ahead.
+func Distance(a, b LSN) uint64 {
+	return max(LagBytes(a, b), LagBytes(b, a))
+}
+
+// Lag is LagBytes over nullable positions: unknown (nil) when either is.
+func Lag(primary, replica *LSN) *uint64 {
+	if primary == nil || replica == nil {
 		return nil
 	}
-	v := behind.Behind(*ahead)
+	v := LagBytes(*primary, *replica)
 	return &v
 }
 

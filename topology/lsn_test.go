@@ -56,8 +56,8 @@ func TestLagMath(t *testing.T) {
 	if a.Sub(b) != 600 || b.Sub(a) != -600 {
 		t.Errorf("Sub: %d %d", a.Sub(b), b.Sub(a))
 	}
-	if b.Behind(a) != 600 || a.Behind(b) != 0 || a.Behind(a) != 0 {
-		t.Errorf("Behind: %d %d", b.Behind(a), a.Behind(b))
+	if LagBytes(a, b) != 600 || LagBytes(b, a) != 0 || LagBytes(a, a) != 0 || Distance(a, b) != 600 || Distance(b, a) != 600 {
+		t.Errorf("LagBytes: %d %d", LagBytes(a, b), LagBytes(b, a))
 	}
 	if Lag(nil, &b) != nil || Lag(&a, nil) != nil {
 		t.Error("Lag with an unknown side must be unknown")

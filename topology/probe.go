@@ -173,6 +173,7 @@ SELECT json_build_object(
     'primary_slot_name', current_setting('primary_slot_name'),
     'wal_receiver_timeout', current_setting('wal_receiver_timeout'),
     'wal_sender_timeout', current_setting('wal_sender_timeout'),
+    'recovery_min_apply_delay', current_setting('recovery_min_apply_delay'),
     'cluster_name', current_setting('cluster_name'),
     'default_transaction_read_only', current_setting('default_transaction_read_only'))
 )::text
@@ -291,6 +292,7 @@ func decodeSettings(m map[string]*string, node config.Node) Settings {
 	}
 	s.WALReceiverTimeoutMS = millis(m["wal_receiver_timeout"])
 	s.WALSenderTimeoutMS = millis(m["wal_sender_timeout"])
+	s.RecoveryMinApplyDelayMS = millis(m["recovery_min_apply_delay"])
 	if s.SynchronousStandbyNames != nil {
 		ss, err := ParseSyncStandbyNames(*s.SynchronousStandbyNames)
 		if err != nil {

@@ -2,6 +2,7 @@ package topology
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/replctl/replctl/config"
@@ -76,6 +77,39 @@ const (
 func (n *NodeStatus) ReadOnly() bool {
 	v := n.Settings.DefaultTransactionReadOnly
 	return v != nil && *v == "on"
+}
+
+// FenceStandbyName is the synchronous standby name the SQL fence sets
+// (with default_transaction_read_only = on): no standby has it, so a commit
+// that slips past the read-only default waits for it, unacknowledged.
+const FenceStandbyName = "replctl_fenced"
+
+// SyncFenced reports whether commits wait for FenceStandbyName, as under
+// the SQL fence: synchronous_standby_names cannot make up its number of
+// standbys without that name, which no standby has, so no commit is ever
+// acknowledged. A list whose other names (or "*") suffice is no fence.
+func (n *NodeStatus) SyncFenced() bool {
+	ss := n.Settings.SyncStandbys
+	if ss == nil && n.Settings.SynchronousStandbyNames != nil {
+		if p, err := ParseSyncStandbyNames(*n.Settings.SynchronousStandbyNames); err == nil {
+			ss = &p
+		}
+	}
+	if ss == nil || !ss.Enabled() {
+		return false
+	}
+	fence, others := false, map[string]bool{}
+	for _, name := range ss.Names {
+		switch {
+		case name == "*":
+			return false
+		case strings.EqualFold(name, FenceStandbyName):
+			fence = true
+		default:
+			others[strings.ToLower(name)] = true
+		}
+	}
+	return fence && len(others) < ss.Num
 }
 
 // ReplayPaused reports whether replay is paused or a pause was requested.
@@ -171,7 +205,11 @@ type Settings struct {
 	PrimarySlotName      *string `json:"primary_slot_name"`
 	WALReceiverTimeoutMS *int64  `json:"wal_receiver_timeout_ms"`
 	WALSenderTimeoutMS   *int64  `json:"wal_sender_timeout_ms"`
-	ClusterName          *string `json:"cluster_name"`
+	// RecoveryMinApplyDelayMS is a replica's recovery_min_apply_delay: a
+	// delayed replica replays (and so acts on a new primary_conninfo) only
+	// that long after the WAL arrived.
+	RecoveryMinApplyDelayMS *int64  `json:"recovery_min_apply_delay_ms"`
+	ClusterName             *string `json:"cluster_name"`
 	// DefaultTransactionReadOnly is "on" on a primary under the SQL fence:
 	// ordinary sessions cannot write.
 	DefaultTransactionReadOnly *string `json:"default_transaction_read_only"`
