@@ -26,7 +26,7 @@ func (o *PromoteOptions) runEmergency(ctx context.Context, cfg *config.Config, c
 		obs = observe(ctx, cfg, o.Timeout, nil, recordFn)
 		st = stateOf(obs)
 	}
-	eo := failover.EmergencyOptions{Candidate: o.Node, AllowDataLoss: o.AllowDataLoss, Force: o.Force, NoFence: o.NoFence, CatchupTimeout: o.CatchupTimeout}
+	eo := failover.EmergencyOptions{Candidate: o.Node, AllowDataLoss: o.AllowDataLoss, Force: o.Force, NoFence: o.NoFence, CatchupTimeout: o.CatchupTimeout, CallTimeout: o.Timeout}
 	plan, an, perr := failover.PlanEmergency(cfg, obs.Snap, st, probes, eo, nil)
 	lockCheck, err := lockGate(obs, cfg, o.DryRun, o.LockWait)
 	if err != nil {
@@ -83,6 +83,9 @@ func (o *PromoteOptions) runEmergency(ctx context.Context, cfg *config.Config, c
 	rep.Result, rep.Commands = res, op.commands
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
+	}
+	if res.Outcome != failover.OutcomeSucceeded {
+		rep.Final = probeFinal(ctx, cfg, o.Timeout)
 	}
 	if err := o.render(rep); err != nil {
 		return err

@@ -139,6 +139,18 @@ func emSeedRecord(t testing.TB, cli *clientv3.Client, cfg *config.Config, fn fun
 	}
 }
 
+// emSeedAsync records pg1 as the primary with the asynchronous settings
+// testenv gives it, as any earlier operation under the lock would have: an
+// emergency failover refuses when no operation ever recorded them.
+func emSeedAsync(t testing.TB, cfgPath string) {
+	t.Helper()
+	cfg := emLoad(t, cfgPath)
+	emSeedRecord(t, emEtcd(t, cfg), cfg, func(s *failover.State) {
+		s.Primary = "pg1"
+		s.Sync = failover.SyncSettings{StandbyNames: "", Commit: "on", SeenAt: time.Now()}
+	})
+}
+
 func emState(t testing.TB, cli *clientv3.Client, cfg *config.Config) (*failover.State, int64) {
 	t.Helper()
 	st, rev, err := failover.ReadState(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster)
@@ -446,6 +458,7 @@ func TestEmergencyKillWithWriter(t *testing.T) {
 	t.Parallel()
 	c := testenv.Start(t, testenv.Options{Replicas: 2})
 	cfgPath := emConfig(t, c, nil, "")
+	emSeedAsync(t, cfgPath)
 	probe := emProbe(t, cfgPath)
 
 	emCrash(t, c, "pg1")
@@ -519,6 +532,7 @@ func TestEmergencyHungPrimary(t *testing.T) {
 	ctx := t.Context()
 	c := testenv.Start(t, testenv.Options{Replicas: 2})
 	cfgPath := emConfig(t, c, nil, "")
+	emSeedAsync(t, cfgPath)
 	// wal_receiver_timeout 6s makes the silence threshold 3s + 1.5s slack.
 	for _, n := range []string{"pg2", "pg3"} {
 		if err := c.Exec(ctx, n, "ALTER SYSTEM SET wal_receiver_timeout = '6s'"); err != nil {
@@ -671,7 +685,10 @@ func TestEmergencyRefusalsAsync(t *testing.T) {
 	cfgPath := emConfig(t, c, nil, "")
 	cfg := emLoad(t, cfgPath)
 	cli := emEtcd(t, cfg)
-	emSeedRecord(t, cli, cfg, func(s *failover.State) { s.Primary = "pg1" })
+	emSeedRecord(t, cli, cfg, func(s *failover.State) {
+		s.Primary = "pg1"
+		s.Sync = failover.SyncSettings{StandbyNames: "", Commit: "on", SeenAt: time.Now()}
+	})
 
 	t.Run("primary streaming but unreachable from replctl", func(t *testing.T) {
 		// replctl's DSN for pg1 leads nowhere; replication is untouched.
@@ -789,13 +806,15 @@ func TestEmergencyRefusalsSync(t *testing.T) {
 		roles := emStatusOf(t, cfgPath).roles()
 		_, stateRev := emState(t, cli, cfg)
 		r := emExpect(t, ExitFailed, fenceCfg, "promote", "--emergency", "--yes")
-		if !strings.Contains(r.stderr, "[2/") || !strings.Contains(r.stdout, "fence-command") || !strings.Contains(r.stdout, "Failover failed") {
-			t.Errorf("want the fence step to fail first:\n%s", r)
+		if !strings.Contains(r.stderr, "[3/") || !strings.Contains(r.stdout, "fence-command") || !strings.Contains(r.stdout, "Failover failed") {
+			t.Errorf("want the fence step to fail first, after the mark:\n%s", r)
 		}
 		// The lock and the history record are written: the fence runs under
-		// the lock. The cluster record and the nodes are left as they were.
-		if _, rev := emState(t, cli, cfg); rev != stateRev {
-			t.Errorf("cluster record rewritten (revision %d -> %d)", stateRev, rev)
+		// the lock. The cluster record marks pg1 fenced, written before the
+		// fence was tried and kept (an emergency fence is never lifted); the
+		// nodes are left as they were.
+		if st, rev := emState(t, cli, cfg); rev == stateRev || !st.IsFenced("pg1") {
+			t.Errorf("cluster record (revision %d -> %d) %+v: want pg1 marked fenced", stateRev, rev, st)
 		}
 		if got := emStatusOf(t, cfgPath).roles(); got != roles {
 			t.Errorf("roles changed: %s -> %s", roles, got)
@@ -828,6 +847,7 @@ func TestEmergencyConcurrent(t *testing.T) {
 	cfgPath := emConfig(t, c, nil, "")
 	cfg := emLoad(t, cfgPath)
 	cli := emEtcd(t, cfg)
+	emSeedAsync(t, cfgPath)
 	emCrash(t, c, "pg1")
 
 	results := make([]emResult, 2)

@@ -381,22 +381,35 @@ func runLockRun(ctx context.Context, o *LockRunOptions) (err error) {
 		runErr = c.Run()
 	}
 
+	// The record is finished on a context that outlives ^C: an interrupted
+	// run must not stay "running" in the history. A failure to write it is
+	// reported, not dropped.
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Lock.TTL)
+	defer rcancel()
+	record := func(outcome failover.Outcome, stepOutcome string, opErr error) error {
+		return errors.Join(op.EndStep(rctx, "run", stepOutcome, opErr), op.Finish(rctx, outcome, opErr))
+	}
 	var lost *failover.LockLostError
+	var exit error
+	var herr error
 	switch {
 	case errors.As(lk.Err(), &lost):
-		_ = op.Finish(ctx, failover.OutcomeLockLost, lost)
-		return &ExitError{Code: ExitFailed, Err: fmt.Errorf("%w: %s was sent SIGTERM and may have left the cluster partly changed: check 'replctl status' and 'replctl history %s'", lost, shown, op.ID())}
+		herr = op.Finish(rctx, failover.OutcomeLockLost, lost)
+		exit = &ExitError{Code: ExitFailed, Err: fmt.Errorf("%w: %s was sent SIGTERM and may have left the cluster partly changed: check 'replctl status' and 'replctl history %s'", lost, shown, op.ID())}
 	case ctx.Err() != nil:
-		_ = op.EndStep(ctx, "run", "failed", context.Cause(ctx))
-		_ = op.Finish(ctx, failover.OutcomeFailed, fmt.Errorf("interrupted: %w", context.Cause(ctx)))
-		return &ExitError{Code: ExitFailed, Err: fmt.Errorf("interrupted: %s was sent SIGTERM", shown)}
+		herr = record(failover.OutcomeFailed, "failed", fmt.Errorf("interrupted: %w", context.Cause(ctx)))
+		exit = &ExitError{Code: ExitFailed, Err: fmt.Errorf("interrupted: %s was sent SIGTERM", shown)}
 	case runErr != nil:
-		_ = op.EndStep(ctx, "run", "failed", runErr)
-		_ = op.Finish(ctx, failover.OutcomeFailed, runErr)
-		return &ExitError{Code: ExitFailed, Err: fmt.Errorf("%s: %w", shown, runErr)}
+		herr = record(failover.OutcomeFailed, "failed", runErr)
+		exit = &ExitError{Code: ExitFailed, Err: fmt.Errorf("%s: %w", shown, runErr)}
+	default:
+		herr = record(failover.OutcomeSucceeded, "done", nil)
 	}
-	if err := op.EndStep(ctx, "run", "done", nil); err != nil {
-		return err
+	if herr != nil {
+		fmt.Fprintf(o.IO.ErrOut, "warning: history record %s not updated: %v\n", op.ID(), herr)
+		if exit == nil {
+			exit = herr
+		}
 	}
-	return op.Finish(ctx, failover.OutcomeSucceeded, nil)
+	return exit
 }

@@ -137,6 +137,8 @@ func (o *operation) printEvent(e failover.Event, i, total int) {
 		fmt.Fprintf(w, "[undo] %s: done in %s\n", e.Description, roundDur(e.Duration))
 	case failover.StepUndoFailed:
 		fmt.Fprintf(w, "[undo] %s: FAILED: %s\n", e.Description, e.Error)
+	case failover.StepUndoSkipped:
+		fmt.Fprintf(w, "[undo] SKIPPED: %s\n", e.Error)
 	}
 }
 
@@ -169,7 +171,7 @@ func resultCode(res *failover.Result) error {
 	case errors.As(res.Err, &refused), errors.As(res.Err, &changed):
 		return &ExitError{Code: ExitUnsafe, Err: res.Err}
 	case errors.As(res.Err, &lost):
-		return &ExitError{Code: ExitFailed, Err: fmt.Errorf("%w: the operation stopped; completed steps were undone (see above), so the cluster is as it was unless an undo failed", res.Err)}
+		return &ExitError{Code: ExitFailed, Err: fmt.Errorf("%w: the operation stopped; no undo was run without the lock, so what it changed is left as it is (see the report's 'left' lines and 'replctl status')", res.Err)}
 	}
 	return &ExitError{Code: ExitFailed, Err: res.Err}
 }

@@ -118,6 +118,53 @@ type promoteReport struct {
 	WriteOutageSeconds *float64 `json:"write_outage_seconds"`
 	// Commands are the node commands the run executed, with their output.
 	Commands []failover.CommandResult `json:"commands,omitempty"`
+	// Final is every node as probed once the operation ended: what the
+	// report says about the end is what this shows, not what the steps
+	// hoped.
+	Final *finalState `json:"final,omitempty"`
+}
+
+// finalState is the cluster as probed after an operation.
+type finalState struct {
+	Primary string      `json:"primary"`
+	Nodes   []finalNode `json:"nodes"`
+}
+
+type finalNode struct {
+	Node  string `json:"node"`
+	Role  string `json:"role"`
+	State string `json:"state"`
+}
+
+// probeFinal looks at every node once more after an operation.
+func probeFinal(ctx context.Context, cfg *config.Config, timeout time.Duration) *finalState {
+	obs := observe(context.WithoutCancel(ctx), cfg, timeout, nil, nil)
+	f := &finalState{Primary: string(obs.Snap.Primary)}
+	for _, n := range obs.Snap.Nodes {
+		f.Nodes = append(f.Nodes, finalNode{Node: n.Name, Role: string(n.Role), State: n.State})
+	}
+	return f
+}
+
+// writeFinal says what is true at the end, as probed.
+func writeFinal(w io.Writer, f *finalState) {
+	if f == nil {
+		return
+	}
+	fmt.Fprintln(w, "At the end (probed):")
+	for _, n := range f.Nodes {
+		fmt.Fprintf(w, "  %s: %s, %s\n", n.Node, n.Role, n.State)
+	}
+}
+
+// writeLeft prints what a failed operation could not put back.
+func writeLeft(w io.Writer, res *failover.Result) {
+	for _, l := range res.Left {
+		fmt.Fprintf(w, "left: %s\n", l)
+	}
+	for _, l := range res.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", l)
+	}
 }
 
 func runPromote(ctx context.Context, o *PromoteOptions) error {
@@ -198,6 +245,9 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
 	}
+	if res.Outcome != failover.OutcomeSucceeded {
+		rep.Final = probeFinal(ctx, cfg, o.Timeout)
+	}
 	rep.WriteOutageSeconds = writeOutage(res)
 	if err := o.render(rep); err != nil {
 		return err
@@ -210,7 +260,7 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 // re-check under the lock.
 func (o *PromoteOptions) plan(cfg *config.Config, obs observation, rep *promoteReport, env *failover.Env) (*failover.Plan, []checks.Result, error) {
 	p, rank, results, err := failover.PlanSwitchover(cfg, obs.Snap, failover.SwitchoverOptions{
-		Candidate: o.Node, MaxLag: uint64(o.MaxLag), CatchupTimeout: o.CatchupTimeout, NoRejoin: o.NoRejoin, RequireStop: o.RequireStop,
+		Candidate: o.Node, MaxLag: uint64(o.MaxLag), CatchupTimeout: o.CatchupTimeout, CallTimeout: o.Timeout, NoRejoin: o.NoRejoin, RequireStop: o.RequireStop,
 	}, env)
 	rep.Choice = rank
 	rep.Candidate = o.Node
@@ -265,15 +315,23 @@ func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
 	case failover.OutcomeSucceeded:
 		fmt.Fprintf(w, "%s done: %s is the primary.\n", titleKind(rep.Kind), rep.Candidate)
 	case failover.OutcomePartial:
-		fmt.Fprintf(w, "Partly done: %s is the primary, but some steps failed. Remaining:\n", rep.Candidate)
+		fmt.Fprintf(w, "Partly done: %s was promoted, but some steps failed. Remaining:\n", rep.Candidate)
 		for _, r := range rep.Result.Remaining {
 			fmt.Fprintf(w, "  - %s\n", r)
 		}
 	default:
-		if rep.Kind == "failover" {
-			fmt.Fprintf(w, "Failover failed: %s\n", rep.Error)
-		} else {
-			fmt.Fprintf(w, "Switchover failed; %s remains the primary: %s\n", rep.Primary, rep.Error)
+		fmt.Fprintf(w, "%s failed: %s\n", titleKind(rep.Kind), rep.Error)
+	}
+	writeLeft(w, rep.Result)
+	if f := rep.Final; f != nil {
+		writeFinal(w, f)
+		switch f.Primary {
+		case "":
+			fmt.Fprintln(w, "No node accepts writes: see what was left above, and `replctl status`.")
+		case rep.Primary:
+			fmt.Fprintf(w, "%s is the primary, as before.\n", f.Primary)
+		default:
+			fmt.Fprintf(w, "%s is the primary now.\n", f.Primary)
 		}
 	}
 	for _, n := range rep.Plan.Notes {

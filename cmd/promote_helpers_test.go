@@ -106,9 +106,13 @@ type promoteDoc struct {
 			Error       string `json:"error"`
 		} `json:"steps"`
 		Remaining []string `json:"remaining"`
+		Left      []string `json:"left"`
 	} `json:"result"`
 	Error              string   `json:"error"`
 	WriteOutageSeconds *float64 `json:"write_outage_seconds"`
+	Final              *struct {
+		Primary string `json:"primary"`
+	} `json:"final"`
 }
 
 func (d *promoteDoc) failedChecks() []string {
@@ -207,13 +211,13 @@ func (f *faultController) CurrentLSN(ctx context.Context, node string) (topology
 	return f.Controller.CurrentLSN(ctx, node)
 }
 
-func (f *faultController) FenceSQL(ctx context.Context, node string) (*failover.SQLFenceUndo, error) {
+func (f *faultController) FenceSQL(ctx context.Context, node string) error {
 	f.hook(ctx, pointBeforeFence, node)
-	u, err := f.Controller.FenceSQL(ctx, node)
+	err := f.Controller.FenceSQL(ctx, node)
 	if err == nil {
 		f.hook(ctx, pointAfterFence, node)
 	}
-	return u, err
+	return err
 }
 
 func (f *faultController) RunCommand(ctx context.Context, node, action string, env map[string]string) (failover.CommandResult, error) {

@@ -232,20 +232,77 @@ func TestIntegrationSwitchoverCandidateDies(t *testing.T) {
 }
 
 // TestIntegrationSwitchoverLockLost revokes the lock's lease right after
-// the fence: the operation stops before promoting and undoes the fence.
+// the fence went up. Whoever broke the lock may be promoting another node
+// now: the old primary is left fenced (not restarted, not made writable),
+// nothing else is changed after the loss, and the report says so.
 func TestIntegrationSwitchoverLockLost(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: runs PostgreSQL and etcd")
 	}
 	t.Parallel()
-	runFaults(t, faultCase{
-		point: pointAfterFence,
-		fault: func(ctx context.Context, t *testing.T, c *testenv.Cluster, node string) {
-			revokeLock(ctx, t, etcdClient(t, c), c.Name)
-		},
-		heal: noHeal,
-		want: "lost the lock",
-	})
+	for _, setup := range []string{fenceStop, fenceSQLRejoin} {
+		t.Run(setup, func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			c := testenv.Start(t, testenv.Options{Replicas: 2})
+			cli := etcdClient(t, c)
+			cfg, log := switchoverConfig(t, c, setup)
+			watch := watchWritable(t, c)
+			wrap := atPoint(pointAfterFence, func(ctx context.Context, node string) { revokeLock(ctx, t, cli, c.Name) })
+			run := replctl(ctx, wrap, "--config", cfg, "-o", "json", "promote", "pg2", "--yes")
+			t.Logf("%s", run)
+			d := run.doc(t)
+			if run.Code != ExitFailed || d.Result == nil || d.Result.Outcome != "failed" || !strings.Contains(d.Error, "lost the lock") {
+				t.Fatalf("want a failed switchover (exit 1) saying the lock was lost: exit %d, error %q", run.Code, d.Error)
+			}
+			var skipped, undone []string
+			for _, s := range d.Result.Steps {
+				switch s.Outcome {
+				case "undo_skipped":
+					skipped = append(skipped, s.ID)
+				case "undone", "undo_failed":
+					undone = append(undone, s.ID)
+				}
+			}
+			if len(undone) > 0 || !slices.Contains(skipped, "undo-fence") {
+				t.Errorf("undos run without the lock: %v; skipped: %v", undone, skipped)
+			}
+			if !strings.Contains(strings.Join(d.Result.Left, "\n"), "pg1 left fenced because the lock was lost") {
+				t.Errorf("the report does not say pg1 was left fenced: %q", d.Result.Left)
+			}
+			if d.Final == nil || d.Final.Primary != "" {
+				t.Errorf("final state %+v: want no primary", d.Final)
+			}
+			if slices.ContainsFunc(commandsRun(t, log), func(c string) bool { return strings.HasPrefix(c, "start pg1") }) {
+				t.Errorf("pg1 was started again: %v", commandsRun(t, log))
+			}
+			// Still fenced a while later, and no node ever writable but pg1
+			// before the fence.
+			time.Sleep(500 * time.Millisecond)
+			s := readPG(ctx, c, "pg1")
+			switch setup {
+			case fenceStop:
+				if s.Err == nil {
+					t.Errorf("pg1 answers after the stop fence: %s", s)
+				}
+			default:
+				if s.Err != nil || s.ReadOnly != "on" {
+					t.Errorf("pg1 should still be fenced read-only: %s", s)
+				}
+			}
+			for _, n := range []string{"pg2", "pg3"} {
+				if s := readPG(ctx, c, n); s.Err != nil || !s.InRecovery {
+					t.Errorf("%s should still be a replica: %s", n, s)
+				}
+			}
+			if order := assertOneWritable(t, watch); len(order) != 1 || order[0] != "pg1" {
+				t.Errorf("writable in turn: %v, want [pg1]", order)
+			}
+			if st := clusterRecord(t, cli, c); !st.IsFenced("pg1") {
+				t.Errorf("cluster record %+v: pg1 should stay marked fenced", st)
+			}
+		})
+	}
 }
 
 // TestIntegrationSwitchoverCatchupTimeout pauses replay on the candidate

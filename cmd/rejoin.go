@@ -73,6 +73,8 @@ type rejoinReport struct {
 	Error   string           `json:"error,omitempty"`
 	// Commands are the node commands the run executed, with their output.
 	Commands []failover.CommandResult `json:"commands,omitempty"`
+	// Final is every node as probed after a rejoin that did not succeed.
+	Final *finalState `json:"final,omitempty"`
 }
 
 func runRejoin(ctx context.Context, o *RejoinOptions) error {
@@ -140,6 +142,9 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
 	}
+	if res.Outcome != failover.OutcomeSucceeded {
+		rep.Final = probeFinal(ctx, cfg, o.Timeout)
+	}
 	if err := show(); err != nil {
 		return err
 	}
@@ -174,5 +179,7 @@ func writeRejoinText(w io.Writer, tty bool, rep *rejoinReport) error {
 	} else {
 		fmt.Fprintf(w, "Rejoin %s: %s\n", rep.Result.Outcome, rep.Error)
 	}
+	writeLeft(w, rep.Result)
+	writeFinal(w, rep.Final)
 	return nil
 }

@@ -451,7 +451,7 @@ func (p *progress) event(e runbooks.Event) {
 		switch pe.Type {
 		case failover.StepStarted:
 			fmt.Fprintf(p.w, "      %s: %s\n", pe.StepID, pe.Description)
-		case failover.StepFailed, failover.StepUndoFailed:
+		case failover.StepFailed, failover.StepUndoFailed, failover.StepUndoSkipped:
 			fmt.Fprintf(p.w, "      %s %s: %s\n", pe.StepID, pe.Type, pe.Error)
 		case failover.StepUndone:
 			fmt.Fprintf(p.w, "      %s undone: %s\n", pe.StepID, pe.Description)

@@ -18,6 +18,8 @@ const (
 	DefaultLockTTL        = 10 * time.Second
 	DefaultHistoryKeep    = 500
 	DefaultCommandTimeout = 60 * time.Second
+	DefaultStreamTimeout  = 30 * time.Second
+	DefaultPromoteTimeout = 30 * time.Second
 )
 
 // Config is the whole configuration file.
@@ -133,6 +135,13 @@ type Hooks struct {
 type Failover struct {
 	// ConfirmWindow is how long the primary is probed before it is declared dead.
 	ConfirmWindow time.Duration `mapstructure:"confirm_window" json:"confirm_window" yaml:"confirm_window"`
+	// StreamTimeout bounds the wait for a repointed or rejoined replica to
+	// stream from its new primary, and for a detached replica's WAL
+	// receiver to leave the old one.
+	StreamTimeout time.Duration `mapstructure:"stream_timeout" json:"stream_timeout" yaml:"stream_timeout"`
+	// PromoteTimeout bounds pg_promote() and the wait until the candidate
+	// leaves recovery: the write outage never outlasts it.
+	PromoteTimeout time.Duration `mapstructure:"promote_timeout" json:"promote_timeout" yaml:"promote_timeout"`
 }
 
 // Node returns the configured node with the given name.
@@ -209,5 +218,11 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Failover.ConfirmWindow == 0 {
 		c.Failover.ConfirmWindow = 2 * time.Second
+	}
+	if c.Failover.StreamTimeout == 0 {
+		c.Failover.StreamTimeout = DefaultStreamTimeout
+	}
+	if c.Failover.PromoteTimeout == 0 {
+		c.Failover.PromoteTimeout = DefaultPromoteTimeout
 	}
 }

@@ -78,3 +78,32 @@ func passwords(dsn string) []string {
 	}
 	return out
 }
+
+// ScrubbedError is an error whose text has its passwords masked, that still
+// unwraps to the original: errors.Is and errors.As (a *pgconn.PgError's
+// SQLSTATE, context.DeadlineExceeded) see through it, while Error() never
+// shows a secret.
+type ScrubbedError struct {
+	err  error
+	text string
+}
+
+// ScrubError wraps err so that its text is scrubbed of dsns' passwords, and
+// prefixes it with prefix (e.g. the node's name) when not empty. Nil stays
+// nil.
+func ScrubError(err error, prefix string, dsns ...string) error {
+	if err == nil {
+		return nil
+	}
+	text := Scrub(err.Error(), dsns...)
+	if prefix != "" {
+		text = prefix + ": " + text
+	}
+	return &ScrubbedError{err: err, text: text}
+}
+
+func (e *ScrubbedError) Error() string { return e.text }
+
+// Unwrap returns the original error, for errors.Is and errors.As only:
+// never print it.
+func (e *ScrubbedError) Unwrap() error { return e.err }

@@ -31,6 +31,8 @@ type EmergencyOptions struct {
 	Force          bool // override the evidence that the primary is dead
 	NoFence        bool
 	CatchupTimeout time.Duration
+	// CallTimeout bounds one SQL statement (--timeout).
+	CallTimeout time.Duration
 }
 
 // ProbeAttempt is one attempt to reach the old primary.
@@ -219,10 +221,14 @@ func JudgeEvidence(cfg *config.Config, snap *topology.Snapshot, old string, prob
 // SyncProof is the synchronous replication argument that the candidate has
 // every acknowledged commit, or why it cannot be made.
 type SyncProof struct {
-	Setting  string   `json:"synchronous_standby_names"`
-	Commit   string   `json:"synchronous_commit"`
-	Sync     bool     `json:"sync"`
-	Proven   bool     `json:"proven"`
+	Setting string `json:"synchronous_standby_names"`
+	Commit  string `json:"synchronous_commit"`
+	Sync    bool   `json:"sync"`
+	Proven  bool   `json:"proven"`
+	// Unknown means no operation recorded the primary's settings: whether
+	// acknowledged commits were synchronous cannot be told, which blocks a
+	// failover like a failed proof.
+	Unknown  bool     `json:"unknown,omitempty"`
 	Examined []string `json:"examined"`
 	Needed   int      `json:"needed"`
 	Message  string   `json:"message"`
@@ -234,7 +240,7 @@ type SyncProof struct {
 // all. examined are the named standbys whose receive position is known.
 func ProveSync(st *State, examined func(name string) bool, best string, lastRecorded string) SyncProof {
 	if st == nil || (st.Sync.StandbyNames == "" && st.Sync.Commit == "") {
-		return SyncProof{Message: "no synchronous replication settings recorded (no replctl operation has saved them): unknown whether acknowledged commits were synchronous" + lossWindow(lastRecorded)}
+		return SyncProof{Unknown: true, Message: "no synchronous replication settings recorded (no replctl operation has saved them): unknown whether acknowledged commits were synchronous" + lossWindow(lastRecorded)}
 	}
 	p := SyncProof{Setting: st.Sync.StandbyNames, Commit: st.Sync.Commit}
 	ss, err := topology.ParseSyncStandbyNames(st.Sync.StandbyNames)
@@ -448,6 +454,12 @@ func EmergencyPreflight(cfg *config.Config, snap *topology.Snapshot, st *State, 
 	}
 	pr := checks.Result{Name: "sync_proof", Node: chosen.Name, Level: checks.OK, Code: "ok", Message: ch.Proof.Message}
 	switch {
+	case ch.Proof.Unknown:
+		pr.Level, pr.Code = checks.Critical, "sync_unknown"
+		pr.Hint = "every replctl operation that takes the lock records them (a switchover, a rejoin, a drill); without that record, pass --allow-data-loss to accept that acknowledged commits may be lost"
+		if o.AllowDataLoss {
+			pr.Level = checks.Warning
+		}
 	case ch.Proof.Sync && !ch.Proof.Proven:
 		pr.Level, pr.Code, pr.Hint = checks.Critical, "sync_proof", "bring more quorum standbys back, or pass --allow-data-loss"
 		if o.AllowDataLoss {
@@ -491,9 +503,9 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 		o.CatchupTimeout = 30 * time.Second
 	}
 	cn := snap.Node(candidate)
-	sw := &switchover{env: env, cfg: cfg, primary: oldNode, candidate: cand, opts: SwitchoverOptions{Candidate: candidate, CatchupTimeout: o.CatchupTimeout},
-		candSync: syncSettingsOf(cn)}
+	sw := newSwitchover(env, cfg, oldNode, cand, SwitchoverOptions{Candidate: candidate, CatchupTimeout: o.CatchupTimeout, CallTimeout: o.CallTimeout}, cn)
 	var ahead []string
+	p := &Plan{Kind: "failover", Candidate: candidate, Primary: old}
 	for _, n := range snap.Nodes {
 		if n.Member() && n.Role == topology.RoleReplica && n.Name != candidate && directReplicaOf(cfg, snap, n, old) {
 			// A replica that received WAL the candidate lacks (--allow-data-loss)
@@ -505,6 +517,13 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 			}
 			sw.others = append(sw.others, n)
 			sw.slots = append(sw.slots, slotFor(n))
+			// Every replica lost its stream with the primary; only those
+			// whose replay will not ask for WAL soon are not waited for.
+			if why := whyBehind(n, false); why != "" {
+				sw.behind[n.Name] = why
+				p.Notes = append(p.Notes, fmt.Sprintf("%s: %s: it is repointed at %s and the setting verified, but not waited for; it follows %s once it next waits for WAL (after SELECT pg_wal_replay_resume() when paused)",
+					n.Name, why, candidate, candidate))
+			}
 		}
 	}
 	if st != nil {
@@ -514,83 +533,54 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 		}
 	}
 	ttl := cfg.Lock.TTL
-	budget := func(d time.Duration) time.Duration { return min(d, ttl/2) }
-	p := &Plan{Kind: "failover", Candidate: candidate, Primary: old}
+	t := sw.t
 	add := func(s Step) { p.Steps = append(p.Steps, s) }
 	add(Step{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-check the evidence and the candidate",
 		cfg.Etcd.Prefix, cfg.Cluster, ttl), Run: sw.acquire})
-	switch {
-	case o.NoFence:
+	if o.NoFence {
 		p.Fence = "none"
 		p.Notes = append(p.Notes, fmt.Sprintf("--no-fence: %s is NOT fenced. If it is alive it can still accept writes: a split brain.", old))
-	case oldNode.Commands.Fence != "":
-		p.Fence = "command"
-		add(Step{ID: StepFenceCommand, Node: old, Mutates: true, Budget: budget(5 * time.Second),
-			Description: fmt.Sprintf("%s: fence (STONITH) with commands.fence (%s); its failure aborts the failover", old, oldNode.Commands.Fence),
-			Run: func(ctx context.Context) error {
-				_, err := env.Ctl.RunCommand(ctx, old, ActionFence, nil)
-				return err
-			}})
-	default:
+	} else {
+		// The mark comes first: if replctl dies while fencing, etcd already
+		// says the old primary must not take writes.
+		add(sw.stepMarkFenced("failed primary, replaced by emergency failover"))
+		p.Steps[len(p.Steps)-1].Undo, p.Steps[len(p.Steps)-1].UndoDescription = nil, ""
 		p.Fence = "record"
-	}
-	if !o.NoFence {
-		add(Step{ID: StepFenceSQL, Node: old, Mutates: true, Budget: budget(2 * time.Second), Optional: true,
-			Description: fmt.Sprintf("%s: try the SQL fence in case it is reachable after all (%s); failure to connect is expected", old, strings.Join(SQLFenceSQL, "; ")),
-			Run: func(ctx context.Context) error {
-				c, cancel := context.WithTimeout(ctx, time.Second)
-				defer cancel()
-				_, err := env.Ctl.FenceSQL(c, old)
-				return err
-			}})
-		add(Step{ID: StepMarkFenced, Node: old, Mutates: true, Budget: budget(time.Second),
-			Description: fmt.Sprintf("etcd: mark %s fenced in the cluster record, so status flags it if it comes back writable", old),
-			Run: func(ctx context.Context) error {
-				_, _, err := env.Lock.UpdateState(ctx, func(s *State) error {
-					s.Fence(old, "failed primary, replaced by emergency failover")
-					return nil
-				})
-				return err
-			}})
+		if oldNode.Commands.Fence != "" {
+			p.Fence = "command"
+			add(Step{ID: StepFenceCommand, Node: old, Mutates: true, Fences: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
+				Description: fmt.Sprintf("%s: fence (STONITH) with commands.fence (%s); its failure aborts the failover", old, oldNode.Commands.Fence),
+				Run: func(ctx context.Context) error {
+					_, err := env.Ctl.RunCommand(ctx, old, ActionFence, nil)
+					return err
+				}})
+		}
+		add(Step{ID: StepFenceSQL, Node: old, Mutates: true, Fences: true, Timeout: 2 * t.Call, Budget: sw.budget(2 * t.Call),
+			Description: fmt.Sprintf("%s: SQL fence in case it is reachable after all (%s); only a failure to connect counts as unreachable, any other error stops the failover", old, strings.Join(SQLFenceSQL, "; ")),
+			Run:         sw.fenceDeadSQL})
+		p.Notes = append(p.Notes, fmt.Sprintf("an emergency fence is never lifted by replctl, even when the failover fails: %s stays fenced until `replctl rejoin %s`", old, old))
 	}
 	if len(sw.slots) > 0 {
-		add(Step{ID: StepCreateSlots, Node: candidate, Mutates: true, Budget: budget(2 * time.Second),
-			Description: fmt.Sprintf("%s: create physical replication slots %s for the replicas that will follow it", candidate, strings.Join(sw.slots, ", ")),
-			Run:         sw.createSlots})
+		add(sw.stepCreateSlots())
 	}
-	add(Step{ID: StepReplayAll, Node: candidate,
-		Description: fmt.Sprintf("%s: wait until it has replayed everything it received (timeout %s)", candidate, o.CatchupTimeout),
+	add(Step{ID: StepReplayAll, Node: candidate, Timeout: t.Catchup,
+		Description: fmt.Sprintf("%s: wait until it has replayed everything it received (timeout %s)", candidate, t.Catchup),
 		Run:         sw.replayReceived})
-	add(Step{ID: StepPromote, Node: candidate, Mutates: true, Budget: budget(2 * time.Second), PointOfNoReturn: true,
-		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery", candidate),
-		Run:         sw.promote})
-	add(Step{ID: StepVerify, Node: candidate,
-		Description: fmt.Sprintf("%s: verify it accepts writes on a new timeline (from pg_walfile_name(pg_current_wal_lsn())), then CHECKPOINT", candidate),
-		Run:         sw.verify})
-	add(Step{ID: StepRecordState, Node: candidate, Mutates: true, Budget: budget(time.Second),
-		Description: fmt.Sprintf("etcd: record %s as primary with its timeline, LSN and the fencing token, %s as fenced; %s: ALTER SYSTEM SET replctl.fencing_token", candidate, old, candidate),
-		Run:         sw.record})
+	add(sw.stepPromote())
+	add(sw.stepVerify())
+	add(sw.stepRecord())
 	if h := cfg.Hooks.PostPromote; h != "" {
-		add(Step{ID: StepHook, Node: candidate, Mutates: true, Budget: budget(5 * time.Second),
-			Description: fmt.Sprintf("run hooks.post_promote (%s) with REPLCTL_NODE=%s", h, candidate),
-			Run:         sw.hook})
+		add(sw.stepHook())
 	}
 	for _, n := range sw.others {
-		ci, err := ReplicaConninfo(cand, n.Name)
+		st, err := sw.stepRepoint(n)
 		if err != nil {
 			return nil, err
 		}
-		n := n
-		add(Step{ID: StepRepoint + "-" + n.Name, Node: n.Name, Mutates: true, Budget: budget(2 * time.Second),
-			Description: fmt.Sprintf("%s: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf(); wait until it streams on the new timeline",
-				n.Name, quoteLiteral(ci), quoteLiteral(slotFor(n))),
-			Run: func(ctx context.Context) error { return sw.repoint(ctx, n.Name, ci, slotFor(n)) }})
+		add(st)
 	}
 	if sw.sync != nil && len(sw.sync.Names) > 0 {
-		add(Step{ID: StepSync, Node: candidate, Mutates: true, Budget: budget(2 * time.Second),
-			Description: fmt.Sprintf("%s: once %d of %s stream, ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
-				candidate, sw.sync.Num, strings.Join(sw.sync.Names, ", "), quoteLiteral(sw.sync.String())),
-			Run: sw.applySync})
+		add(sw.stepSync())
 	} else if sw.sync != nil {
 		p.Notes = append(p.Notes, fmt.Sprintf("no standby is left for synchronous_standby_names %s: %s runs asynchronous until replicas are added", quoteLiteral(sw.syncOriginal), candidate))
 	}
@@ -600,6 +590,19 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 			name, candidate, name, candidate))
 	}
 	return p, nil
+}
+
+// fenceDeadSQL SQL-fences the old primary if it answers. Only a failure to
+// connect means it is as unreachable as the evidence says; a node that
+// accepted the connection and then failed or hung is alive enough to take
+// writes, and promoting beside it is what the fence is there to prevent.
+func (sw *switchover) fenceDeadSQL(ctx context.Context) error {
+	err := sw.env.Ctl.FenceSQL(ctx, sw.primary.Name)
+	if errors.Is(err, ErrConnect) {
+		sw.env.progress(StepFenceSQL, "%s is unreachable, as expected: %v", sw.primary.Name, err)
+		return nil
+	}
+	return err
 }
 
 // replayReceived waits until the candidate has replayed all it received: a

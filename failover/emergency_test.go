@@ -259,6 +259,13 @@ func emFailedNames(rs []checks.Result) []string {
 	return out
 }
 
+// asyncRec is a record of an asynchronous primary; noRecord stands for no
+// record at all in tables whose zero value means asyncRec.
+var (
+	asyncRec = &failover.State{Primary: "pg1", Sync: failover.SyncSettings{StandbyNames: "", Commit: "on"}}
+	noRecord = &failover.State{}
+)
+
 func TestEmergencyPreflightRanking(t *testing.T) {
 	t.Parallel()
 	cfg := emConfig(t, "")
@@ -284,7 +291,7 @@ func TestEmergencyPreflightRanking(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			ch, rs := failover.EmergencyPreflight(cfg, emSnap(cfg, nil, c.replicas...), nil, "pg1", dead(), failover.EmergencyOptions{})
+			ch, rs := failover.EmergencyPreflight(cfg, emSnap(cfg, nil, c.replicas...), asyncRec, "pg1", dead(), failover.EmergencyOptions{})
 			if ch.Chosen != c.want {
 				t.Fatalf("chose %q (%s), want %s; checks %+v", ch.Chosen, ch.Why, c.want, rs)
 			}
@@ -342,12 +349,25 @@ func TestEmergencyPreflightRefusals(t *testing.T) {
 		{name: "the quorum proof does not cover a candidate that is behind", sts: []topology.NodeStatus{pg2, pg3}, st: syncRec, ev: dead,
 			o:     failover.EmergencyOptions{Candidate: "pg3", AllowDataLoss: true},
 			check: "sync_proof", level: checks.Warning, msg: "pg2 is 1 MB ahead of pg3: acknowledged commits may be only on pg2"},
-		{name: "asynchronous replication is a warning", sts: []topology.NodeStatus{pg2, pg3}, ev: dead, check: "sync_proof", level: checks.Warning, msg: "no synchronous replication settings recorded"},
+		{name: "asynchronous replication is a warning", sts: []topology.NodeStatus{pg2, pg3}, st: asyncRec, ev: dead, check: "sync_proof", level: checks.Warning, msg: "replication was asynchronous"},
+		// Unknown settings block like a failed proof: no record of them
+		// is no evidence that commits were asynchronous.
+		{name: "sync settings never recorded block", sts: []topology.NodeStatus{pg2, pg3}, st: noRecord, ev: dead,
+			failed: []string{"sync_proof"}, check: "sync_proof", level: checks.Critical, msg: "no synchronous replication settings recorded"},
+		{name: "--allow-data-loss accepts unknown sync settings", sts: []topology.NodeStatus{pg2, pg3}, st: noRecord, ev: dead, o: failover.EmergencyOptions{AllowDataLoss: true},
+			check: "sync_proof", level: checks.Warning, msg: "no synchronous replication settings recorded"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			_, rs := failover.EmergencyPreflight(cfg, emSnap(cfg, nil, c.sts...), c.st, "pg1", c.ev, c.o)
+			st := c.st
+			switch st {
+			case nil:
+				st = asyncRec
+			case noRecord:
+				st = nil
+			}
+			_, rs := failover.EmergencyPreflight(cfg, emSnap(cfg, nil, c.sts...), st, "pg1", c.ev, c.o)
 			if got := emFailedNames(rs); strings.Join(got, ",") != strings.Join(c.failed, ",") {
 				t.Errorf("failed %v, want %v; checks %+v", got, c.failed, rs)
 			}
@@ -392,7 +412,9 @@ func TestBuildEmergencyPlan(t *testing.T) {
 	for _, s := range p.Steps {
 		ids = append(ids, s.ID)
 	}
-	want := "lock fence-sql mark-fenced create-slots replay-received promote verify record repoint-pg4 sync-standbys"
+	// The mark comes before the fence: an interrupted failover has already
+	// recorded the old primary as fenced.
+	want := "lock mark-fenced fence-sql create-slots replay-received promote verify record repoint-pg4 sync-standbys"
 	if strings.Join(ids, " ") != want {
 		t.Fatalf("steps %v\nwant %s", ids, want)
 	}
@@ -411,8 +433,8 @@ func TestBuildEmergencyPlan(t *testing.T) {
 	cfg = emConfig(t, "")
 	cfg.Nodes[0].Commands.Fence = "ipmitool power off"
 	p, err = failover.BuildEmergencyPlan(cfg, snap, rec, "pg1", "pg3", failover.EmergencyOptions{}, nil)
-	if err != nil || p.Fence != "command" || p.Steps[1].ID != failover.StepFenceCommand || p.Steps[1].Optional || !strings.Contains(p.Steps[1].Description, "ipmitool power off") {
-		t.Fatalf("fence command plan %v: %+v", err, p.Steps[1])
+	if err != nil || p.Fence != "command" || p.Steps[2].ID != failover.StepFenceCommand || p.Steps[2].Optional || !strings.Contains(p.Steps[2].Description, "ipmitool power off") {
+		t.Fatalf("fence command plan %v: %+v", err, p.Steps[2])
 	}
 	p, err = failover.BuildEmergencyPlan(cfg, snap, rec, "pg1", "pg3", failover.EmergencyOptions{NoFence: true}, nil)
 	if err != nil || p.Fence != "none" || p.Steps[1].ID != failover.StepCreateSlots || !strings.Contains(p.Notes[0], "NOT fenced") {
@@ -464,7 +486,7 @@ func TestPlanEmergencyRefusalBuildsNoPlan(t *testing.T) {
 	t.Parallel()
 	cfg := emConfig(t, "")
 	snap := emSnap(cfg, nil, emStreaming("pg2", 0x3000000, 100*time.Millisecond), emDead("pg3", 0x3000000, 0x3000000))
-	p, a, err := failover.PlanEmergency(cfg, snap, &failover.State{Primary: "pg1"}, emFailed(), failover.EmergencyOptions{}, nil)
+	p, a, err := failover.PlanEmergency(cfg, snap, asyncRec, emFailed(), failover.EmergencyOptions{}, nil)
 	if p != nil || err != nil || a.OldPrimary != "pg1" || a.Evidence.Conclusive || len(a.Evidence.Probes) != 3 {
 		t.Fatalf("plan %v err %v analysis %+v", p, err, a)
 	}

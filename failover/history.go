@@ -199,7 +199,7 @@ func (o *Operation) Observe(ctx context.Context, e Event) error {
 		return o.update(ctx, func(r *OpRecord) {
 			r.Steps = append(r.Steps, StepRecord{ID: e.StepID, Description: config.Scrub(e.Description), Started: at, Outcome: stepRunning})
 		})
-	case StepDone, StepFailed, StepSkipped, StepUndone, StepUndoFailed:
+	case StepDone, StepFailed, StepSkipped, StepUndone, StepUndoFailed, StepUndoSkipped:
 		return o.endStep(ctx, e.StepID, e.Description, string(e.Type), config.Scrub(e.Error), at, e.Duration)
 	}
 	return nil

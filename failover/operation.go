@@ -135,12 +135,20 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *Plan, env *Env) *R
 		}
 		return ""
 	}
+	var histErr error
 	sink := func(e Event) {
 		if spec.Sink != nil {
 			spec.Sink(e)
 		}
 		if op != nil && e.Type != StepProgress {
-			_ = op.Observe(opCtx, e)
+			// Undo events come after the lock may be lost; their record
+			// is written by Finish, which can still write then.
+			if err := op.Observe(context.WithoutCancel(opCtx), e); err != nil && histErr == nil {
+				var lost *LockLostError
+				if !errors.As(err, &lost) {
+					histErr = err
+				}
+			}
 		}
 	}
 	res := Execute(opCtx, p, env, sink, spec.Now)
@@ -155,7 +163,12 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *Plan, env *Env) *R
 		if errors.As(res.Err, &lost) {
 			outcome = OutcomeLockLost
 		}
-		_ = op.Finish(context.WithoutCancel(ctx), outcome, res.Err)
+		if err := op.Finish(context.WithoutCancel(ctx), outcome, res.Err); err != nil {
+			histErr = errors.Join(histErr, err)
+		}
+		if histErr != nil {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("history record %s is incomplete: %v", op.ID(), histErr))
+		}
 	}
 	if lock != nil && spec.Held == nil {
 		if err := lock.Release(context.WithoutCancel(ctx)); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -25,9 +26,30 @@ type Controller interface {
 	Reload(ctx context.Context, node string) error
 	// WALReceiverPID is the pid of node's WAL receiver, 0 without one.
 	WALReceiverPID(ctx context.Context, node string) (int, error)
+	// CaptureSettings reads how node has the named settings: what
+	// RestoreSettings puts back.
+	CaptureSettings(ctx context.Context, node string, names ...string) (*SettingsSnapshot, error)
+	// RestoreSettings puts captured settings back (ALTER SYSTEM SET the
+	// captured value, or RESET one that was not set by ALTER SYSTEM) and
+	// reloads. It is idempotent.
+	RestoreSettings(ctx context.Context, node string, s *SettingsSnapshot) error
+	// Setting is current_setting(name) on node.
+	Setting(ctx context.Context, node, name string) (string, error)
 	// FenceSQL returns once no session that started read-write remains.
-	FenceSQL(ctx context.Context, node string) (*SQLFenceUndo, error)
-	UnfenceSQL(ctx context.Context, node string, u *SQLFenceUndo) error
+	FenceSQL(ctx context.Context, node string) error
+	// FinalLSN is the primary's WAL insert position once it is flushed:
+	// a commit acknowledged with synchronous_commit = off may lie beyond
+	// the write position.
+	FinalLSN(ctx context.Context, node string) (topology.LSN, error)
+	// ReceiverUpstream is the host and port node's WAL receiver is
+	// connected to, with its pid; pid 0 without a receiver.
+	ReceiverUpstream(ctx context.Context, node string) (pid int, host string, port int, err error)
+	// TerminateWALSenders ends node's walsenders that serve slot, or
+	// application name appName; it returns how many it signalled.
+	TerminateWALSenders(ctx context.Context, node, slot, appName string) (int, error)
+	// ReplayPaused reports whether a replica's replay is paused (or a pause
+	// was requested).
+	ReplayPaused(ctx context.Context, node string) (bool, error)
 	CreateSlots(ctx context.Context, node string, slots []string) (created []string, err error)
 	DropSlots(ctx context.Context, node string, slots []string) error
 	// Promote wraps ErrPromoteNotSent in an error that left the node
@@ -97,7 +119,7 @@ func (p *PG) conn(ctx context.Context, name string) (*pgx.Conn, error) {
 	}
 	cc, err := pgx.ParseConfig(n.DSN)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s", name, config.Scrub(err.Error(), n.DSN))
+		return nil, config.ScrubError(err, name+": dsn", n.DSN)
 	}
 	cc.ConnectTimeout = p.Call
 	cc.RuntimeParams["application_name"] = "replctl"
@@ -108,7 +130,7 @@ func (p *PG) conn(ctx context.Context, name string) (*pgx.Conn, error) {
 	defer cancel()
 	c, err = pgx.ConnectConfig(cctx, cc)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s: %s", name, config.Scrub(err.Error(), n.DSN))
+		return nil, fmt.Errorf("%w: %w", ErrConnect, config.ScrubError(err, name, n.DSN))
 	}
 	p.mu.Lock()
 	if old := p.conns[name]; old != nil {
@@ -118,6 +140,11 @@ func (p *PG) conn(ctx context.Context, name string) (*pgx.Conn, error) {
 	p.mu.Unlock()
 	return c, nil
 }
+
+// ErrConnect is wrapped by every failure to open a connection to a node:
+// the one failure that says nothing was sent to it. Any other error may
+// come from a node that is up and did something.
+var ErrConnect = errors.New("cannot connect")
 
 // do runs fn on node's connection within the call budget, retrying once on
 // a fresh connection when the cached one turned out dead.
@@ -137,7 +164,7 @@ func (p *PG) do(ctx context.Context, name string, fn func(ctx context.Context, c
 			continue
 		}
 		n, _ := p.node(name)
-		return fmt.Errorf("%s: %s", name, config.Scrub(err.Error(), n.DSN))
+		return config.ScrubError(err, name, n.DSN)
 	}
 }
 
@@ -226,7 +253,7 @@ func (p *PG) WALReceiverPID(ctx context.Context, node string) (int, error) {
 
 // fenceStandbyName is a synchronous standby name no standby has: a commit
 // that slips past the read-only fence waits for it, unacknowledged.
-const fenceStandbyName = "replctl_fenced"
+const fenceStandbyName = topology.FenceStandbyName
 
 // The SQL fence's statements.
 const (
@@ -245,37 +272,94 @@ var SQLFenceSQL = []string{
 	fenceTerminateSQL + ", then wait until those sessions have exited",
 }
 
-// SQLFenceUndo remembers what the SQL fence replaced.
-type SQLFenceUndo struct {
-	// Settings maps each changed setting to its previous ALTER SYSTEM value;
-	// nil means it was not set by ALTER SYSTEM and is RESET on undo.
-	Settings map[string]*string `json:"settings"`
+// SettingsSnapshot is the exact state of some settings as a node had them
+// before an operation changed them: for each, its ALTER SYSTEM value (in
+// postgresql.auto.conf), or nil when it was not set there, which
+// RestoreSettings puts back with ALTER SYSTEM RESET. It may hold a
+// primary_conninfo with a password: never print it.
+type SettingsSnapshot struct {
+	Settings map[string]*string `json:"-"`
 }
 
-// FenceSQL makes the primary refuse ordinary writes: read-only by default,
-// commits waiting for a standby that does not exist, and every client
-// session terminated so none keeps a writable transaction open.
-func (p *PG) FenceSQL(ctx context.Context, node string) (*SQLFenceUndo, error) {
-	u := &SQLFenceUndo{Settings: map[string]*string{}}
+// CaptureSettings reads where each setting comes from. A value from a
+// configuration file the role may not see (sourcefile is null) cannot be
+// told from an ALTER SYSTEM one: that is an error rather than a guess.
+func (p *PG) CaptureSettings(ctx context.Context, node string, names ...string) (*SettingsSnapshot, error) {
+	snap := &SettingsSnapshot{Settings: map[string]*string{}}
 	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
-		rows, err := c.Query(ctx, `SELECT name, setting FROM pg_settings
-			WHERE name IN ('default_transaction_read_only', 'synchronous_standby_names')
-			  AND sourcefile LIKE '%postgresql.auto.conf'`)
+		rows, err := c.Query(ctx, `SELECT name, setting, source, sourcefile FROM pg_settings WHERE name = ANY($1)`, names)
 		if err != nil {
 			return err
 		}
-		u.Settings["default_transaction_read_only"] = nil
-		u.Settings["synchronous_standby_names"] = nil
+		seen := 0
 		for rows.Next() {
-			var name, val string
-			if err := rows.Scan(&name, &val); err != nil {
+			var name, val, source string
+			var file *string
+			if err := rows.Scan(&name, &val, &source, &file); err != nil {
 				return err
 			}
-			u.Settings[name] = &val
+			seen++
+			switch {
+			case source == "configuration file" && file == nil:
+				return fmt.Errorf("cannot tell where %s is set (pg_settings.sourcefile is hidden): grant pg_read_all_settings to replctl's role", name)
+			case source == "configuration file" && strings.HasSuffix(*file, "postgresql.auto.conf"):
+				snap.Settings[name] = &val
+			default:
+				snap.Settings[name] = nil
+			}
 		}
 		if err := rows.Err(); err != nil {
 			return err
 		}
+		if seen != len(names) {
+			return fmt.Errorf("pg_settings lacks some of %s", strings.Join(names, ", "))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("capture %s: %w", strings.Join(names, ", "), err)
+	}
+	return snap, nil
+}
+
+// RestoreSettings puts captured settings back and reloads.
+func (p *PG) RestoreSettings(ctx context.Context, node string, snap *SettingsSnapshot) error {
+	if snap == nil || len(snap.Settings) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(snap.Settings))
+	for name := range snap.Settings {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var sqls []string
+	for _, name := range names {
+		if v := snap.Settings[name]; v != nil {
+			sqls = append(sqls, fmt.Sprintf("ALTER SYSTEM SET %s = %s", name, quoteLiteral(*v)))
+		} else {
+			sqls = append(sqls, "ALTER SYSTEM RESET "+name)
+		}
+	}
+	sqls = append(sqls, "SELECT pg_reload_conf()")
+	return p.exec(ctx, node, sqls...)
+}
+
+// Setting reads current_setting(name).
+func (p *PG) Setting(ctx context.Context, node, name string) (string, error) {
+	var v string
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		return c.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v)
+	})
+	return v, err
+}
+
+// FenceSQL makes the primary refuse ordinary writes: read-only by default,
+// commits waiting for a standby that does not exist, and every client
+// session terminated so none keeps a writable transaction open. The
+// settings it replaces are the caller's to capture first: a retry on a
+// fresh connection must not mistake the fenced values for the old ones.
+func (p *PG) FenceSQL(ctx context.Context, node string) error {
+	return p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
 		for _, s := range []string{fenceReadOnlySQL, fenceSyncSQL, fenceReloadSQL} {
 			if _, err := c.Exec(ctx, s); err != nil {
 				return fmt.Errorf("%s: %w", firstWords(s), err)
@@ -286,7 +370,7 @@ func (p *PG) FenceSQL(ctx context.Context, node string) (*SQLFenceUndo, error) {
 		// be among those terminated below. Once it has, it signals every
 		// backend, this one included: seeing the new value here proves
 		// that every later session starts read-only.
-		err = pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		err := pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
 			var v string
 			err := c.QueryRow(ctx, "SELECT current_setting('synchronous_standby_names')").Scan(&v)
 			return v == fenceStandbyName, err
@@ -307,7 +391,69 @@ func (p *PG) FenceSQL(ctx context.Context, node string) (*SQLFenceUndo, error) {
 			return left == 0, err
 		}, fmt.Sprintf("%d terminated sessions did not exit", len(pids)))
 	})
-	return u, err
+}
+
+// FinalLSN reads the insert position and waits until it is flushed.
+func (p *PG) FinalLSN(ctx context.Context, node string) (topology.LSN, error) {
+	var s string
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		if err := c.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&s); err != nil {
+			return err
+		}
+		return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+			var flushed bool
+			err := c.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn", s).Scan(&flushed)
+			return flushed, err
+		}, "the insert position "+s+" was not flushed")
+	})
+	if err != nil {
+		return 0, err
+	}
+	return topology.ParseLSN(s)
+}
+
+// ReceiverUpstream reads where the WAL receiver is connected.
+func (p *PG) ReceiverUpstream(ctx context.Context, node string) (int, string, int, error) {
+	var pid, port *int32
+	var host *string
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		err := c.QueryRow(ctx, "SELECT pid, sender_host, sender_port FROM pg_stat_wal_receiver").Scan(&pid, &host, &port)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		return err
+	})
+	if err != nil || pid == nil {
+		return 0, "", 0, err
+	}
+	h, pt := "", 0
+	if host != nil {
+		h = *host
+	}
+	if port != nil {
+		pt = int(*port)
+	}
+	return int(*pid), h, pt, nil
+}
+
+// TerminateWALSenders ends the walsenders of a slot or application name.
+func (p *PG) TerminateWALSenders(ctx context.Context, node, slot, appName string) (int, error) {
+	var n int
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		return c.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication
+			WHERE pid IN (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active)
+			   OR ($2 <> '' AND lower(application_name) = lower($2))`, slot, appName).Scan(&n)
+	})
+	return n, err
+}
+
+// ReplayPaused reads pg_is_wal_replay_paused().
+func (p *PG) ReplayPaused(ctx context.Context, node string) (bool, error) {
+	var v bool
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		return c.QueryRow(ctx, "SELECT pg_is_wal_replay_paused()").Scan(&v)
+	})
+	return v, err
 }
 
 // terminate terminates every other client session and returns their pids.
@@ -326,24 +472,6 @@ func terminate(ctx context.Context, c *pgx.Conn) ([]int32, error) {
 		pids = append(pids, pid)
 	}
 	return pids, rows.Err()
-}
-
-// UnfenceSQL restores what FenceSQL changed.
-func (p *PG) UnfenceSQL(ctx context.Context, node string, u *SQLFenceUndo) error {
-	var sqls []string
-	settings := map[string]*string{"default_transaction_read_only": nil, "synchronous_standby_names": nil}
-	if u != nil {
-		settings = u.Settings
-	}
-	for _, name := range []string{"default_transaction_read_only", "synchronous_standby_names"} {
-		if v := settings[name]; v != nil {
-			sqls = append(sqls, fmt.Sprintf("ALTER SYSTEM SET %s = %s", name, quoteLiteral(*v)))
-		} else {
-			sqls = append(sqls, "ALTER SYSTEM RESET "+name)
-		}
-	}
-	sqls = append(sqls, "SELECT pg_reload_conf()")
-	return p.exec(ctx, node, sqls...)
 }
 
 // CreateSlots creates missing physical slots (a standby can hold them), so
@@ -403,7 +531,7 @@ func (p *PG) Promote(ctx context.Context, node string) error {
 	}
 	if err != nil {
 		n, _ := p.node(node)
-		return fmt.Errorf("%s: pg_promote(): %s", node, config.Scrub(err.Error(), n.DSN))
+		return config.ScrubError(err, node+": pg_promote()", n.DSN)
 	}
 	// Promotion takes a few milliseconds, all of them write outage: poll
 	// faster than Poll, which waits of seconds use.
@@ -439,7 +567,7 @@ func (p *PG) live(ctx context.Context, name string) (*pgx.Conn, error) {
 			continue
 		}
 		n, _ := p.node(name)
-		return nil, fmt.Errorf("%s: %s", name, config.Scrub(err.Error(), n.DSN))
+		return nil, config.ScrubError(err, name, n.DSN)
 	}
 }
 

@@ -23,14 +23,22 @@ type Step struct {
 	// Mutates marks steps that change a node or etcd: the lock is checked
 	// right before each of them.
 	Mutates bool `json:"mutates"`
-	// Budget is the longest the step may take; the lock's lease must have at
-	// least this much left before it starts.
+	// Budget is how much lease the lock must have left before the step
+	// starts (at most half the TTL; the step's own deadline is Timeout).
 	Budget time.Duration `json:"-"`
 	// PointOfNoReturn marks the step after which the operation is committed:
 	// a later failure is reported as partly done rather than undone.
 	PointOfNoReturn bool `json:"point_of_no_return,omitempty"`
 	// Optional steps report failure without failing the operation.
 	Optional bool `json:"optional,omitempty"`
+
+	// Fences marks a step that makes a node refuse writes (stop, SQL
+	// fence): its undo makes it writable again, so it is never run without
+	// the lock, and a skipped undo says the node was left fenced.
+	Fences bool `json:"fences,omitempty"`
+	// Timeout is the step's own deadline, which the executor enforces; zero
+	// means the step bounds itself. See Timeouts for where each comes from.
+	Timeout time.Duration `json:"-"`
 
 	Run  func(ctx context.Context) error `json:"-"`
 	Undo func(ctx context.Context) error `json:"-"`
@@ -67,7 +75,9 @@ const (
 	StepSkipped    EventType = "skipped"
 	StepUndone     EventType = "undone"
 	StepUndoFailed EventType = "undo_failed"
-	StepProgress   EventType = "progress"
+	// StepUndoSkipped is an undo not run because the lock was lost.
+	StepUndoSkipped EventType = "undo_skipped"
+	StepProgress    EventType = "progress"
 )
 
 // Event reports a step's progress to a sink; engines never print.
@@ -108,7 +118,7 @@ type StepResult struct {
 	Start       time.Time     `json:"start"`
 	End         time.Time     `json:"end"`
 	Duration    time.Duration `json:"duration_ns"`
-	Outcome     string        `json:"outcome"` // done, failed, skipped, undone, undo_failed
+	Outcome     string        `json:"outcome"` // done, failed, skipped, undone, undo_failed, undo_skipped
 	Error       string        `json:"error,omitempty"`
 }
 
@@ -121,17 +131,30 @@ type Result struct {
 	// Remaining lists the steps that failed or did not run past the point
 	// of no return: what the operator still has to do.
 	Remaining []string `json:"remaining,omitempty"`
+	// Left lists what a failed operation could not put back (an undo
+	// skipped because the lock was lost, or an undo that failed), with what
+	// to do about each.
+	Left []string `json:"left,omitempty"`
+	// Warnings are failures that did not change the outcome, such as a
+	// history record that could not be written.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
-// undoTimeout bounds each undo, which runs even when the operation's context
-// is cancelled (the lock was lost, or the operator pressed ^C).
+// undoTimeout bounds each undo of a step without a Timeout of its own (an
+// undo gets its step's); undos run even when the operation's context is
+// cancelled (the lock was lost, or the operator pressed ^C).
 const undoTimeout = 30 * time.Second
 
 // Execute runs the plan's steps in order. Before every mutating step it asks
-// the guard to confirm the lock with the step's budget. A failure before the
-// point of no return undoes the completed steps in reverse order, on a
-// context detached from ctx's cancellation; after it, the remaining steps
-// are reported and the outcome is partial.
+// the guard to confirm the lock with the step's budget, and it runs each step
+// under the step's own Timeout. A failure before the point of no return
+// undoes the failed step's own partial change and then the completed steps,
+// in reverse order, on a context detached from ctx's cancellation; each undo
+// of a mutating step first re-checks the lock, and once the lock is lost no
+// undo runs: each is reported as skipped with what it would have done, so
+// that a fenced primary stays fenced while another operator may be promoting
+// a replica. After the point of no return, the remaining steps are reported
+// and the outcome is partial.
 func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() time.Time) *Result {
 	if sink == nil {
 		sink = func(Event) {}
@@ -141,7 +164,9 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 	}
 	res := &Result{Outcome: OutcomeSucceeded}
 	committed := false
-	var done []int
+	// touched are the steps whose Run was called, done or failed: each may
+	// have changed something its undo must restore.
+	var touched []int
 	for i, s := range p.Steps {
 		if ctx.Err() != nil && committed {
 			// The operation was stopped (lock lost, interrupted) after it
@@ -167,7 +192,8 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 			}
 		}
 		if err == nil && s.Run != nil {
-			err = s.Run(ctx)
+			touched = append(touched, i)
+			err = runStep(ctx, s)
 		}
 		end := now()
 		sr := StepResult{ID: s.ID, Node: s.Node, Description: s.Description, Start: start, End: end, Duration: end.Sub(start), Outcome: "done"}
@@ -187,12 +213,11 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 				continue
 			}
 			res.Outcome = OutcomeFailed
-			undo(ctx, p, done, res, sink, now)
+			undo(ctx, p, touched, guard, res, sink, now)
 			return res
 		}
 		res.Steps = append(res.Steps, sr)
 		sink(Event{Type: StepDone, StepID: s.ID, Node: s.Node, Description: s.Description, Time: end, Duration: sr.Duration})
-		done = append(done, i)
 		if s.PointOfNoReturn {
 			committed = true
 		}
@@ -200,10 +225,47 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 	return res
 }
 
-func undo(ctx context.Context, p *Plan, done []int, res *Result, sink Sink, now func() time.Time) {
+// runStep runs s within its own timeout. The deadline is the step's, not a
+// lease margin: a promote that hangs on a stopped postmaster fails at its
+// timeout instead of holding the lock and the write outage for ever.
+func runStep(ctx context.Context, s Step) error {
+	if s.Timeout <= 0 {
+		return s.Run(ctx)
+	}
+	c, cancel := context.WithTimeout(ctx, s.Timeout)
+	defer cancel()
+	err := s.Run(c)
+	if err != nil && ctx.Err() == nil && c.Err() != nil {
+		var te *StepTimeoutError
+		if !errors.As(err, &te) {
+			err = &StepTimeoutError{Step: s.ID, Timeout: s.Timeout, Err: err}
+		}
+	}
+	return err
+}
+
+// StepTimeoutError is a step stopped by its own timeout.
+type StepTimeoutError struct {
+	Step    string
+	Timeout time.Duration
+	Err     error
+}
+
+func (e *StepTimeoutError) Error() string {
+	return fmt.Sprintf("step %s timed out after %s: %v", e.Step, e.Timeout, e.Err)
+}
+
+func (e *StepTimeoutError) Unwrap() error { return e.Err }
+
+// undo runs the undos of the touched steps (the failed one first), newest
+// first. Each undo of a mutating step re-checks the lock: once it is lost,
+// this undo and every later one is skipped and reported, since the cluster
+// may now be another operation's.
+func undo(ctx context.Context, p *Plan, touched []int, guard Guard, res *Result, sink Sink, now func() time.Time) {
 	uctx := context.WithoutCancel(ctx)
-	for j := len(done) - 1; j >= 0; j-- {
-		s := p.Steps[done[j]]
+	var lockErr error
+	for j := len(touched) - 1; j >= 0; j-- {
+		s := p.Steps[touched[j]]
 		if s.Undo == nil {
 			continue
 		}
@@ -212,16 +274,41 @@ func undo(ctx context.Context, p *Plan, done []int, res *Result, sink Sink, now 
 		if desc == "" {
 			desc = "undo: " + s.Description
 		}
-		c, cancel := context.WithTimeout(uctx, undoTimeout)
-		err := s.Undo(c)
-		cancel()
+		sr := StepResult{ID: "undo-" + s.ID, Node: s.Node, Description: desc, Start: start, Outcome: "undone"}
+		if lockErr == nil && s.Mutates && guard != nil {
+			c, cancel := context.WithTimeout(uctx, undoTimeout)
+			if err := guard.Check(c, s.Budget); err != nil {
+				lockErr = err
+			}
+			cancel()
+		}
+		var err error
+		if lockErr == nil {
+			d := undoTimeout
+			if s.Timeout > 0 {
+				d = s.Timeout
+			}
+			c, cancel := context.WithTimeout(uctx, d)
+			err = s.Undo(c)
+			cancel()
+		}
 		end := now()
-		sr := StepResult{ID: "undo-" + s.ID, Node: s.Node, Description: desc, Start: start, End: end, Duration: end.Sub(start), Outcome: "undone"}
+		sr.End, sr.Duration = end, end.Sub(start)
 		ev := Event{Type: StepUndone, StepID: sr.ID, Node: s.Node, Description: desc, Time: end, Duration: sr.Duration}
-		if err != nil {
+		switch {
+		case lockErr != nil:
+			left := "left as it is because the lock was lost"
+			if s.Fences {
+				left = fmt.Sprintf("%s left fenced because the lock was lost", s.Node)
+			}
+			sr.Outcome, sr.Error = "undo_skipped", fmt.Sprintf("%s (%v); to undo it by hand, once you are sure no other operation is running: %s", left, lockErr, desc)
+			ev.Type, ev.Error = StepUndoSkipped, sr.Error
+			res.Left = append(res.Left, sr.Error)
+		case err != nil:
 			sr.Outcome, sr.Error = "undo_failed", err.Error()
 			ev.Type, ev.Error = StepUndoFailed, err.Error()
 			res.Err = errors.Join(res.Err, fmt.Errorf("undo %s: %w", s.ID, err))
+			res.Left = append(res.Left, fmt.Sprintf("undo of %s failed (%v): %s", s.ID, err, desc))
 		}
 		res.Steps = append(res.Steps, sr)
 		sink(ev)

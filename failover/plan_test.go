@@ -43,13 +43,15 @@ func TestExecuteUndoesBeforePointOfNoReturn(t *testing.T) {
 	if res.Outcome != OutcomeFailed || res.Err == nil {
 		t.Fatalf("outcome %s err %v", res.Outcome, res.Err)
 	}
-	if want := []string{"a", "b", "c", "undo b", "undo a"}; !reflect.DeepEqual(log, want) {
+	// The failed step's own partial change is undone first.
+	if want := []string{"a", "b", "c", "undo c", "undo b", "undo a"}; !reflect.DeepEqual(log, want) {
 		t.Errorf("log %v, want %v", log, want)
 	}
-	if len(g.calls) != 2 {
-		t.Errorf("lock checked %d times, want 2 (mutating steps only)", len(g.calls))
+	// The lock is checked before every mutating step and every undo of one.
+	if len(g.calls) != 4 {
+		t.Errorf("lock checked %d times, want 4 (mutating steps and their undos)", len(g.calls))
 	}
-	if want := []EventType{StepStarted, StepDone, StepStarted, StepDone, StepStarted, StepFailed, StepUndone, StepUndone}; !reflect.DeepEqual(events, want) {
+	if want := []EventType{StepStarted, StepDone, StepStarted, StepDone, StepStarted, StepFailed, StepUndone, StepUndone, StepUndone}; !reflect.DeepEqual(events, want) {
 		t.Errorf("events %v", events)
 	}
 }

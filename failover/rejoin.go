@@ -79,30 +79,43 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 			stale = append(stale, n.Name)
 		}
 	}
-	r := &rejoin{env: env, primary: primary.Name, node: target.Name, conninfo: ci, timeline: tl, stale: stale}
+	t := TimeoutsFor(cfg, 0, 0)
+	r := &rejoin{env: env, primary: primary.Name, node: target.Name, conninfo: ci, timeline: tl, stale: stale, stream: t.Stream}
 	budget := min(5*time.Second, cfg.Lock.TTL/2)
 	plan := &Plan{Kind: "rejoin", Primary: primary.Name, Candidate: node}
 	plan.Steps = []Step{
 		{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight", cfg.Etcd.Prefix, cfg.Cluster, cfg.Lock.TTL),
 			Run: func(ctx context.Context) error { return env.Acquire(ctx) }},
-		{ID: StepSaveConfig, Node: primary.Name, Mutates: true, Budget: budget,
+		{ID: StepSaveConfig, Node: primary.Name, Mutates: true, Timeout: t.Etcd, Budget: min(budget, t.Etcd),
 			Description: fmt.Sprintf("etcd: save %s's synchronous_standby_names (%s) and synchronous_commit (%s) in the cluster record",
 				primary.Name, quoteOrEmpty(p.Settings.SynchronousStandbyNames), orUnknown(p.Settings.SynchronousCommit)),
 			Run: func(ctx context.Context) error { return SaveSyncSettings(ctx, env.Lock, p) }},
-		{ID: StepCreateSlots, Node: primary.Name, Mutates: true, Budget: budget,
-			Description: fmt.Sprintf("%s: create physical replication slot %s for it, if missing", primary.Name, node),
+		{ID: StepCreateSlots, Node: primary.Name, Mutates: true, Timeout: t.Call, Budget: budget,
+			Description:     fmt.Sprintf("%s: create physical replication slot %s for it, if missing", primary.Name, node),
+			UndoDescription: fmt.Sprintf("%s: drop slot %s if this operation created it and it is inactive", primary.Name, node),
 			Run: func(ctx context.Context) error {
-				_, err := env.Ctl.CreateSlots(ctx, primary.Name, []string{node})
+				made, err := env.Ctl.CreateSlots(ctx, primary.Name, []string{node})
+				r.created = append(r.created, made...)
 				return err
+			},
+			Undo: func(ctx context.Context) error {
+				if len(r.created) == 0 {
+					return nil
+				}
+				if err := env.Ctl.DropSlots(ctx, primary.Name, r.created); err != nil {
+					return err
+				}
+				r.created = nil
+				return nil
 			}},
-		{ID: StepRejoin, Node: node, Mutates: true, Budget: budget, PointOfNoReturn: true,
-			Description: fmt.Sprintf("%s: rejoin as a replica of %s: commands.rejoin (%s) with REPLCTL_PRIMARY_CONNINFO=%s; wait until it streams on timeline %d",
-				node, primary.Name, target.Commands.Rejoin, quoteLiteral(ci), tl),
+		{ID: StepRejoin, Node: node, Mutates: true, Timeout: t.Command + t.Stream, Budget: budget, PointOfNoReturn: true,
+			Description: fmt.Sprintf("%s: rejoin as a replica of %s: commands.rejoin (%s) with REPLCTL_PRIMARY_CONNINFO=%s; wait until it streams on timeline %d (timeout %s)",
+				node, primary.Name, target.Commands.Rejoin, quoteLiteral(ci), tl, t.Stream),
 			Run: r.run},
-		{ID: StepDropSlots, Node: node, Mutates: true, Budget: budget,
+		{ID: StepDropSlots, Node: node, Mutates: true, Timeout: t.Call, Budget: budget,
 			Description: fmt.Sprintf("%s: drop the inactive slots it kept as a primary (%s)", node, joinNames(stale)),
 			Run:         func(ctx context.Context) error { return env.Ctl.DropSlots(ctx, node, stale) }},
-		{ID: StepUnfence, Mutates: true, Budget: budget,
+		{ID: StepUnfence, Mutates: true, Timeout: t.Etcd, Budget: min(budget, t.Etcd),
 			Description: fmt.Sprintf("etcd: unmark %s fenced in the cluster record", node),
 			Run: func(ctx context.Context) error {
 				_, _, err := env.Lock.UpdateState(ctx, func(s *State) error {
@@ -122,6 +135,10 @@ type rejoin struct {
 	conninfo string
 	timeline uint32
 	stale    []string
+	// stream bounds the wait until it streams (Timeouts.Stream).
+	stream time.Duration
+	// created is the slot the operation made for it, dropped on undo.
+	created []string
 }
 
 func (r *rejoin) run(ctx context.Context) error {
@@ -132,11 +149,7 @@ func (r *rejoin) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	timeout := r.env.StreamTimeout
-	if timeout <= 0 {
-		timeout = 60 * time.Second
-	}
-	wctx, cancel := context.WithTimeout(ctx, timeout)
+	wctx, cancel := context.WithTimeout(ctx, r.stream)
 	defer cancel()
 	if err := r.env.Ctl.WaitStreaming(wctx, r.node, r.timeline); err != nil {
 		return fmt.Errorf("%s does not stream from %s after rejoin: %w", r.node, r.primary, err)

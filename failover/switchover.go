@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/topology"
@@ -61,8 +64,6 @@ type Env struct {
 	OperationID func() string
 	// Progress reports waits (bytes left); may be nil.
 	Progress func(step, msg string)
-	// StreamTimeout bounds the wait for a repointed replica to stream.
-	StreamTimeout time.Duration
 }
 
 func (e *Env) progress(step, format string, a ...any) {
@@ -84,11 +85,14 @@ type SwitchoverOptions struct {
 	Candidate      string
 	MaxLag         uint64
 	CatchupTimeout time.Duration
-	NoRejoin       bool
-	RequireStop    bool
+	// CallTimeout bounds one SQL statement (--timeout).
+	CallTimeout time.Duration
+	NoRejoin    bool
+	RequireStop bool
 }
 
-// switchover carries what one step learns for the next.
+// switchover carries what one step learns for the next. Emergency failover
+// uses it too: the steps both make are built once, by its step methods.
 type switchover struct {
 	env       *Env
 	cfg       *config.Config
@@ -96,14 +100,23 @@ type switchover struct {
 	primary   config.Node
 	candidate config.Node
 	others    []*topology.Node
-	fence     string
-	opts      SwitchoverOptions
+	// behind are the replicas among others that will not follow the new
+	// primary at once (replay paused, apply delay, not streaming), with why:
+	// they are repointed and verified, not waited for.
+	behind map[string]string
+	fence  string
+	opts   SwitchoverOptions
+	t      Timeouts
 
-	preStopLSN   topology.LSN
-	finalLSN     topology.LSN
-	sqlUndo      *SQLFenceUndo
+	preStopLSN topology.LSN
+	finalLSN   topology.LSN
+	// fenceCapture is the fenced primary's settings before the SQL fence.
+	fenceCapture *SettingsSnapshot
+	// detached are the other replicas' settings before the detach.
+	detached     map[string]*SettingsSnapshot
 	slots        []string
 	created      []string
+	markedFenced bool
 	promoteSent  bool
 	newTimeline  uint32
 	newLSN       topology.LSN
@@ -114,6 +127,15 @@ type switchover struct {
 	// it runs with once promoted, until the sync step replaces them.
 	candSync SyncSettings
 }
+
+func newSwitchover(env *Env, cfg *config.Config, primary, candidate config.Node, opts SwitchoverOptions, cn *topology.Node) *switchover {
+	return &switchover{env: env, cfg: cfg, primary: primary, candidate: candidate, opts: opts,
+		t: TimeoutsFor(cfg, opts.CallTimeout, opts.CatchupTimeout), candSync: syncSettingsOf(cn),
+		behind: map[string]string{}, detached: map[string]*SettingsSnapshot{}}
+}
+
+// budget is the lease a step of timeout d needs left before it starts.
+func (sw *switchover) budget(d time.Duration) time.Duration { return min(d, sw.cfg.Lock.TTL/2) }
 
 // syncSettingsOf is a node's synchronous replication settings as probed;
 // unknown ones stay empty, which ProveSync reads as "not recorded".
@@ -129,6 +151,23 @@ func syncSettingsOf(n *topology.Node) SyncSettings {
 		s.Commit = *v
 	}
 	return s
+}
+
+// whyBehind says why replica n will not stream from a new primary as soon
+// as it is repointed: PostgreSQL's startup process acts on a changed
+// primary_conninfo only when it next waits for WAL, which a paused startup
+// process never does and a delayed one does only once it has applied all
+// it received. "" when it will follow at once.
+func whyBehind(n *topology.Node, needStream bool) string {
+	switch {
+	case n.ReplayPaused():
+		return "replay is paused"
+	case n.Settings.RecoveryMinApplyDelayMS != nil && *n.Settings.RecoveryMinApplyDelayMS > 0:
+		return fmt.Sprintf("recovery_min_apply_delay is %s", time.Duration(*n.Settings.RecoveryMinApplyDelayMS)*time.Millisecond)
+	case needStream && (n.WALReceiver == nil || n.WALReceiver.Status != "streaming"):
+		return "it is not streaming"
+	}
+	return ""
 }
 
 // BuildSwitchoverPlan builds the planned switchover of snap's primary to
@@ -149,14 +188,28 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 	if opts.CatchupTimeout <= 0 {
 		opts.CatchupTimeout = 30 * time.Second
 	}
-	sw := &switchover{env: env, cfg: cfg, primary: primary, candidate: candidate, opts: opts, fence: FenceSQL,
-		candSync: syncSettingsOf(snap.Node(candidate.Name))}
+	sw := newSwitchover(env, cfg, primary, candidate, opts, snap.Node(candidate.Name))
+	sw.pn = pn
+	sw.fence = FenceSQL
 	if primary.Commands.Stop != "" {
 		sw.fence = FenceStop
 	}
+	p := &Plan{Kind: "switchover", Candidate: candidate.Name, Primary: primary.Name, Fence: sw.fence}
 	for _, n := range snap.Nodes {
-		if n.Member() && n.Role == topology.RoleReplica && string(n.Upstream) == primary.Name && n.Name != candidate.Name {
-			sw.others = append(sw.others, n)
+		if !n.Member() || n.Role != topology.RoleReplica || n.Name == candidate.Name {
+			continue
+		}
+		if string(n.Upstream) != primary.Name {
+			if n.Upstream != "" {
+				p.Notes = append(p.Notes, fmt.Sprintf("%s cascades from %s: left as it is, it follows %s's timeline change", n.Name, n.Upstream, n.Upstream))
+			}
+			continue
+		}
+		sw.others = append(sw.others, n)
+		if why := whyBehind(n, true); why != "" {
+			sw.behind[n.Name] = why
+			p.Notes = append(p.Notes, fmt.Sprintf("%s: %s: it is repointed at %s and the setting verified, but not waited for; it follows %s once it next waits for WAL (after SELECT pg_wal_replay_resume() when paused), and its slot on %s retains WAL until then",
+				n.Name, why, candidate.Name, candidate.Name, candidate.Name))
 		}
 	}
 	sw.rejoin = !opts.NoRejoin && primary.Commands.Rejoin != ""
@@ -174,40 +227,37 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 	}
 
 	ttl := cfg.Lock.TTL
-	budget := func(d time.Duration) time.Duration { return min(d, ttl/2) }
-	p := &Plan{Kind: "switchover", Candidate: candidate.Name, Primary: primary.Name, Fence: sw.fence}
+	t := sw.t
 	add := func(s Step) { p.Steps = append(p.Steps, s) }
 
 	add(Step{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight",
 		cfg.Etcd.Prefix, cfg.Cluster, ttl), Run: sw.acquire})
-	add(Step{ID: StepSaveConfig, Node: primary.Name, Mutates: true, Budget: budget(time.Second),
+	add(Step{ID: StepSaveConfig, Node: primary.Name, Mutates: true, Timeout: t.Etcd, Budget: sw.budget(t.Etcd),
 		Description: fmt.Sprintf("etcd: save %s's synchronous_standby_names (%s) and synchronous_commit (%s) in the cluster record",
 			primary.Name, quoteOrEmpty(pn.Settings.SynchronousStandbyNames), orUnknown(pn.Settings.SynchronousCommit)),
 		Run: sw.saveSettings})
-	add(Step{ID: StepCatchup, Node: candidate.Name,
-		Description: fmt.Sprintf("%s: wait until replay is within %s of %s (timeout %s)", candidate.Name, config.HumanBytes(nearlyCaughtUp), primary.Name, opts.CatchupTimeout),
+	add(Step{ID: StepCatchup, Node: candidate.Name, Timeout: t.Catchup,
+		Description: fmt.Sprintf("%s: wait until replay is within %s of %s (timeout %s)", candidate.Name, config.HumanBytes(nearlyCaughtUp), primary.Name, t.Catchup),
 		Run:         sw.catchup})
 	if len(sw.slots) > 0 {
-		add(Step{ID: StepCreateSlots, Node: candidate.Name, Mutates: true, Budget: budget(2 * time.Second),
-			Description:     fmt.Sprintf("%s: create physical replication slots %s for the replicas that will follow it", candidate.Name, strings.Join(sw.slots, ", ")),
-			UndoDescription: fmt.Sprintf("%s: drop the replication slots this operation created", candidate.Name),
-			Run:             sw.createSlots, Undo: sw.dropSlots})
+		add(sw.stepCreateSlots())
 	}
 	if sw.fence == FenceStop {
-		add(Step{ID: StepCheckpoint, Node: primary.Name, Mutates: true, Budget: budget(5 * time.Second),
+		add(Step{ID: StepCheckpoint, Node: primary.Name, Mutates: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
 			Description: fmt.Sprintf("%s: CHECKPOINT while it still serves, so the shutdown checkpoint is quick", primary.Name),
 			Run:         func(ctx context.Context) error { return sw.env.Ctl.Checkpoint(ctx, primary.Name) }})
+		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name)))
 		undo := fmt.Sprintf("%s: no start command: start it by hand", primary.Name)
 		var undoFn func(context.Context) error
 		if primary.Commands.Start != "" {
 			undo = fmt.Sprintf("%s: start it again as primary: %s", primary.Name, primary.Commands.Start)
 			undoFn = sw.unfenceStop
 		}
-		add(Step{ID: StepFence, Node: primary.Name, Mutates: true, Budget: budget(5 * time.Second),
-			Description: fmt.Sprintf("%s: stop fence: stop it cleanly with commands.stop (%s); a clean shutdown waits for connected standbys to flush its last WAL",
-				primary.Name, primary.Commands.Stop),
+		add(Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
+			Description: fmt.Sprintf("%s: stop fence: terminate the walsender of any other replica that does not answer within %s (a clean shutdown would wait for it), then stop it cleanly with commands.stop (%s); a clean shutdown waits for connected standbys to flush its last WAL",
+				primary.Name, hungProbe, primary.Commands.Stop),
 			UndoDescription: undo, Run: sw.fenceStop, Undo: undoFn})
-		add(Step{ID: StepFinalLSN, Node: candidate.Name,
+		add(Step{ID: StepFinalLSN, Node: candidate.Name, Timeout: t.Call,
 			Description: fmt.Sprintf("%s: read %s's final WAL position as received (after a clean shutdown it is final)", candidate.Name, primary.Name),
 			Run:         sw.finalFromCandidate})
 	} else {
@@ -222,61 +272,45 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 			if err != nil {
 				return nil, err
 			}
-			back, err := ReplicaConninfo(primary, o.Name)
-			if err != nil {
-				return nil, err
-			}
-			slot, b := slotFor(o), budget(2*time.Second)
-			add(Step{ID: StepDetach + "-" + o.Name, Node: o.Name, Mutates: true, Budget: b,
-				Description: fmt.Sprintf("%s: stop following %s, which the SQL fence leaves up: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s (cascade from %s); SELECT pg_reload_conf(); wait until its WAL receiver has restarted",
-					o.Name, primary.Name, quoteLiteral(ci), quoteLiteral(slot), candidate.Name),
-				UndoDescription: fmt.Sprintf("%s: follow %s again: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf()",
-					o.Name, primary.Name, quoteLiteral(back), quoteLiteral(slot)),
-				Run:  func(ctx context.Context) error { return sw.detach(ctx, o.Name, ci, slot, b) },
-				Undo: func(ctx context.Context) error { return sw.reattach(ctx, o.Name, back, slot, b) }})
+			slot := slotFor(o)
+			add(Step{ID: StepDetach + "-" + o.Name, Node: o.Name, Mutates: true, Timeout: t.Stream, Budget: sw.budget(2 * time.Second),
+				Description: fmt.Sprintf("%s: stop following %s, which the SQL fence leaves up: capture its primary_conninfo and primary_slot_name, ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s (cascade from %s); SELECT pg_reload_conf(); wait until its WAL receiver has left %s, terminating its walsender there if it stays (timeout %s)",
+					o.Name, primary.Name, quoteLiteral(ci), quoteLiteral(slot), candidate.Name, primary.Name, t.Stream),
+				UndoDescription: fmt.Sprintf("%s: restore the primary_conninfo and primary_slot_name it had (ALTER SYSTEM), SELECT pg_reload_conf(), end its walsender on %s so it follows %s again", o.Name, candidate.Name, primary.Name),
+				Run:             func(ctx context.Context) error { return sw.detach(ctx, o.Name, ci, slot) },
+				Undo:            func(ctx context.Context) error { return sw.reattach(ctx, o.Name, slot) }})
 		}
 		p.Notes = append(p.Notes, fmt.Sprintf("%s has no commands.stop: using the SQL fence. It stops every ordinary client, but a session that sets default_transaction_read_only = off and synchronous_commit = local can still commit; use --require-stop to refuse without a stop command.", primary.Name))
-		add(Step{ID: StepFence, Node: primary.Name, Mutates: true, Budget: budget(2 * time.Second),
-			Description:     fmt.Sprintf("%s: SQL fence: %s", primary.Name, strings.Join(SQLFenceSQL, "; ")),
-			UndoDescription: fmt.Sprintf("%s: restore default_transaction_read_only and synchronous_standby_names (ALTER SYSTEM), SELECT pg_reload_conf()", primary.Name),
+		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name)))
+		add(Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Call, Budget: sw.budget(2 * time.Second),
+			Description:     fmt.Sprintf("%s: SQL fence: capture default_transaction_read_only and synchronous_standby_names, then %s", primary.Name, strings.Join(SQLFenceSQL, "; ")),
+			UndoDescription: fmt.Sprintf("%s: restore default_transaction_read_only and synchronous_standby_names as captured (ALTER SYSTEM), SELECT pg_reload_conf()", primary.Name),
 			Run:             sw.fenceSQL, Undo: sw.unfenceSQL})
-		add(Step{ID: StepFinalLSN, Node: primary.Name,
-			Description: fmt.Sprintf("%s: read its final WAL position: SELECT pg_current_wal_lsn()", primary.Name),
+		add(Step{ID: StepFinalLSN, Node: primary.Name, Timeout: t.Call,
+			Description: fmt.Sprintf("%s: read its final WAL position: SELECT pg_current_wal_insert_lsn(), then wait until pg_current_wal_flush_lsn() reaches it", primary.Name),
 			Run:         sw.finalFromPrimary})
 	}
-	add(Step{ID: StepWaitReplay, Node: candidate.Name,
-		Description: fmt.Sprintf("%s: wait until it has replayed up to %s's final position (timeout %s); SELECT pg_reload_conf() wakes its startup process if replay stalls", candidate.Name, primary.Name, opts.CatchupTimeout),
+	add(Step{ID: StepWaitReplay, Node: candidate.Name, Timeout: t.Catchup,
+		Description: fmt.Sprintf("%s: wait until it has replayed up to %s's final position (timeout %s); SELECT pg_reload_conf() wakes its startup process if replay stalls", candidate.Name, primary.Name, t.Catchup),
 		Run:         sw.waitReplay})
-	add(Step{ID: StepPromote, Node: candidate.Name, Mutates: true, Budget: budget(2 * time.Second), PointOfNoReturn: true,
-		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery", candidate.Name),
-		Run:         sw.promote})
-	add(Step{ID: StepVerify, Node: candidate.Name,
-		Description: fmt.Sprintf("%s: verify it accepts writes on a new timeline (from pg_walfile_name(pg_current_wal_lsn())), then CHECKPOINT", candidate.Name),
-		Run:         sw.verify})
-	add(Step{ID: StepRecordState, Node: candidate.Name, Mutates: true, Budget: budget(time.Second),
-		Description: fmt.Sprintf("etcd: record %s as primary with its timeline, LSN and the fencing token, %s as fenced; %s: ALTER SYSTEM SET replctl.fencing_token", candidate.Name, primary.Name, candidate.Name),
-		Run:         sw.record})
+	add(sw.stepPromote())
+	add(sw.stepVerify())
+	add(sw.stepRecord())
 	if h := cfg.Hooks.PostPromote; h != "" {
-		add(Step{ID: StepHook, Node: candidate.Name, Mutates: true, Budget: budget(5 * time.Second),
-			Description: fmt.Sprintf("run hooks.post_promote (%s) with REPLCTL_NODE=%s", h, candidate.Name),
-			Run:         sw.hook})
+		add(sw.stepHook())
 	}
 	for _, o := range sw.others {
-		ci, err := ReplicaConninfo(candidate, o.Name)
+		st, err := sw.stepRepoint(o)
 		if err != nil {
 			return nil, err
 		}
-		o := o
-		add(Step{ID: StepRepoint + "-" + o.Name, Node: o.Name, Mutates: true, Budget: budget(2 * time.Second),
-			Description: fmt.Sprintf("%s: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf(); wait until it streams on the new timeline",
-				o.Name, quoteLiteral(ci), quoteLiteral(slotFor(o))),
-			Run: func(ctx context.Context) error { return sw.repoint(ctx, o.Name, ci, slotFor(o)) }})
+		add(st)
 	}
 	if sw.rejoin {
 		ci, _ := ReplicaConninfo(candidate, "")
-		add(Step{ID: StepRejoin, Node: primary.Name, Mutates: true, Budget: budget(5 * time.Second),
-			Description: fmt.Sprintf("%s: rejoin as a replica of %s: commands.rejoin (%s) with REPLCTL_PRIMARY_CONNINFO=%s; wait until it streams on the new timeline; drop its old slots; unmark it fenced",
-				primary.Name, candidate.Name, primary.Commands.Rejoin, quoteLiteral(ci)),
+		add(Step{ID: StepRejoin, Node: primary.Name, Mutates: true, Timeout: t.Command + t.Stream, Budget: sw.budget(5 * time.Second),
+			Description: fmt.Sprintf("%s: rejoin as a replica of %s: commands.rejoin (%s) with REPLCTL_PRIMARY_CONNINFO=%s; wait until it streams on the new timeline (timeout %s); drop its old slots; unmark it fenced",
+				primary.Name, candidate.Name, primary.Commands.Rejoin, quoteLiteral(ci), t.Stream),
 			Run: func(ctx context.Context) error { return sw.rejoinOld(ctx, ci) }})
 	} else {
 		p.Notes = append(p.Notes, RejoinAdvice(cfg, primary.Name, candidate.Name, opts.NoRejoin))
@@ -285,13 +319,106 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		if len(sw.sync.Names) == 0 {
 			p.Notes = append(p.Notes, fmt.Sprintf("%s had synchronous_standby_names %s but no standby is left to name: %s will run asynchronous", primary.Name, quoteOrEmpty(pn.Settings.SynchronousStandbyNames), candidate.Name))
 		} else {
-			add(Step{ID: StepSync, Node: candidate.Name, Mutates: true, Budget: budget(2 * time.Second),
-				Description: fmt.Sprintf("%s: once %d of %s stream, ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
-					candidate.Name, sw.sync.Num, strings.Join(sw.sync.Names, ", "), quoteLiteral(sw.sync.String())),
-				Run: sw.applySync})
+			add(sw.stepSync())
 		}
 	}
 	return p, nil
+}
+
+// hungProbe is how long another replica may take to answer before the stop
+// fence counts it as hung and terminates its walsender.
+const hungProbe = time.Second
+
+// The steps that switchover and emergency failover both make.
+
+func (sw *switchover) stepCreateSlots() Step {
+	return Step{ID: StepCreateSlots, Node: sw.candidate.Name, Mutates: true, Timeout: sw.t.Call, Budget: sw.budget(2 * time.Second),
+		Description:     fmt.Sprintf("%s: create physical replication slots %s for the replicas that will follow it", sw.candidate.Name, strings.Join(sw.slots, ", ")),
+		UndoDescription: fmt.Sprintf("%s: drop the replication slots this operation created", sw.candidate.Name),
+		Run:             sw.createSlots, Undo: sw.dropSlots}
+}
+
+// stepMarkFenced records the intent before the fence: should replctl die
+// between the fence and the record, etcd already names the old primary as
+// fenced, and starting it by hand shows up as a fenced node writable again.
+func (sw *switchover) stepMarkFenced(reason string) Step {
+	old := sw.primary.Name
+	return Step{ID: StepMarkFenced, Node: old, Mutates: true, Timeout: sw.t.Etcd, Budget: sw.budget(sw.t.Etcd),
+		Description:     fmt.Sprintf("etcd: mark %s fenced in the cluster record before fencing it, so status flags it if it comes back writable", old),
+		UndoDescription: fmt.Sprintf("etcd: unmark %s fenced", old),
+		Run: func(ctx context.Context) error {
+			_, _, err := sw.env.Lock.UpdateState(ctx, func(s *State) error {
+				sw.markedFenced = !s.IsFenced(old)
+				s.Fence(old, reason)
+				return nil
+			})
+			return err
+		},
+		Undo: func(ctx context.Context) error {
+			if !sw.markedFenced {
+				return nil
+			}
+			_, _, err := sw.env.Lock.UpdateState(ctx, func(s *State) error {
+				s.Unfence(old)
+				return nil
+			})
+			if err == nil {
+				sw.markedFenced = false
+			}
+			return err
+		}}
+}
+
+func (sw *switchover) stepPromote() Step {
+	c := sw.candidate.Name
+	return Step{ID: StepPromote, Node: c, Mutates: true, Timeout: sw.t.Promote, Budget: sw.budget(2 * time.Second), PointOfNoReturn: true,
+		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery (timeout %s)", c, sw.t.Promote),
+		Run:         sw.promote}
+}
+
+func (sw *switchover) stepVerify() Step {
+	c := sw.candidate.Name
+	return Step{ID: StepVerify, Node: c, Timeout: sw.t.Command,
+		Description: fmt.Sprintf("%s: verify it accepts writes on a new timeline (from pg_walfile_name(pg_current_wal_lsn())), then CHECKPOINT", c),
+		Run:         sw.verify}
+}
+
+func (sw *switchover) stepRecord() Step {
+	c := sw.candidate.Name
+	return Step{ID: StepRecordState, Node: c, Mutates: true, Timeout: sw.t.Etcd, Budget: sw.budget(sw.t.Etcd),
+		Description: fmt.Sprintf("etcd: record %s as primary with its timeline, LSN and the fencing token, %s as fenced; %s: ALTER SYSTEM SET replctl.fencing_token", c, sw.primary.Name, c),
+		Run:         sw.record}
+}
+
+func (sw *switchover) stepHook() Step {
+	c := sw.candidate.Name
+	return Step{ID: StepHook, Node: c, Mutates: true, Timeout: sw.t.Command, Budget: sw.budget(5 * time.Second),
+		Description: fmt.Sprintf("run hooks.post_promote (%s) with REPLCTL_NODE=%s", sw.cfg.Hooks.PostPromote, c),
+		Run:         sw.hook}
+}
+
+func (sw *switchover) stepRepoint(o *topology.Node) (Step, error) {
+	ci, err := ReplicaConninfo(sw.candidate, o.Name)
+	if err != nil {
+		return Step{}, err
+	}
+	slot := slotFor(o)
+	wait := fmt.Sprintf("wait until it streams on the new timeline (timeout %s)", sw.t.Stream)
+	if why := sw.behind[o.Name]; why != "" {
+		wait = fmt.Sprintf("verify the setting is in effect; not waited for: %s", why)
+	}
+	return Step{ID: StepRepoint + "-" + o.Name, Node: o.Name, Mutates: true, Timeout: sw.t.Stream, Budget: sw.budget(2 * time.Second),
+		Description: fmt.Sprintf("%s: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf(); %s",
+			o.Name, quoteLiteral(ci), quoteLiteral(slot), wait),
+		Run: func(ctx context.Context) error { return sw.repoint(ctx, o.Name, ci, slot) }}, nil
+}
+
+func (sw *switchover) stepSync() Step {
+	c := sw.candidate.Name
+	return Step{ID: StepSync, Node: c, Mutates: true, Timeout: sw.t.Stream, Budget: sw.budget(2 * time.Second),
+		Description: fmt.Sprintf("%s: once %d of %s stream (timeout %s), ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
+			c, sw.sync.Num, strings.Join(sw.sync.Names, ", "), sw.t.Stream, quoteLiteral(sw.sync.String())),
+		Run: sw.applySync}
 }
 
 // RejoinAdvice tells the operator how to bring a fenced former primary back.
@@ -374,8 +501,6 @@ func (sw *switchover) saveSettings(ctx context.Context) error {
 }
 
 func (sw *switchover) catchup(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, sw.opts.CatchupTimeout)
-	defer cancel()
 	return pollUntil(ctx, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
 		cur, err := sw.env.Ctl.CurrentLSN(ctx, sw.primary.Name)
 		if err != nil {
@@ -385,15 +510,16 @@ func (sw *switchover) catchup(ctx context.Context) error {
 		if err != nil {
 			return false, err
 		}
-		left := cur.Behind(replay)
+		left := topology.LagBytes(cur, replay)
 		sw.env.progress(StepCatchup, "%s left to replay", config.HumanBytes(left))
 		return left <= nearlyCaughtUp, nil
-	}, fmt.Sprintf("%s did not catch up with %s within %s", sw.candidate.Name, sw.primary.Name, sw.opts.CatchupTimeout))
+	}, fmt.Sprintf("%s did not catch up with %s within %s", sw.candidate.Name, sw.primary.Name, sw.t.Catchup))
 }
 
 func (sw *switchover) createSlots(ctx context.Context) error {
 	created, err := sw.env.Ctl.CreateSlots(ctx, sw.candidate.Name, sw.slots)
-	sw.created = created
+	// A partial failure still created some: the undo drops exactly those.
+	sw.created = append(sw.created, created...)
 	return err
 }
 
@@ -401,7 +527,11 @@ func (sw *switchover) dropSlots(ctx context.Context) error {
 	if len(sw.created) == 0 {
 		return nil
 	}
-	return sw.env.Ctl.DropSlots(ctx, sw.candidate.Name, sw.created)
+	if err := sw.env.Ctl.DropSlots(ctx, sw.candidate.Name, sw.created); err != nil {
+		return err
+	}
+	sw.created = nil
+	return nil
 }
 
 func (sw *switchover) fenceStop(ctx context.Context) error {
@@ -410,8 +540,32 @@ func (sw *switchover) fenceStop(ctx context.Context) error {
 		return err
 	}
 	sw.preStopLSN = lsn
+	sw.releaseHung(ctx)
 	_, err = sw.env.Ctl.RunCommand(ctx, sw.primary.Name, ActionStop, nil)
 	return err
+}
+
+// releaseHung terminates, on the old primary, the walsender of every other
+// replica that does not answer within hungProbe: a clean shutdown waits
+// until every connected standby has flushed the last WAL, and a hung one
+// would hold the fence (and the write outage) for wal_sender_timeout. The
+// candidate is not among them: it answered the catch-up wait.
+func (sw *switchover) releaseHung(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, o := range sw.others {
+		wg.Go(func() {
+			c, cancel := context.WithTimeout(ctx, hungProbe)
+			defer cancel()
+			if _, err := sw.env.Ctl.Setting(c, o.Name, "server_version"); err == nil || ctx.Err() != nil {
+				return
+			}
+			n, err := sw.env.Ctl.TerminateWALSenders(ctx, sw.primary.Name, slotFor(o), o.Name)
+			if err == nil && n > 0 {
+				sw.env.progress(StepFence, "%s does not answer: terminated its walsender on %s so the shutdown does not wait for it", o.Name, sw.primary.Name)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func (sw *switchover) unfenceStop(ctx context.Context) error {
@@ -446,53 +600,136 @@ func (sw *switchover) finalFromCandidate(ctx context.Context) error {
 	return nil
 }
 
+// sqlFenceSettings are the settings the SQL fence changes.
+var sqlFenceSettings = []string{"default_transaction_read_only", "synchronous_standby_names"}
+
 func (sw *switchover) fenceSQL(ctx context.Context) error {
-	u, err := sw.env.Ctl.FenceSQL(ctx, sw.primary.Name)
-	sw.sqlUndo = u
-	return err
+	if sw.fenceCapture == nil {
+		c, err := sw.env.Ctl.CaptureSettings(ctx, sw.primary.Name, sqlFenceSettings...)
+		if err != nil {
+			return err
+		}
+		sw.fenceCapture = c
+	}
+	return sw.env.Ctl.FenceSQL(ctx, sw.primary.Name)
 }
 
 func (sw *switchover) unfenceSQL(ctx context.Context) error {
 	if sw.promoteSent {
 		return fmt.Errorf("not lifting the fence on %s: %s may have been promoted; check both first", sw.primary.Name, sw.candidate.Name)
 	}
-	return sw.env.Ctl.UnfenceSQL(ctx, sw.primary.Name, sw.sqlUndo)
+	if sw.fenceCapture == nil {
+		return nil // captured nothing, so changed nothing
+	}
+	return sw.env.Ctl.RestoreSettings(ctx, sw.primary.Name, sw.fenceCapture)
 }
 
 func (sw *switchover) finalFromPrimary(ctx context.Context) error {
-	lsn, err := sw.env.Ctl.CurrentLSN(ctx, sw.primary.Name)
+	lsn, err := sw.env.Ctl.FinalLSN(ctx, sw.primary.Name)
 	sw.finalLSN = lsn
 	return err
 }
 
-// detach points a replica at a new upstream and waits up to timeout until
-// its WAL receiver has restarted, so that it no longer receives from the
-// old one.
-func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string, timeout time.Duration) error {
-	pid0, err := sw.env.Ctl.WALReceiverPID(ctx, node)
+// replicationSettings are what a repoint changes on a replica.
+var replicationSettings = []string{"primary_conninfo", "primary_slot_name"}
+
+// detach points a replica at the candidate and waits until its WAL
+// receiver no longer streams from the old primary. PostgreSQL restarts the
+// receiver on a new primary_conninfo only when the startup process next
+// waits for WAL: a replica whose replay is paused or delayed would keep
+// receiving from the fenced primary, so its walsender there is terminated;
+// its receiver then stays down until replay needs WAL again, and starts
+// with the new setting.
+func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string) error {
+	if sw.detached[node] == nil {
+		c, err := sw.env.Ctl.CaptureSettings(ctx, node, replicationSettings...)
+		if err != nil {
+			return err
+		}
+		sw.detached[node] = c
+	}
+	host, port, err := hostPort(sw.candidate)
 	if err != nil {
 		return err
 	}
 	if err := sw.env.Ctl.Repoint(ctx, node, conninfo, slot); err != nil {
 		return err
 	}
-	wctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	// A new primary_conninfo makes the startup process restart the WAL
-	// receiver: a new pid, or none for a moment, means the old one is gone.
-	return pollUntil(wctx, time.Millisecond, func(ctx context.Context) (bool, error) {
-		pid, err := sw.env.Ctl.WALReceiverPID(ctx, node)
-		return err == nil && (pid == 0 || pid != pid0), err
-	}, fmt.Sprintf("%s's WAL receiver did not restart within %s after its primary_conninfo changed", node, timeout))
+	if err := sw.waitSetting(ctx, node, "primary_conninfo", conninfo); err != nil {
+		return err
+	}
+	start, terminated := time.Now(), time.Time{}
+	return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		pid, h, p, err := sw.env.Ctl.ReceiverUpstream(ctx, node)
+		if err != nil {
+			return false, err
+		}
+		if pid == 0 || h == host && p == port {
+			return true, nil
+		}
+		// Still on the old primary: give the startup process a moment to
+		// restart it by itself, then cut the stream from the other side.
+		if now := time.Now(); now.Sub(start) > detachGrace && now.Sub(terminated) > detachGrace {
+			terminated = now
+			if _, err := sw.env.Ctl.TerminateWALSenders(ctx, sw.primary.Name, slot, node); err != nil {
+				return false, err
+			}
+		}
+		return false, nil
+	}, fmt.Sprintf("%s's WAL receiver still streams from %s within %s after its primary_conninfo changed", node, sw.primary.Name, sw.t.Stream))
 }
 
-func (sw *switchover) reattach(ctx context.Context, node, conninfo, slot string, timeout time.Duration) error {
+// detachGrace is how long detach lets a replica restart its WAL receiver
+// by itself before terminating the walsender that feeds it.
+const detachGrace = 100 * time.Millisecond
+
+// reattach restores the replica's own settings, as captured, and cuts its
+// stream from the candidate so that it follows the old primary again and
+// the candidate's slot for it is free to drop.
+func (sw *switchover) reattach(ctx context.Context, node, slot string) error {
 	if sw.promoteSent {
 		return fmt.Errorf("leaving %s to follow %s: it may have been promoted", node, sw.candidate.Name)
 	}
-	// Waiting for the restart frees its slot on the candidate, which the
-	// slots' undo then drops.
-	return sw.detach(ctx, node, conninfo, slot, timeout)
+	c := sw.detached[node]
+	if c == nil {
+		return nil
+	}
+	if err := sw.env.Ctl.RestoreSettings(ctx, node, c); err != nil {
+		return err
+	}
+	host, port, err := hostPort(sw.candidate)
+	if err != nil {
+		return err
+	}
+	return pollUntil(ctx, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
+		pid, h, p, err := sw.env.Ctl.ReceiverUpstream(ctx, node)
+		if err != nil || pid != 0 && h == host && p == port {
+			if err == nil {
+				_, err = sw.env.Ctl.TerminateWALSenders(ctx, sw.candidate.Name, slot, node)
+			}
+			return false, err
+		}
+		return true, nil
+	}, fmt.Sprintf("%s still streams from %s after its settings were restored", node, sw.candidate.Name))
+}
+
+// waitSetting waits until node's own session sees name = want: the reload
+// has reached the node.
+func (sw *switchover) waitSetting(ctx context.Context, node, name, want string) error {
+	return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		v, err := sw.env.Ctl.Setting(ctx, node, name)
+		return v == want, err
+	}, fmt.Sprintf("%s: %s did not take the new value after pg_reload_conf() (is its postgresql.conf valid?)", node, name))
+}
+
+// hostPort is where a replica's receiver connects for node, as
+// pg_stat_wal_receiver reports it.
+func hostPort(n config.Node) (string, int, error) {
+	pc, err := pgconn.ParseConfig(n.DSN)
+	if err != nil {
+		return "", 0, config.ScrubError(err, n.Name+": dsn", n.DSN)
+	}
+	return pc.Host, int(pc.Port), nil
 }
 
 // replayStall is how long the candidate's replay may stand still, with the
@@ -500,8 +737,6 @@ func (sw *switchover) reattach(ctx context.Context, node, conninfo, slot string,
 const replayStall = 20 * time.Millisecond
 
 func (sw *switchover) waitReplay(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, sw.opts.CatchupTimeout)
-	defer cancel()
 	var last topology.LSN
 	moved, nudged := time.Now(), time.Time{}
 	return pollUntil(ctx, 2*time.Millisecond, func(ctx context.Context) (bool, error) {
@@ -529,9 +764,9 @@ func (sw *switchover) waitReplay(ctx context.Context) error {
 				return false, err
 			}
 		}
-		sw.env.progress(StepWaitReplay, "%s left to replay", config.HumanBytes(sw.finalLSN.Behind(replay)))
+		sw.env.progress(StepWaitReplay, "%s left to replay", config.HumanBytes(topology.LagBytes(sw.finalLSN, replay)))
 		return false, nil
-	}, fmt.Sprintf("%s did not replay up to %s within %s", sw.candidate.Name, sw.finalLSN, sw.opts.CatchupTimeout))
+	}, fmt.Sprintf("%s did not replay up to %s within %s", sw.candidate.Name, sw.finalLSN, sw.t.Catchup))
 }
 
 func (sw *switchover) promote(ctx context.Context) error {
@@ -586,27 +821,34 @@ func (sw *switchover) hook(ctx context.Context) error {
 	return nil
 }
 
+// repoint points a replica at the new primary and verifies the setting
+// reached it. A replica that will not stream at once (paused, delayed, not
+// streaming: see whyBehind, looked at again now) is not waited for.
 func (sw *switchover) repoint(ctx context.Context, node, conninfo, slot string) error {
 	if err := sw.env.Ctl.Repoint(ctx, node, conninfo, slot); err != nil {
 		return err
 	}
-	wctx, cancel := context.WithTimeout(ctx, sw.streamTimeout())
-	defer cancel()
-	if err := sw.env.Ctl.WaitStreaming(wctx, node, sw.newTimeline); err != nil {
+	if err := sw.waitSetting(ctx, node, "primary_conninfo", conninfo); err != nil {
+		return err
+	}
+	why := sw.behind[node]
+	if why == "" {
+		if paused, err := sw.env.Ctl.ReplayPaused(ctx, node); err == nil && paused {
+			why = "replay is paused"
+		}
+	}
+	if why != "" {
+		sw.env.progress(StepRepoint, "%s: %s: it follows %s once it next waits for WAL", node, why, sw.candidate.Name)
+		return nil
+	}
+	if err := sw.env.Ctl.WaitStreaming(ctx, node, sw.newTimeline); err != nil {
 		return fmt.Errorf("%s does not stream from %s on timeline %d: %w", node, sw.candidate.Name, sw.newTimeline, err)
 	}
 	return nil
 }
 
-func (sw *switchover) streamTimeout() time.Duration {
-	if sw.env.StreamTimeout > 0 {
-		return sw.env.StreamTimeout
-	}
-	return 60 * time.Second
-}
-
 func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
-	r := &rejoin{env: sw.env, primary: sw.candidate.Name, node: sw.primary.Name, conninfo: conninfo, timeline: sw.newTimeline}
+	r := &rejoin{env: sw.env, primary: sw.candidate.Name, node: sw.primary.Name, conninfo: conninfo, timeline: sw.newTimeline, stream: sw.t.Stream}
 	if err := r.run(ctx); err != nil {
 		return err
 	}
@@ -628,8 +870,6 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 
 func (sw *switchover) applySync(ctx context.Context) error {
 	want := sw.sync
-	ctx, cancel := context.WithTimeout(ctx, sw.streamTimeout())
-	defer cancel()
 	err := pollUntil(ctx, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
 		n, err := sw.env.Ctl.StreamingStandbys(ctx, sw.candidate.Name, want.Names)
 		return n >= want.Num, err

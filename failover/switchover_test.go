@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,115 +13,6 @@ import (
 	"github.com/replctl/replctl/topology"
 	"github.com/replctl/replctl/topology/topologytest"
 )
-
-// fakeCtl is a Controller over a pretend cluster: pg1 primary at lsn, pg2
-// and pg3 replicas.
-type fakeCtl struct {
-	mu         sync.Mutex
-	calls      []string
-	lsn        topology.LSN
-	replay     map[string]topology.LSN
-	pids       map[string]int
-	promoteErr error
-	// stalled holds the candidate's replay short of what it received
-	// until a reload wakes it.
-	stalled bool
-}
-
-func newFakeCtl(lsn topology.LSN) *fakeCtl {
-	return &fakeCtl{lsn: lsn, replay: map[string]topology.LSN{"pg2": lsn, "pg3": lsn}, pids: map[string]int{"pg2": 100, "pg3": 200}}
-}
-
-func (f *fakeCtl) log(format string, a ...any) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, fmt.Sprintf(format, a...))
-}
-
-func (f *fakeCtl) called(prefix string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.ContainsFunc(f.calls, func(c string) bool { return strings.HasPrefix(c, prefix) })
-}
-
-func (f *fakeCtl) Checkpoint(_ context.Context, n string) error {
-	f.log("checkpoint %s", n)
-	return nil
-}
-func (f *fakeCtl) CurrentLSN(context.Context, string) (topology.LSN, error) {
-	return f.lsn, nil
-}
-func (f *fakeCtl) ReceiveReplay(_ context.Context, n string) (topology.LSN, topology.LSN, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	r := f.replay[n]
-	if n == "pg2" && f.stalled {
-		return r, r - 0x100, nil
-	}
-	return r, r, nil
-}
-func (f *fakeCtl) WALReceiverPID(_ context.Context, n string) (int, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.pids[n], nil
-}
-func (f *fakeCtl) FenceSQL(_ context.Context, n string) (*SQLFenceUndo, error) {
-	f.log("fence-sql %s", n)
-	return &SQLFenceUndo{Settings: map[string]*string{}}, nil
-}
-func (f *fakeCtl) UnfenceSQL(_ context.Context, n string, _ *SQLFenceUndo) error {
-	f.log("unfence-sql %s", n)
-	return nil
-}
-func (f *fakeCtl) CreateSlots(_ context.Context, n string, s []string) ([]string, error) {
-	f.log("create-slots %s %v", n, s)
-	return s, nil
-}
-func (f *fakeCtl) DropSlots(_ context.Context, n string, s []string) error {
-	f.log("drop-slots %s %v", n, s)
-	return nil
-}
-func (f *fakeCtl) Promote(_ context.Context, n string) error {
-	f.log("promote %s", n)
-	return f.promoteErr
-}
-func (f *fakeCtl) Writable(context.Context, string) (uint32, topology.LSN, error) {
-	return 2, f.lsn + 0x1000, nil
-}
-func (f *fakeCtl) Repoint(_ context.Context, n, conninfo, slot string) error {
-	f.mu.Lock()
-	f.pids[n]++ // the WAL receiver restarts
-	f.mu.Unlock()
-	f.log("repoint %s %s", n, conninfo)
-	return nil
-}
-func (f *fakeCtl) Reload(_ context.Context, n string) error {
-	f.mu.Lock()
-	f.stalled = false
-	f.mu.Unlock()
-	f.log("reload %s", n)
-	return nil
-}
-func (f *fakeCtl) WaitStreaming(context.Context, string, uint32) error      { return nil }
-func (f *fakeCtl) SetSyncStandbys(context.Context, string, string) error    { return nil }
-func (f *fakeCtl) RecordToken(context.Context, string, int64, string) error { return nil }
-func (f *fakeCtl) StreamingStandbys(_ context.Context, _ string, names []string) (int, error) {
-	return len(names), nil
-}
-func (f *fakeCtl) RunCommand(_ context.Context, n, action string, _ map[string]string) (CommandResult, error) {
-	f.log("command %s %s", n, action)
-	return CommandResult{}, nil
-}
-
-// fakeRecorder is the lock as plans use it, always held.
-type fakeRecorder struct{ st State }
-
-func (r *fakeRecorder) Check(context.Context, time.Duration) error { return nil }
-func (r *fakeRecorder) Token() int64                               { return 7 }
-func (r *fakeRecorder) UpdateState(_ context.Context, fn func(*State) error) (*State, int64, error) {
-	err := fn(&r.st)
-	return &r.st, 1, err
-}
 
 // switchoverFixture is a 3-node cluster, pg1 primary; stop gives pg1 a stop
 // command (the stop fence).
@@ -144,10 +34,11 @@ func switchoverFixture(t *testing.T, stop bool) (*config.Config, *topology.Snaps
 	return cfg, topology.Classify(cfg, st, nil)
 }
 
-func runSwitchover(t *testing.T, cfg *config.Config, snap *topology.Snapshot, ctl *fakeCtl) (*Plan, *Result) {
+func runSwitchover(t *testing.T, cfg *config.Config, snap *topology.Snapshot, ctl *fakeCluster) (*Plan, *Result) {
 	t.Helper()
 	env := &Env{Ctl: ctl}
 	rec := &fakeRecorder{}
+	ctl.lock = rec
 	env.Acquire = func(context.Context) error { env.Lock = rec; return nil }
 	p, err := BuildSwitchoverPlan(cfg, snap, SwitchoverOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second}, env)
 	if err != nil {
@@ -203,14 +94,14 @@ func TestSwitchoverPromoteNotSentUndoesFence(t *testing.T) {
 		if res.Outcome != OutcomeFailed {
 			t.Fatalf("stop %v: outcome %s", stop, res.Outcome)
 		}
-		unfenced := ctl.called("unfence-sql pg1")
+		unfenced := ctl.called("restore-settings pg1")
 		if stop {
 			unfenced = ctl.called("command pg1 start")
 		}
 		if !unfenced {
 			t.Errorf("stop %v: fence not undone: %v", stop, ctl.calls)
 		}
-		if !stop && !ctl.called("repoint pg3 host=127.0.0.1 port=5432") {
+		if !stop && !ctl.called("restore-settings pg3") {
 			t.Errorf("pg3 not pointed back at pg1: %v", ctl.calls)
 		}
 	}
@@ -224,7 +115,7 @@ func TestSwitchoverPromoteMaybeSentKeepsFence(t *testing.T) {
 	ctl := newFakeCtl(0x3000060)
 	ctl.promoteErr = errors.New("pg2: pg_promote(): unexpected EOF")
 	_, res := runSwitchover(t, cfg, snap, ctl)
-	if res.Outcome != OutcomeFailed || ctl.called("unfence-sql") {
+	if res.Outcome != OutcomeFailed || ctl.called("restore-settings pg1") {
 		t.Fatalf("outcome %s, calls %v", res.Outcome, ctl.calls)
 	}
 	if !strings.Contains(res.Err.Error(), "may have been promoted") {
@@ -253,7 +144,8 @@ func TestSwitchoverStopFenceRefusesCandidateBehindAnotherReplica(t *testing.T) {
 	t.Parallel()
 	cfg, snap := switchoverFixture(t, true)
 	ctl := newFakeCtl(0x3000060)
-	ctl.replay["pg3"] = 0x3000100
+	ctl.nodes["pg3"].lsn = 0x3000100
+	ctl.nodes["pg3"].upstream = "" // it received more, then lost the stream
 	_, res := runSwitchover(t, cfg, snap, ctl)
 	if res.Outcome != OutcomeFailed || !strings.Contains(res.Err.Error(), "pg3 received up to 0/3000100") {
 		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)

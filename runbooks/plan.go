@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
@@ -352,7 +353,7 @@ func (e *Engine) planPromotion(s *Step, snap *topology.Snapshot, st *failover.St
 	op := &OperationPlan{Primary: string(snap.Primary)}
 	if s.Promote == PromoteEmergency {
 		op.Kind = "failover"
-		plan, an, err := failover.PlanEmergency(e.Cfg, snap, st, probes, emergencyOptions(s, cand), env)
+		plan, an, err := failover.PlanEmergency(e.Cfg, snap, st, probes, emergencyOptions(s, cand, e.timeout()), env)
 		op.Plan, op.Emergency, op.Checks = plan, an, an.Checks
 		op.Primary, op.Candidate = an.OldPrimary, an.Choice.Chosen
 		if an.Choice.Chosen != "" {
@@ -365,7 +366,7 @@ func (e *Engine) planPromotion(s *Step, snap *topology.Snapshot, st *failover.St
 		return op
 	}
 	op.Kind = "switchover"
-	plan, rank, results, err := failover.PlanSwitchover(e.Cfg, snap, switchoverOptions(s, cand), env)
+	plan, rank, results, err := failover.PlanSwitchover(e.Cfg, snap, switchoverOptions(s, cand, e.timeout()), env)
 	op.Plan, op.Choice, op.Checks, op.Candidate = plan, rank, results, cand
 	if rank != nil {
 		op.Candidate = rank.Chosen
@@ -377,12 +378,12 @@ func (e *Engine) planPromotion(s *Step, snap *topology.Snapshot, st *failover.St
 	return op
 }
 
-func switchoverOptions(s *Step, cand string) failover.SwitchoverOptions {
-	return failover.SwitchoverOptions{Candidate: cand, MaxLag: uint64(s.MaxLag), CatchupTimeout: s.CatchupTimeout, NoRejoin: s.NoRejoin, RequireStop: s.RequireStop}
+func switchoverOptions(s *Step, cand string, call time.Duration) failover.SwitchoverOptions {
+	return failover.SwitchoverOptions{Candidate: cand, MaxLag: uint64(s.MaxLag), CatchupTimeout: s.CatchupTimeout, CallTimeout: call, NoRejoin: s.NoRejoin, RequireStop: s.RequireStop}
 }
 
-func emergencyOptions(s *Step, cand string) failover.EmergencyOptions {
-	return failover.EmergencyOptions{Candidate: cand, CatchupTimeout: s.CatchupTimeout, AllowDataLoss: s.AllowDataLoss}
+func emergencyOptions(s *Step, cand string, call time.Duration) failover.EmergencyOptions {
+	return failover.EmergencyOptions{Candidate: cand, CatchupTimeout: s.CatchupTimeout, CallTimeout: call, AllowDataLoss: s.AllowDataLoss}
 }
 
 // resolveCandidate is "" for auto.

@@ -313,7 +313,7 @@ func (d *drill) execute(ctx context.Context, s *Step, sr *StepReport, kind strin
 	if errors.As(res.Err, &refused) || errors.As(res.Err, &changed) {
 		sr.Refused = true
 	}
-	sr.Hint = "the completed steps were undone: the cluster is as it was unless an undo failed (see plan_result)"
+	sr.Hint = "the steps done were undone, unless the lock was lost (then nothing was undone) or an undo failed: see plan_result.left and the status after the step"
 	return res.Err
 }
 

@@ -1,0 +1,468 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/topology"
+	tt "github.com/replctl/replctl/topology/topologytest"
+)
+
+// engineCase is one plan kind on a fake cluster built for it.
+type engineCase struct {
+	kind string
+	cfg  *config.Config
+	ctl  *fakeCluster
+	rec  *fakeRecorder
+	env  *Env
+	plan *Plan
+	// restorable is whether a failure before the point of no return puts
+	// every node back exactly as it was (an emergency fence never is lifted).
+	restorable bool
+}
+
+func engineConfig(stop bool, nodes ...string) *config.Config {
+	cfg := &config.Config{Cluster: "demo", Etcd: config.Etcd{Prefix: "/replctl"}, Lock: config.Lock{TTL: 10 * time.Second},
+		CommandTimeout: 5 * time.Second, Failover: config.Failover{StreamTimeout: 2 * time.Second, PromoteTimeout: 2 * time.Second}}
+	for i, n := range nodes {
+		cfg.Nodes = append(cfg.Nodes, config.Node{Name: n, DSN: fmt.Sprintf("host=127.0.0.1 port=%d user=postgres", 5432+i)})
+	}
+	if stop {
+		cfg.Nodes[0].Commands = config.NodeCommands{Stop: "stop pg1", Start: "start pg1", Rejoin: "rejoin pg1"}
+	}
+	return cfg
+}
+
+// newEngineCase builds kind: "switchover-stop", "switchover-sql",
+// "emergency" or "rejoin", on pg1..pg3 with pg1 the primary to replace
+// (or, for rejoin, the fenced former primary).
+func newEngineCase(t *testing.T, kind string) *engineCase {
+	t.Helper()
+	lsn := topology.LSN(0x3000060)
+	c := &engineCase{kind: kind, ctl: newFakeCtl(lsn), rec: &fakeRecorder{}, restorable: true}
+	c.ctl.lock = c.rec
+	c.env = &Env{Ctl: c.ctl}
+	c.env.Acquire = func(context.Context) error { c.env.Lock = c.rec; return nil }
+	var err error
+	switch kind {
+	case "switchover-stop", "switchover-sql":
+		c.cfg = engineConfig(kind == "switchover-stop", "pg1", "pg2", "pg3")
+		snap := topology.Classify(c.cfg, []topology.NodeStatus{
+			tt.Primary("pg1", lsn, "pg2", "pg3"), tt.Replica("pg2", 5432, lsn), tt.Replica("pg3", 5432, lsn)}, nil)
+		c.plan, err = BuildSwitchoverPlan(c.cfg, snap, SwitchoverOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond}, c.env)
+	case "emergency":
+		c.restorable = false
+		c.cfg = engineConfig(false, "pg1", "pg2", "pg3")
+		c.cfg.Nodes[0].Commands.Fence = "fence pg1"
+		c.ctl.nodes["pg1"].up = false
+		for _, r := range []string{"pg2", "pg3"} {
+			c.ctl.stopReceiver(c.ctl.nodes[r])
+		}
+		dead := func(name string) topology.NodeStatus {
+			st := tt.Replica(name, 5432, lsn)
+			st.WALReceiver = nil
+			return st
+		}
+		snap := topology.Classify(c.cfg, []topology.NodeStatus{{Name: "pg1", Error: "connection refused"}, dead("pg2"), dead("pg3")}, nil)
+		st := &State{Primary: "pg1", Sync: SyncSettings{Commit: "on"}}
+		c.plan, err = BuildEmergencyPlan(c.cfg, snap, st, "pg1", "pg2", EmergencyOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond}, c.env)
+	case "rejoin":
+		c.cfg = engineConfig(true, "pg1", "pg2", "pg3")
+		f := c.ctl
+		// pg2 was promoted; pg3 follows it; pg1 is SQL-fenced, still up.
+		pg1, pg2, pg3 := f.nodes["pg1"], f.nodes["pg2"], f.nodes["pg3"]
+		f.stopReceiver(pg2)
+		pg2.inRecovery, pg2.timeline = false, 2
+		pg2.slots["pg3"] = false
+		pg3.auto["primary_conninfo"] = "host=127.0.0.1 port=5433 user=postgres application_name=pg3"
+		f.reload(pg3)
+		pg1.auto["default_transaction_read_only"], pg1.auto["synchronous_standby_names"] = "on", fenceStandbyName
+		f.reload(pg1)
+		c.rec.st.Fence("pg1", "former primary")
+		fenced := tt.Primary("pg1", lsn)
+		fenced.Settings.DefaultTransactionReadOnly = tt.Ptr("on")
+		primary := tt.Primary("pg2", lsn+0x1000, "pg3")
+		primary.Timeline = tt.Ptr(uint32(2))
+		snap := topology.Classify(c.cfg, []topology.NodeStatus{fenced, primary, tt.Replica("pg3", 5433, lsn)}, &topology.Record{Primary: "pg2", Fenced: []string{"pg1"}})
+		var results []string
+		c.plan, results, err = planRejoinForTest(c.cfg, snap, c.env)
+		if len(results) > 0 {
+			t.Fatalf("rejoin refused: %v", results)
+		}
+	default:
+		t.Fatalf("unknown kind %q", kind)
+	}
+	if err != nil || c.plan == nil {
+		t.Fatalf("%s: plan: %v", kind, err)
+	}
+	return c
+}
+
+func planRejoinForTest(cfg *config.Config, snap *topology.Snapshot, env *Env) (*Plan, []string, error) {
+	p, results, err := PlanRejoin(cfg, snap, "pg1", env)
+	var failed []string
+	for _, r := range results {
+		if r.Level.String() == "critical" {
+			failed = append(failed, r.Name+": "+r.Message)
+		}
+	}
+	return p, failed, err
+}
+
+func ponrIndex(p *Plan) int {
+	return slices.IndexFunc(p.Steps, func(s Step) bool { return s.PointOfNoReturn })
+}
+
+// TestEngineFaultMatrix runs every plan kind with, at each step k: (a) step
+// k failing after its change, (b) the lock lost just before step k, (c) the
+// lock lost during step k (after its change). From the fake's recorded
+// state it asserts: nothing changed while the lock was lost; never two
+// writable nodes; before the point of no return with the lock, every node
+// is exactly as it was; without it, every undo is skipped and reported, a
+// fenced node saying it was left fenced; past it, the outcome is partial
+// with what remains; and no replica is left naming a node or slot that
+// does not exist.
+func TestEngineFaultMatrix(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"switchover-stop", "switchover-sql", "emergency", "rejoin"} {
+		n := len(newEngineCase(t, kind).plan.Steps)
+		for k := range n {
+			for _, mode := range []string{"fail", "lose-before", "lose-during"} {
+				t.Run(fmt.Sprintf("%s/%02d/%s", kind, k, mode), func(t *testing.T) {
+					t.Parallel()
+					c := newEngineCase(t, kind)
+					before := c.ctl.state()
+					step := &c.plan.Steps[k]
+					ctx, cancel := context.WithCancelCause(t.Context())
+					defer cancel(nil)
+					lose := func() {
+						c.rec.lose()
+						cancel(&LockLostError{Cluster: "demo", Reason: "the lease was revoked"})
+					}
+					run := step.Run
+					if run == nil {
+						t.Skip("no run")
+					}
+					switch mode {
+					case "fail":
+						step.Run = func(ctx context.Context) error {
+							if err := run(ctx); err != nil {
+								return err
+							}
+							return errors.New("injected failure after the change")
+						}
+					case "lose-before":
+						if k == 0 {
+							lose()
+						} else {
+							prev := c.plan.Steps[k-1].Run
+							c.plan.Steps[k-1].Run = func(ctx context.Context) error {
+								err := prev(ctx)
+								lose()
+								return err
+							}
+						}
+					case "lose-during":
+						step.Run = func(ctx context.Context) error {
+							err := run(ctx)
+							lose()
+							return errors.Join(err, context.Cause(ctx))
+						}
+					}
+					res := Execute(ctx, c.plan, c.env, nil, nil)
+					lost := c.rec.isLost()
+					if len(c.ctl.violations) > 0 {
+						t.Errorf("changed without the lock: %v", c.ctl.violations)
+					}
+					if w := c.ctl.writable(); len(w) > 1 {
+						t.Errorf("writable: %v", w)
+					}
+					if d := c.ctl.dangling(); len(d) > 0 {
+						t.Errorf("half-moved: %v", d)
+					}
+					ponr := ponrIndex(c.plan)
+					switch {
+					case res.Outcome == OutcomeSucceeded:
+						if mode == "fail" && !step.Optional {
+							t.Errorf("succeeded despite the injected failure")
+						}
+					case k > ponr:
+						if res.Outcome != OutcomePartial {
+							t.Errorf("outcome %s after the point of no return, want partial", res.Outcome)
+						}
+					case lost:
+						if res.Outcome != OutcomeFailed {
+							t.Errorf("outcome %s, want failed", res.Outcome)
+						}
+						for _, s := range res.Steps {
+							if s.Outcome == "undone" && c.plan.Steps[slices.IndexFunc(c.plan.Steps, func(p Step) bool { return "undo-"+p.ID == s.ID })].Mutates {
+								t.Errorf("%s ran without the lock", s.ID)
+							}
+						}
+						pg1 := c.ctl.nodes["pg1"]
+						fenced := c.kind != "emergency" && c.kind != "rejoin" && (!pg1.up || pg1.live["default_transaction_read_only"] == "on")
+						if fenced && !strings.Contains(strings.Join(res.Left, "\n"), "pg1 left fenced because the lock was lost") {
+							t.Errorf("the report does not say pg1 was left fenced: %q", res.Left)
+						}
+					case k == ponr && mode == "fail":
+						// Promoted, then "failed": the fence must stay.
+						if w := c.ctl.writable(); !reflect.DeepEqual(w, []string{"pg2"}) && c.kind != "rejoin" {
+							t.Errorf("writable %v, want only the promoted pg2", w)
+						}
+					default:
+						if res.Outcome != OutcomeFailed {
+							t.Errorf("outcome %s, want failed", res.Outcome)
+						}
+						after := c.ctl.state()
+						if !c.restorable {
+							delete(before, "pg1")
+							delete(after, "pg1")
+						}
+						if !reflect.DeepEqual(before, after) {
+							t.Errorf("not restored:\nbefore %+v\nafter  %+v\nsteps %+v", before, after, res.Steps)
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+// Defect 1: the lease lost while the old primary is being stopped. The
+// undo must not start it again (another operator may be promoting), and
+// the report says it was left fenced.
+func TestEngineLockLostDuringStopFenceLeavesFence(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-stop")
+	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepFence })
+	ctx, cancel := context.WithCancelCause(t.Context())
+	defer cancel(nil)
+	run := c.plan.Steps[i].Run
+	c.plan.Steps[i].Run = func(ctx context.Context) error {
+		err := run(ctx)
+		c.rec.lose()
+		cancel(&LockLostError{Cluster: "demo", Reason: "the lease was revoked"})
+		return err
+	}
+	res := Execute(ctx, c.plan, c.env, nil, nil)
+	if c.ctl.called("command pg1 start") || c.ctl.nodes["pg1"].up {
+		t.Fatalf("pg1 restarted after the lock was lost: %v", c.ctl.calls)
+	}
+	if !strings.Contains(strings.Join(res.Left, "\n"), "pg1 left fenced because the lock was lost") {
+		t.Errorf("left %q", res.Left)
+	}
+}
+
+// Defect 2: a detach whose wait fails is undone itself, back to the
+// replica's own primary_conninfo (its sslmode, passfile), not one rebuilt
+// from the configuration; and a partial CreateSlots drops what it made.
+func TestEngineFailedStepUndoesItsOwnChange(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-sql")
+	own := c.ctl.nodes["pg3"].auto["primary_conninfo"]
+	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepDetach+"-pg3" })
+	run := c.plan.Steps[i].Run
+	c.plan.Steps[i].Run = func(ctx context.Context) error {
+		if err := run(ctx); err != nil {
+			return err
+		}
+		return errors.New("WAL receiver did not restart")
+	}
+	res := Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != OutcomeFailed {
+		t.Fatalf("outcome %s", res.Outcome)
+	}
+	if got := c.ctl.nodes["pg3"].auto["primary_conninfo"]; got != own {
+		t.Errorf("pg3 primary_conninfo %q, want its own %q", got, own)
+	}
+	if _, ok := c.ctl.nodes["pg2"].slots["pg3"]; ok {
+		t.Errorf("slot pg3 left on pg2")
+	}
+
+	c = newEngineCase(t, "switchover-stop")
+	c.ctl.failSlotsAt = 1
+	res = Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != OutcomeFailed || len(c.ctl.nodes["pg2"].slots) != 0 {
+		t.Errorf("outcome %s, slots left on pg2: %v", res.Outcome, c.ctl.nodes["pg2"].slots)
+	}
+}
+
+// Defect 3: a replica with replay paused neither fails a planned
+// switchover nor is left half-moved: with the SQL fence its walsender on
+// the old primary is cut, with the stop fence it is repointed and not
+// waited for; when replay resumes it follows the new primary.
+func TestEnginePausedReplica(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"switchover-stop", "switchover-sql"} {
+		for _, fault := range []string{"paused", "delayed"} {
+			t.Run(kind+"/"+fault, func(t *testing.T) {
+				t.Parallel()
+				c := newEngineCase(t, kind)
+				lsn := topology.LSN(0x3000060)
+				pg3 := tt.Replica("pg3", 5432, lsn)
+				if fault == "paused" {
+					c.ctl.nodes["pg3"].paused = true
+					pg3.ReplayPauseState = "paused"
+				} else {
+					c.ctl.nodes["pg3"].delayed = true
+					pg3.Settings.RecoveryMinApplyDelayMS = tt.Ptr(int64(3600000))
+				}
+				snap := topology.Classify(c.cfg, []topology.NodeStatus{tt.Primary("pg1", lsn, "pg2", "pg3"), tt.Replica("pg2", 5432, lsn), pg3}, nil)
+				p, err := BuildSwitchoverPlan(c.cfg, snap, SwitchoverOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second}, c.env)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(strings.Join(p.Notes, "\n"), "pg3: ") || !strings.Contains(strings.Join(p.Descriptions(), "\n"), "not waited for") {
+					t.Errorf("the plan does not say what happens to pg3:\n%s\n%s", strings.Join(p.Descriptions(), "\n"), strings.Join(p.Notes, "\n"))
+				}
+				res := Execute(t.Context(), p, c.env, nil, nil)
+				if res.Outcome != OutcomeSucceeded {
+					t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+				}
+				if d := c.ctl.dangling(); len(d) > 0 {
+					t.Fatalf("half-moved: %v", d)
+				}
+				n := c.ctl.nodes["pg3"]
+				if n.upstream == "pg1" {
+					t.Fatalf("pg3 still streams from the old primary")
+				}
+				n.paused, n.delayed = false, false
+				if err := c.ctl.WaitStreaming(t.Context(), "pg3", 2); err != nil || n.upstream != "pg2" {
+					t.Fatalf("after resume pg3 streams from %q: %v", n.upstream, err)
+				}
+			})
+		}
+	}
+}
+
+// Defect 4: the candidate far behind is waited for before the fence.
+func TestEngineCatchupWaitsBeforeFence(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"switchover-stop", "switchover-sql"} {
+		c := newEngineCase(t, kind)
+		for _, n := range c.ctl.nodes {
+			n.lsn = 1 << 40
+		}
+		c.ctl.behind, c.ctl.catchupStep = 200<<20, 10<<20
+		var behindAtFence uint64
+		i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepFence })
+		run := c.plan.Steps[i].Run
+		c.plan.Steps[i].Run = func(ctx context.Context) error {
+			c.ctl.mu.Lock()
+			behindAtFence = c.ctl.behind
+			c.ctl.mu.Unlock()
+			return run(ctx)
+		}
+		if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+			t.Fatalf("%s: outcome %s: %v", kind, res.Outcome, res.Err)
+		}
+		if behindAtFence > nearlyCaughtUp {
+			t.Errorf("%s: the fence went up %s behind", kind, config.HumanBytes(behindAtFence))
+		}
+	}
+}
+
+// Defect 5: the save-settings step saves the primary's settings.
+func TestEngineSavesSyncSettings(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-stop")
+	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepSaveConfig })
+	c.plan.Steps = c.plan.Steps[:i+1]
+	if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+		t.Fatal(res.Err)
+	}
+	if c.rec.st.Sync.Commit != "on" || c.rec.st.Sync.SeenAt.IsZero() || c.rec.st.Primary != "pg1" {
+		t.Errorf("record %+v", c.rec.st)
+	}
+}
+
+// Defect 6: a reachable old primary whose SQL fence fails stops the
+// failover; only a failure to connect counts as unreachable.
+func TestEngineEmergencyFenceErrorStops(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "emergency")
+	c.ctl.nodes["pg1"].up, c.ctl.nodes["pg1"].hung = true, true
+	c.plan.Steps = slices.DeleteFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepFenceCommand })
+	res := Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != OutcomeFailed || c.ctl.called("promote") {
+		t.Fatalf("outcome %s, calls %v", res.Outcome, c.ctl.calls)
+	}
+	c = newEngineCase(t, "emergency")
+	if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+		t.Fatalf("unreachable old primary: outcome %s: %v", res.Outcome, res.Err)
+	}
+}
+
+// Defects 7 and 12: the executor enforces each step's own timeout; a
+// candidate hung after the fence does not hold the lock for ever.
+func TestEnginePromoteTimeout(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-stop")
+	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepPromote })
+	c.plan.Steps[i].Timeout = 100 * time.Millisecond
+	run := c.plan.Steps[i].Run
+	c.plan.Steps[i].Run = func(ctx context.Context) error {
+		c.ctl.mu.Lock()
+		c.ctl.nodes["pg2"].hung = true
+		c.ctl.mu.Unlock()
+		return run(ctx)
+	}
+	done := make(chan *Result, 1)
+	go func() { done <- Execute(t.Context(), c.plan, c.env, nil, nil) }()
+	select {
+	case res := <-done:
+		var te *StepTimeoutError
+		if res.Outcome != OutcomeFailed || !errors.As(res.Err, &te) {
+			t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the promote step has no deadline")
+	}
+}
+
+// Defects 8 and 17: the old primary is recorded as fenced before it is
+// fenced, for both fences and the emergency path.
+func TestEngineRecordsFenceBeforeFencing(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"switchover-stop", "switchover-sql", "emergency"} {
+		c := newEngineCase(t, kind)
+		i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.Fences })
+		run := c.plan.Steps[i].Run
+		var marked bool
+		c.plan.Steps[i].Run = func(ctx context.Context) error {
+			marked = c.rec.st.IsFenced("pg1")
+			return run(ctx)
+		}
+		if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+			t.Fatalf("%s: %s: %v", kind, res.Outcome, res.Err)
+		}
+		if !marked {
+			t.Errorf("%s: pg1 not marked fenced before %s", kind, c.plan.Steps[i].ID)
+		}
+	}
+}
+
+// Defect 13: a hung replica does not hold the stop fence hostage: its
+// walsender is terminated before the shutdown.
+func TestEngineHungReplicaReleasedBeforeStop(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-stop")
+	c.ctl.nodes["pg3"].hung = true
+	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepFence })
+	c.plan.Steps = c.plan.Steps[:i+1]
+	if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+		t.Fatalf("%s: %v", res.Outcome, res.Err)
+	}
+	term := slices.Index(c.ctl.calls, "terminate-walsenders pg1 pg3")
+	stop := slices.Index(c.ctl.calls, "command pg1 stop")
+	if term < 0 || term > stop {
+		t.Errorf("calls %v: want pg3's walsender terminated before the stop", c.ctl.calls)
+	}
+}

@@ -1,0 +1,653 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/replctl/replctl/topology"
+)
+
+// fakeCluster is a Controller over a pretend cluster that behaves like
+// PostgreSQL where the engine's safety depends on it:
+//   - a stopped node refuses connections (ErrConnect); a hung one accepts
+//     and never answers;
+//   - ALTER SYSTEM values live in auto until a reload makes them live;
+//   - a changed primary_conninfo restarts a replica's WAL receiver only
+//     when its startup process next waits for WAL, which a paused or
+//     apply-delayed one does not: its receiver stays on the old upstream
+//     until that upstream ends the stream, and then stays down;
+//   - a fenced primary refuses writes; a stopped primary's replicas lose
+//     their stream;
+//   - slots in use cannot be dropped.
+//
+// Every change is logged, and a change made while the lock (lock) is lost
+// is recorded as a violation: the engine must never do that.
+type fakeCluster struct {
+	mu    sync.Mutex
+	nodes map[string]*fakeNode
+	order []string
+	calls []string
+	lock  *fakeRecorder
+	// violations are changes made without a live lock.
+	violations []string
+	pidSeq     int
+
+	// Faults.
+	promoteErr  error
+	failSlotsAt int // CreateSlots fails after creating this many (0: never)
+	// stalled holds pg2's replay short of what it received until a
+	// reload wakes it.
+	stalled bool
+	// behind is how far pg2's replay is behind the primary; each poll of
+	// its positions replays catchupStep of it.
+	behind      uint64
+	catchupStep uint64
+}
+
+type fakeNode struct {
+	name       string
+	port       int
+	up, hung   bool
+	inRecovery bool
+	paused     bool
+	delayed    bool
+	timeline   uint32
+	lsn        topology.LSN // current (primary) or received (replica)
+	// auto is postgresql.auto.conf; conf is postgresql.conf; live is what
+	// the server runs with since its last reload.
+	auto, conf, live map[string]string
+	slots            map[string]bool // name -> active
+	// receiver: pid 0 when none; upstream is the node it streams from.
+	receiverPID int
+	upstream    string
+}
+
+func (n *fakeNode) setting(name string) string {
+	if v, ok := n.auto[name]; ok {
+		return v
+	}
+	return n.conf[name]
+}
+
+// newFakeCluster makes pg1 the primary at lsn and replicas of it, ports
+// 5432 and up in name order as switchoverFixture configures them.
+func newFakeCluster(lsn topology.LSN, replicas ...string) *fakeCluster {
+	f := &fakeCluster{nodes: map[string]*fakeNode{}, catchupStep: 1 << 30}
+	add := func(name string, port int) *fakeNode {
+		n := &fakeNode{name: name, port: port, up: true, timeline: 1, lsn: lsn,
+			auto: map[string]string{}, slots: map[string]bool{},
+			conf: map[string]string{"default_transaction_read_only": "off", "synchronous_standby_names": "", "primary_conninfo": "", "primary_slot_name": ""}}
+		f.nodes[name] = n
+		f.order = append(f.order, name)
+		return n
+	}
+	add("pg1", 5432)
+	for i, r := range replicas {
+		n := add(r, 5433+i)
+		n.inRecovery = true
+		// The replica's own setting, as an operator wrote it: an alias
+		// and options replctl's configuration does not have.
+		n.auto["primary_conninfo"] = "host=127.0.0.1 port=5432 user=postgres application_name=" + r + " sslmode=prefer passfile=/etc/pgpass"
+		n.auto["primary_slot_name"] = r
+		f.nodes["pg1"].slots[r] = true
+		f.pidSeq++
+		n.receiverPID, n.upstream = f.pidSeq, "pg1"
+	}
+	for _, n := range f.nodes {
+		n.live = map[string]string{}
+		for k := range n.conf {
+			n.live[k] = n.setting(k)
+		}
+	}
+	return f
+}
+
+// newFakeCtl is the 3-node fake most tests use.
+func newFakeCtl(lsn topology.LSN) *fakeCluster { return newFakeCluster(lsn, "pg2", "pg3") }
+
+func (f *fakeCluster) log(format string, a ...any) {
+	f.calls = append(f.calls, fmt.Sprintf(format, a...))
+}
+
+// change logs a change and flags it when the lock is lost. Called with mu.
+func (f *fakeCluster) change(format string, a ...any) {
+	s := fmt.Sprintf(format, a...)
+	f.calls = append(f.calls, s)
+	if f.lock != nil && f.lock.isLost() {
+		f.violations = append(f.violations, s)
+	}
+}
+
+func (f *fakeCluster) called(prefix string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.ContainsFunc(f.calls, func(c string) bool { return strings.HasPrefix(c, prefix) })
+}
+
+// node returns a node that answers, or the error a client would see.
+// Called with mu held; a hung node releases it while it waits.
+func (f *fakeCluster) node(ctx context.Context, name string) (*fakeNode, error) {
+	n := f.nodes[name]
+	if n == nil {
+		return nil, fmt.Errorf("node %q is not configured", name)
+	}
+	if !n.up {
+		return nil, fmt.Errorf("%w: %s: connection refused", ErrConnect, name)
+	}
+	if n.hung {
+		f.mu.Unlock()
+		<-ctx.Done()
+		f.mu.Lock()
+		return nil, fmt.Errorf("%s: %w", name, ctx.Err())
+	}
+	return n, nil
+}
+
+func (f *fakeCluster) byPort(port int) string {
+	for _, n := range f.nodes {
+		if n.port == port {
+			return n.name
+		}
+	}
+	return ""
+}
+
+func conninfoPort(ci string) int {
+	for _, kv := range strings.Fields(ci) {
+		if v, ok := strings.CutPrefix(kv, "port="); ok {
+			p, _ := strconv.Atoi(v)
+			return p
+		}
+	}
+	return 0
+}
+
+// reload makes auto live and lets the replica's startup process act on it.
+func (f *fakeCluster) reload(n *fakeNode) {
+	old := n.live["primary_conninfo"] + "|" + n.live["primary_slot_name"]
+	for k := range n.conf {
+		n.live[k] = n.setting(k)
+	}
+	if f.stalled && n.name == "pg2" {
+		f.stalled = false
+	}
+	if n.inRecovery && old != n.live["primary_conninfo"]+"|"+n.live["primary_slot_name"] && !n.paused && !n.delayed {
+		f.restartReceiver(n)
+	}
+}
+
+// restartReceiver connects the receiver to what its live settings name.
+func (f *fakeCluster) restartReceiver(n *fakeNode) {
+	f.stopReceiver(n)
+	up := f.nodes[f.byPort(conninfoPort(n.live["primary_conninfo"]))]
+	if up == nil || !up.up {
+		return
+	}
+	slot := n.live["primary_slot_name"]
+	if slot != "" {
+		if _, ok := up.slots[slot]; !ok {
+			return // "replication slot does not exist": it retries
+		}
+		up.slots[slot] = true
+	}
+	f.pidSeq++
+	n.receiverPID, n.upstream = f.pidSeq, up.name
+	if !up.inRecovery && up.timeline > n.timeline {
+		n.timeline = up.timeline
+	}
+}
+
+func (f *fakeCluster) stopReceiver(n *fakeNode) {
+	if up := f.nodes[n.upstream]; up != nil {
+		if s := n.live["primary_slot_name"]; s != "" {
+			if _, ok := up.slots[s]; ok {
+				up.slots[s] = false
+			}
+		}
+	}
+	n.receiverPID, n.upstream = 0, ""
+}
+
+func (f *fakeCluster) Checkpoint(ctx context.Context, node string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, err := f.node(ctx, node)
+	f.log("checkpoint %s", node)
+	return err
+}
+
+func (f *fakeCluster) CurrentLSN(ctx context.Context, node string) (topology.LSN, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return 0, err
+	}
+	return n.lsn, nil
+}
+
+func (f *fakeCluster) FinalLSN(ctx context.Context, node string) (topology.LSN, error) {
+	return f.CurrentLSN(ctx, node)
+}
+
+func (f *fakeCluster) ReceiveReplay(ctx context.Context, node string) (topology.LSN, topology.LSN, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return 0, 0, err
+	}
+	if !n.inRecovery {
+		return 0, 0, fmt.Errorf("%s: no replay position: is it in recovery?", node)
+	}
+	r := n.lsn
+	if up := f.nodes[n.upstream]; up != nil && !up.inRecovery {
+		r = up.lsn
+		n.lsn = r
+	}
+	replay := r
+	if node == "pg2" {
+		if f.stalled {
+			replay = r - 0x100
+		}
+		if f.behind > 0 {
+			replay = r - topology.LSN(f.behind)
+			f.behind -= min(f.behind, f.catchupStep)
+		}
+	}
+	return r, replay, nil
+}
+
+func (f *fakeCluster) Reload(ctx context.Context, node string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return err
+	}
+	f.log("reload %s", node)
+	f.reload(n)
+	return nil
+}
+
+func (f *fakeCluster) WALReceiverPID(ctx context.Context, node string) (int, error) {
+	pid, _, _, err := f.ReceiverUpstream(ctx, node)
+	return pid, err
+}
+
+func (f *fakeCluster) ReceiverUpstream(ctx context.Context, node string) (int, string, int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil || n.receiverPID == 0 {
+		return 0, "", 0, err
+	}
+	return n.receiverPID, "127.0.0.1", f.nodes[n.upstream].port, nil
+}
+
+func (f *fakeCluster) TerminateWALSenders(ctx context.Context, node, slot, app string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, err := f.node(ctx, node); err != nil {
+		return 0, err
+	}
+	f.change("terminate-walsenders %s %s", node, app)
+	count := 0
+	for _, name := range f.order {
+		r := f.nodes[name]
+		if r.upstream == node && (r.live["primary_slot_name"] == slot || name == app) {
+			count++
+			f.stopReceiver(r)
+			if !r.paused && !r.delayed {
+				f.restartReceiver(r)
+			}
+		}
+	}
+	return count, nil
+}
+
+func (f *fakeCluster) ReplayPaused(ctx context.Context, node string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return false, err
+	}
+	return n.paused, nil
+}
+
+func (f *fakeCluster) CaptureSettings(ctx context.Context, node string, names ...string) (*SettingsSnapshot, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	s := &SettingsSnapshot{Settings: map[string]*string{}}
+	for _, name := range names {
+		if v, ok := n.auto[name]; ok {
+			s.Settings[name] = &v
+		} else {
+			s.Settings[name] = nil
+		}
+	}
+	return s, nil
+}
+
+func (f *fakeCluster) RestoreSettings(ctx context.Context, node string, s *SettingsSnapshot) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return err
+	}
+	f.change("restore-settings %s", node)
+	for name, v := range s.Settings {
+		if v == nil {
+			delete(n.auto, name)
+		} else {
+			n.auto[name] = *v
+		}
+	}
+	f.reload(n)
+	return nil
+}
+
+func (f *fakeCluster) Setting(ctx context.Context, node, name string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return "", err
+	}
+	if name == "server_version" {
+		return "15.18", nil
+	}
+	return n.live[name], nil
+}
+
+func (f *fakeCluster) FenceSQL(ctx context.Context, node string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return err
+	}
+	f.change("fence-sql %s", node)
+	n.auto["default_transaction_read_only"] = "on"
+	n.auto["synchronous_standby_names"] = fenceStandbyName
+	f.reload(n)
+	return nil
+}
+
+func (f *fakeCluster) CreateSlots(ctx context.Context, node string, slots []string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	f.change("create-slots %s %v", node, slots)
+	var made []string
+	for _, s := range slots {
+		if f.failSlotsAt > 0 && len(made) == f.failSlotsAt {
+			return made, fmt.Errorf("create slot %s: all replication slots are in use", s)
+		}
+		if _, ok := n.slots[s]; !ok {
+			n.slots[s] = false
+			made = append(made, s)
+		}
+	}
+	return made, nil
+}
+
+func (f *fakeCluster) DropSlots(ctx context.Context, node string, slots []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return err
+	}
+	f.change("drop-slots %s %v", node, slots)
+	for _, s := range slots {
+		if active, ok := n.slots[s]; ok && !active {
+			delete(n.slots, s)
+		}
+	}
+	return nil
+}
+
+func (f *fakeCluster) Promote(ctx context.Context, node string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrPromoteNotSent, err)
+	}
+	f.change("promote %s", node)
+	if f.promoteErr != nil {
+		return f.promoteErr
+	}
+	f.stopReceiver(n)
+	n.inRecovery, n.timeline = false, n.timeline+1
+	// Its cascading standbys follow the timeline switch on their stream.
+	for _, r := range f.nodes {
+		if r.upstream == node {
+			r.timeline = n.timeline
+		}
+	}
+	return nil
+}
+
+func (f *fakeCluster) Writable(ctx context.Context, node string) (uint32, topology.LSN, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return 0, 0, err
+	}
+	if n.inRecovery || n.live["default_transaction_read_only"] == "on" {
+		return 0, 0, errors.New("transaction_read_only is on")
+	}
+	return n.timeline, n.lsn + 0x1000, nil
+}
+
+func (f *fakeCluster) Repoint(ctx context.Context, node, conninfo, slot string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return err
+	}
+	f.change("repoint %s %s", node, conninfo)
+	n.auto["primary_conninfo"], n.auto["primary_slot_name"] = conninfo, slot
+	f.reload(n)
+	return nil
+}
+
+func (f *fakeCluster) WaitStreaming(ctx context.Context, node string, timeline uint32) error {
+	return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		n, err := f.node(ctx, node)
+		if err != nil {
+			return false, err
+		}
+		if n.receiverPID == 0 && !n.paused && !n.delayed {
+			// The startup process retries streaming with what is live.
+			f.restartReceiver(n)
+		}
+		return n.receiverPID != 0 && n.timeline >= timeline, nil
+	}, "timed out")
+}
+
+func (f *fakeCluster) SetSyncStandbys(ctx context.Context, node, value string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return err
+	}
+	f.change("set-sync %s %s", node, value)
+	n.auto["synchronous_standby_names"] = value
+	f.reload(n)
+	return nil
+}
+
+func (f *fakeCluster) StreamingStandbys(_ context.Context, node string, names []string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := 0
+	for _, name := range names {
+		if r := f.nodes[name]; r != nil && r.upstream == node {
+			c++
+		}
+	}
+	return c, nil
+}
+
+func (f *fakeCluster) RecordToken(ctx context.Context, node string, _ int64, _ string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, err := f.node(ctx, node)
+	f.change("record-token %s", node)
+	return err
+}
+
+func (f *fakeCluster) RunCommand(ctx context.Context, node, action string, _ map[string]string) (CommandResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.nodes[node]
+	f.change("command %s %s", node, action)
+	switch action {
+	case ActionStop, ActionFence, ActionKill:
+		n.up = false
+		for _, r := range f.nodes {
+			if r.upstream == node {
+				f.stopReceiver(r)
+			}
+		}
+	case ActionStart:
+		n.up = true
+		f.reload(n)
+	case ActionRejoin:
+		n.up, n.inRecovery = true, true
+		n.auto["primary_conninfo"] = "host=127.0.0.1 port=" + strconv.Itoa(f.primaryPort()) + " user=postgres"
+		n.auto["primary_slot_name"] = node
+		delete(n.auto, "default_transaction_read_only")
+		delete(n.auto, "synchronous_standby_names")
+		f.reload(n)
+		f.restartReceiver(n)
+	}
+	return CommandResult{Node: node, Action: action}, nil
+}
+
+func (f *fakeCluster) primaryPort() int {
+	for _, n := range f.nodes {
+		if n.up && !n.inRecovery {
+			return n.port
+		}
+	}
+	return 0
+}
+
+// writable lists the nodes that would accept a write now.
+func (f *fakeCluster) writable() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, name := range f.order {
+		n := f.nodes[name]
+		if n.up && !n.inRecovery && n.live["default_transaction_read_only"] != "on" && n.live["synchronous_standby_names"] != fenceStandbyName {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// nodeState is what a test compares before and after an operation.
+type nodeState struct {
+	Up, InRecovery bool
+	Auto           map[string]string
+	Slots          []string
+}
+
+func (f *fakeCluster) state() map[string]nodeState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]nodeState{}
+	for name, n := range f.nodes {
+		out[name] = nodeState{Up: n.up, InRecovery: n.inRecovery, Auto: maps.Clone(n.auto), Slots: slices.Sorted(maps.Keys(n.slots))}
+	}
+	return out
+}
+
+// dangling lists replicas whose settings name a node or slot that does
+// not exist: what a half-moved replica looks like when it next connects.
+func (f *fakeCluster) dangling() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, name := range f.order {
+		n := f.nodes[name]
+		if !n.inRecovery {
+			continue
+		}
+		up := f.nodes[f.byPort(conninfoPort(n.setting("primary_conninfo")))]
+		if up == nil {
+			out = append(out, name+": primary_conninfo names no node")
+			continue
+		}
+		if s := n.setting("primary_slot_name"); s != "" {
+			if _, ok := up.slots[s]; !ok {
+				out = append(out, fmt.Sprintf("%s: slot %s does not exist on %s", name, s, up.name))
+			}
+		}
+	}
+	return out
+}
+
+// fakeRecorder is the lock as plans use it: held until lose is called.
+type fakeRecorder struct {
+	mu   sync.Mutex
+	st   State
+	lost bool
+}
+
+func (r *fakeRecorder) isLost() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lost
+}
+
+func (r *fakeRecorder) lose() {
+	r.mu.Lock()
+	r.lost = true
+	r.mu.Unlock()
+}
+
+func (r *fakeRecorder) Check(context.Context, time.Duration) error {
+	if r.isLost() {
+		return &LockLostError{Reason: "the lease was revoked"}
+	}
+	return nil
+}
+
+func (r *fakeRecorder) Token() int64 { return 7 }
+
+func (r *fakeRecorder) UpdateState(_ context.Context, fn func(*State) error) (*State, int64, error) {
+	if r.isLost() {
+		return nil, 0, &LockLostError{Reason: "the lease was revoked"}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	err := fn(&r.st)
+	return &r.st, 1, err
+}
