@@ -513,10 +513,12 @@ func (p *PG) DropSlots(ctx context.Context, node string, slots []string) error {
 // the promotion may still happen.
 var ErrPromoteNotSent = errors.New("pg_promote() was not sent")
 
-// Promote asks the standby to promote and polls until it leaves recovery.
-// pg_promote(wait => true) polls only every 100 ms; we poll faster because
-// every millisecond here is write outage. A failure before the request was
-// sent wraps ErrPromoteNotSent.
+// Promote asks the standby to promote and polls until it leaves recovery,
+// reloading its configuration every promoteStall until it has, which wakes
+// a startup process that dozes instead of promoting. pg_promote(wait =>
+// true) polls only every 100 ms; we poll faster because every millisecond
+// here is write outage. A failure before the request was sent wraps
+// ErrPromoteNotSent.
 func (p *PG) Promote(ctx context.Context, node string) error {
 	c, err := p.live(ctx, node)
 	if err != nil {
@@ -535,14 +537,35 @@ func (p *PG) Promote(ctx context.Context, node string) error {
 	}
 	// Promotion takes a few milliseconds, all of them write outage: poll
 	// faster than Poll, which waits of seconds use.
+	nudged := time.Now()
 	return pollUntil(ctx, min(p.Poll, promotePoll), func(ctx context.Context) (bool, error) {
 		var rec bool
 		err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
 			return c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
 		})
-		return !rec, err
+		if err != nil || !rec {
+			return !rec, err
+		}
+		// When the old primary has just gone away, the startup process
+		// has restarted its WAL receiver and waits for it. A promote
+		// request that wakes it there, before that receiver has failed to
+		// connect, counts as a failed stream; the previous one (the old
+		// primary's stream ending) being less than
+		// wal_retrieve_retry_interval ago, it then sleeps out the rest of
+		// that interval, 5 s by default, before it ends recovery: the
+		// promote signal's wakeup is spent by then. The SIGHUP of a reload
+		// wakes it; after the promotion a reload changes nothing.
+		if now := time.Now(); now.Sub(nudged) > promoteStall {
+			nudged = now
+			return false, p.Reload(ctx, node)
+		}
+		return false, nil
 	}, "timed out")
 }
+
+// promoteStall is how long a promotion may take before Promote wakes the
+// startup process with a reload, and then again as often.
+const promoteStall = 20 * time.Millisecond
 
 // promotePoll is how often Promote looks whether the node left recovery.
 const promotePoll = time.Millisecond

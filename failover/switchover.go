@@ -372,7 +372,7 @@ func (sw *switchover) stepMarkFenced(reason string) Step {
 func (sw *switchover) stepPromote() Step {
 	c := sw.candidate.Name
 	return Step{ID: StepPromote, Node: c, Mutates: true, Timeout: sw.t.Promote, Budget: sw.budget(2 * time.Second), PointOfNoReturn: true,
-		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery (timeout %s)", c, sw.t.Promote),
+		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery (timeout %s); SELECT pg_reload_conf() wakes its startup process if that stalls", c, sw.t.Promote),
 		Run:         sw.promote}
 }
 
