@@ -63,7 +63,9 @@ type operation struct {
 	commands []failover.CommandResult
 }
 
-func (o *operation) run(ctx context.Context, p *failover.Plan, env *failover.Env) *failover.Result {
+// run executes p through exec (the driver's Run), with o's spec completed
+// by the progress printing and the command log.
+func (o *operation) run(ctx context.Context, p *failover.Plan, env *failover.Env, exec func(failover.OperationSpec) *failover.Result) *failover.Result {
 	total := len(p.Steps)
 	index := map[string]int{}
 	for i, s := range p.Steps {
@@ -81,7 +83,7 @@ func (o *operation) run(ctx context.Context, p *failover.Plan, env *failover.Env
 	}
 	log := &commandLog{Controller: env.Ctl}
 	env.Ctl = log
-	res := failover.RunOperation(ctx, o.spec, p, env)
+	res := exec(o.spec)
 	o.commands = log.all()
 	return res
 }

@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -187,24 +188,38 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	if cli != nil {
 		defer cli.Close()
 	}
-	obs := observe(ctx, cfg, o.Timeout, nil, recordFn)
+	drv, last := newDriver(cfg, o.Timeout, recordFn, o.IO)
+	req := failover.Request{Kind: failover.KindSwitchover, Switchover: failover.SwitchoverOptions{
+		Candidate: o.Node, MaxLag: uint64(o.MaxLag), CatchupTimeout: o.CatchupTimeout, CallTimeout: o.Timeout, NoRejoin: o.NoRejoin, RequireStop: o.RequireStop,
+	}}
+	params := map[string]string{"max_lag": o.MaxLag.String(), "catchup_timeout": o.CatchupTimeout.String(), "no_rejoin": fmt.Sprint(o.NoRejoin)}
 	if o.Emergency {
-		return o.runEmergency(ctx, cfg, cli, obs, recordFn)
+		req = failover.Request{Kind: failover.KindFailover, Emergency: failover.EmergencyOptions{Candidate: o.Node, AllowDataLoss: o.AllowDataLoss,
+			Force: o.Force, NoFence: o.NoFence, CatchupTimeout: o.CatchupTimeout, CallTimeout: o.Timeout}}
+		params = map[string]string{"allow_data_loss": fmt.Sprint(o.AllowDataLoss), "force": fmt.Sprint(o.Force), "no_fence": fmt.Sprint(o.NoFence)}
 	}
-	rep := &promoteReport{DryRun: o.DryRun, Cluster: cfg.Cluster, OperationPlan: failover.OperationPlan{Kind: "switchover", Primary: string(obs.Snap.Primary)}}
-
-	plan, results, perr := o.plan(cfg, obs, rep, nil)
-	lockCheck, err := lockGate(obs, cfg, o.DryRun, o.LockWait)
+	prep := drv.Prepare(ctx, req, nil)
+	lockCheck, err := lockGate(*last, cfg, o.DryRun, o.LockWait)
 	if err != nil {
 		return err
 	}
-	results = append(results, lockCheck)
-	rep.Checks = results
-	failed := checks.Failed(results)
-	rep.Proceed = len(failed) == 0 && perr == nil
-	rep.Plan = plan
-
-	if o.DryRun || len(failed) > 0 || perr != nil {
+	rep := &promoteReport{DryRun: o.DryRun, Cluster: cfg.Cluster, OperationPlan: *prep.Op}
+	rep.Checks = append(slices.Clone(rep.Checks), lockCheck)
+	failed := checks.Failed(rep.Checks)
+	var perr error
+	if rep.Error != "" {
+		perr = errors.New(rep.Error)
+	}
+	rep.Proceed = len(failed) == 0 && perr == nil && rep.Plan != nil
+	if an := rep.Emergency; an != nil {
+		if o.Force && !an.Evidence.Conclusive {
+			fmt.Fprintf(o.IO.ErrOut, "WARNING: --force: proceeding although %s\n", an.Evidence.Verdict)
+		}
+		if o.NoFence {
+			fmt.Fprintf(o.IO.ErrOut, "WARNING: --no-fence: %s will not be fenced; if it is alive, this makes two writable primaries\n", an.OldPrimary)
+		}
+	}
+	if o.DryRun || !rep.Proceed {
 		if err := o.render(rep); err != nil {
 			return err
 		}
@@ -212,62 +227,70 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	}
 
 	// A real run: show the plan where someone can read it, then confirm.
+	question := fmt.Sprintf("Promote %s and demote %s?", rep.Candidate, rep.Primary)
 	if o.Output == "table" {
-		fmt.Fprintf(o.IO.ErrOut, "Switchover of %s from %s to %s (%s fence):\n", cfg.Cluster, rep.Primary, rep.Candidate, plan.Fence)
-		writePlan(o.IO.ErrOut, plan)
+		if rep.Emergency != nil {
+			fmt.Fprintf(o.IO.ErrOut, "Emergency failover of %s from %s to %s:\n%s\n", cfg.Cluster, rep.Primary, rep.Candidate, rep.Emergency.Choice.Proof.Message)
+		} else {
+			fmt.Fprintf(o.IO.ErrOut, "Switchover of %s from %s to %s (%s fence):\n", cfg.Cluster, rep.Primary, rep.Candidate, rep.Plan.Fence)
+		}
+		writePlan(o.IO.ErrOut, rep.Plan)
 	}
-	if err := o.IO.Confirm(fmt.Sprintf("Promote %s and demote %s?", rep.Candidate, rep.Primary), o.Yes); err != nil {
+	if rep.Emergency != nil {
+		question = fmt.Sprintf("Fence %s and promote %s?", rep.Primary, rep.Candidate)
+	}
+	if err := o.IO.Confirm(question, o.Yes); err != nil {
 		return err
 	}
 	ctl, closeCtl := o.Factory.Controller(cfg, o.Timeout)
 	defer closeCtl()
 	env := &failover.Env{Ctl: ctl}
-	plan, _, err = o.plan(cfg, obs, &promoteReport{}, env)
-	if err != nil {
-		return &ExitError{Code: ExitUnsafe, Err: err}
+	op := drv.Replan(prep, env)
+	if op.Plan == nil || op.Error != "" {
+		return &ExitError{Code: ExitUnsafe, Err: fmt.Errorf("the plan could not be built again: %s", op.Error)}
 	}
-	op := &operation{f: o.Factory, spec: failover.OperationSpec{
-		Cfg: cfg, Cli: cli, Kind: "switchover", Command: o.Command, LockWait: o.LockWait,
-		Params: map[string]string{"candidate": rep.Candidate, "primary": rep.Primary, "fence": plan.Fence,
-			"max_lag": o.MaxLag.String(), "catchup_timeout": o.CatchupTimeout.String(), "no_rejoin": fmt.Sprint(o.NoRejoin)},
-		Rebuild: func(ctx context.Context) (*failover.Plan, []checks.Result, error) {
-			obs := observe(ctx, cfg, o.Timeout, nil, func(rctx context.Context) (*recordInfo, error) { return readRecordWith(rctx, cli, cfg) })
-			// Keep the candidate that was shown: under write load two
-			// replicas can swap places by a few bytes of lag, and the
-			// re-check is about safety, not about choosing again.
-			pinned := *o
-			pinned.Node = rep.Candidate
-			return pinned.plan(cfg, obs, &promoteReport{}, nil)
-		},
-	}}
-	res := op.run(ctx, plan, env)
-	rep.Result, rep.Commands = res, op.commands
+	rep.Plan = op.Plan
+	params["candidate"], params["primary"] = rep.Candidate, rep.Primary
+	if an := rep.Emergency; an != nil {
+		params["old_primary"], params["evidence"], params["sync_proof"] = an.OldPrimary, an.Evidence.Verdict, an.Choice.Proof.Message
+	} else {
+		params["fence"] = op.Plan.Fence
+	}
+	run := &operation{f: o.Factory, spec: failover.OperationSpec{Cfg: cfg, Cli: cli, Command: o.Command, LockWait: o.LockWait, Params: params}}
+	res := run.run(ctx, op.Plan, env, func(spec failover.OperationSpec) *failover.Result { return drv.Run(ctx, prep, op, env, spec) })
+	rep.Result, rep.Commands = res, run.commands
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
 	}
 	if res.Outcome != failover.OutcomeSucceeded {
 		rep.Final = probeFinal(ctx, cfg, o.Timeout)
 	}
-	rep.WriteOutageSeconds = writeOutage(res)
+	if rep.Emergency == nil {
+		rep.WriteOutageSeconds = writeOutage(res)
+	}
 	if err := o.render(rep); err != nil {
 		return err
 	}
 	return resultCode(res)
 }
 
-// plan chooses the candidate, runs the preflight and builds the plan from
-// one observation: the same function for the dry-run, the real run and the
-// re-check under the lock.
-func (o *PromoteOptions) plan(cfg *config.Config, obs observation, rep *promoteReport, env *failover.Env) (*failover.Plan, []checks.Result, error) {
-	p, rank, results, err := failover.PlanSwitchover(cfg, obs.Snap, failover.SwitchoverOptions{
-		Candidate: o.Node, MaxLag: uint64(o.MaxLag), CatchupTimeout: o.CatchupTimeout, CallTimeout: o.Timeout, NoRejoin: o.NoRejoin, RequireStop: o.RequireStop,
-	}, env)
-	rep.Choice = rank
-	rep.Candidate = o.Node
-	if rank != nil {
-		rep.Candidate = rank.Chosen
-	}
-	return p, results, err
+// newDriver is the operation driver over this command's observations. The
+// last observation it made is kept for the lock gate, which needs the
+// lock's holder as seen by the same look.
+func newDriver(cfg *config.Config, timeout time.Duration, recordFn func(context.Context) (*recordInfo, error), ios *IOStreams) (*failover.Driver, *observation) {
+	last := &observation{}
+	return &failover.Driver{
+		Cfg: cfg,
+		Observe: func(ctx context.Context) failover.Observation {
+			*last = observe(ctx, cfg, timeout, nil, recordFn)
+			return failover.Observation{Snap: last.Snap, State: stateOf(*last)}
+		},
+		Confirm: func(ctx context.Context, obs failover.Observation) []failover.ProbeAttempt {
+			return failover.ConfirmDown(ctx, cfg, obs.Snap, obs.State, timeout, func(old string) {
+				fmt.Fprintf(ios.ErrOut, "probing %s over %s (failover.confirm_window)...\n", old, cfg.Failover.ConfirmWindow)
+			})
+		},
+	}, last
 }
 
 func (o *PromoteOptions) render(rep *promoteReport) error {

@@ -2,8 +2,10 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -95,17 +97,21 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	if cli != nil {
 		defer cli.Close()
 	}
-	obs := observe(ctx, cfg, o.Timeout, nil, recordFn)
-	rep := &rejoinReport{DryRun: o.DryRun, Node: o.Node, Primary: string(obs.Snap.Primary)}
-	plan, results, perr := failover.PlanRejoin(cfg, obs.Snap, o.Node, nil)
-	lockCheck, err := lockGate(obs, cfg, o.DryRun, o.LockWait)
+	drv, last := newDriver(cfg, o.Timeout, recordFn, o.IO)
+	prep := drv.Prepare(ctx, failover.Request{Kind: failover.KindRejoin, Node: o.Node}, nil)
+	rep := &rejoinReport{DryRun: o.DryRun, Node: o.Node, Primary: prep.Op.Primary}
+	var perr error
+	if prep.Op.Error != "" {
+		perr = errors.New(prep.Op.Error)
+	}
+	lockCheck, err := lockGate(*last, cfg, o.DryRun, o.LockWait)
 	if err != nil {
 		return err
 	}
-	results = append(results, lockCheck)
-	rep.Checks, rep.Plan = results, plan
+	results := append(slices.Clone(prep.Op.Checks), lockCheck)
+	rep.Checks, rep.Plan = results, prep.Op.Plan
 	failed := checks.Failed(results)
-	rep.Proceed = len(failed) == 0 && perr == nil
+	rep.Proceed = len(failed) == 0 && perr == nil && rep.Plan != nil
 	show := func() error {
 		return render(o.IO, o.Output, rep, func(w io.Writer) error { return writeRejoinText(w, o.IO.StdoutTTY, rep) })
 	}
@@ -117,7 +123,7 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	}
 	if o.Output == "table" {
 		fmt.Fprintf(o.IO.ErrOut, "Rejoin %s as a replica of %s:\n", o.Node, rep.Primary)
-		writePlan(o.IO.ErrOut, plan)
+		writePlan(o.IO.ErrOut, rep.Plan)
 	}
 	if err := o.IO.Confirm(fmt.Sprintf("Rejoin %s as a replica of %s?", o.Node, rep.Primary), o.Yes); err != nil {
 		return err
@@ -125,19 +131,15 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	ctl, closeCtl := o.Factory.Controller(cfg, o.Timeout)
 	defer closeCtl()
 	env := &failover.Env{Ctl: ctl}
-	plan, _, err = failover.PlanRejoin(cfg, obs.Snap, o.Node, env)
-	if err != nil {
-		return err
+	plan := drv.Replan(prep, env)
+	if plan.Plan == nil || plan.Error != "" {
+		return &ExitError{Code: ExitUnsafe, Err: fmt.Errorf("the plan could not be built again: %s", plan.Error)}
 	}
 	op := &operation{f: o.Factory, spec: failover.OperationSpec{
-		Cfg: cfg, Cli: cli, Kind: "rejoin", Command: o.Command, LockWait: o.LockWait,
+		Cfg: cfg, Cli: cli, Command: o.Command, LockWait: o.LockWait,
 		Params: map[string]string{"node": o.Node, "primary": rep.Primary},
-		Rebuild: func(ctx context.Context) (*failover.Plan, []checks.Result, error) {
-			obs := observe(ctx, cfg, o.Timeout, nil, func(rctx context.Context) (*recordInfo, error) { return readRecordWith(rctx, cli, cfg) })
-			return failover.PlanRejoin(cfg, obs.Snap, o.Node, nil)
-		},
 	}}
-	res := op.run(ctx, plan, env)
+	res := op.run(ctx, plan.Plan, env, func(spec failover.OperationSpec) *failover.Result { return drv.Run(ctx, prep, plan, env, spec) })
 	rep.Result, rep.Commands = res, op.commands
 	if res.Err != nil {
 		rep.Error = res.Err.Error()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/topology"
 	tt "github.com/replctl/replctl/topology/topologytest"
@@ -109,7 +110,7 @@ func planRejoinForTest(cfg *config.Config, snap *topology.Snapshot, env *Env) (*
 	p, results, err := PlanRejoin(cfg, snap, "pg1", env)
 	var failed []string
 	for _, r := range results {
-		if r.Level.String() == "critical" {
+		if r.Level == checks.Critical {
 			failed = append(failed, r.Name+": "+r.Message)
 		}
 	}
@@ -464,5 +465,77 @@ func TestEngineHungReplicaReleasedBeforeStop(t *testing.T) {
 	stop := slices.Index(c.ctl.calls, "command pg1 stop")
 	if term < 0 || term > stop {
 		t.Errorf("calls %v: want pg3's walsender terminated before the stop", c.ctl.calls)
+	}
+}
+
+// The plan rebuilt under the lock keeps the candidate that was shown, for
+// every kind: the CLI's emergency path once chose again while the drill's
+// pinned it. A replica that becomes better under the lock does not change
+// the plan; one that makes the pinned candidate unsafe refuses it.
+func TestDriverPinsCandidate(t *testing.T) {
+	t.Parallel()
+	cfg := engineConfig(true, "pg1", "pg2", "pg3")
+	lsn := topology.LSN(0x30000000)
+	looks := []Observation{}
+	// First look: pg2 the least behind. Second: pg3 2 MB closer.
+	first := topology.Classify(cfg, []topology.NodeStatus{tt.Primary("pg1", lsn, "pg2", "pg3"), tt.Replica("pg2", 5432, lsn-0x100), tt.Replica("pg3", 5432, lsn-0x300000)}, nil)
+	second := topology.Classify(cfg, []topology.NodeStatus{tt.Primary("pg1", lsn, "pg2", "pg3"), tt.Replica("pg2", 5432, lsn-0x300000), tt.Replica("pg3", 5432, lsn-0x100)}, nil)
+	looks = append(looks, Observation{Snap: first}, Observation{Snap: second})
+	i := 0
+	d := &Driver{Cfg: cfg, Observe: func(context.Context) Observation { o := looks[min(i, len(looks)-1)]; i++; return o }}
+	prep := d.Prepare(t.Context(), Request{Kind: KindSwitchover, Switchover: SwitchoverOptions{MaxLag: 16 << 20}}, nil)
+	if prep.Op.Candidate != "pg2" || prep.Op.Plan == nil {
+		t.Fatalf("prepared %+v", prep.Op)
+	}
+	p, results, err := d.rebuild(prep, prep.Op)(t.Context())
+	if err != nil || p == nil || !slices.Equal(p.Descriptions(), prep.Op.Plan.Descriptions()) {
+		t.Fatalf("rebuilt under the lock: %v %v, want the same plan for pg2", err, results)
+	}
+
+	// Emergency: pg3 ahead under the lock makes the pinned pg2 lose data.
+	cfg = engineConfig(false, "pg1", "pg2", "pg3")
+	dead := func(name string, recv topology.LSN) topology.NodeStatus {
+		st := tt.Replica(name, 5432, recv)
+		st.WALReceiver = nil
+		return st
+	}
+	st := &State{Primary: "pg1", Sync: SyncSettings{Commit: "on"}}
+	looks = []Observation{
+		{Snap: topology.Classify(cfg, []topology.NodeStatus{{Name: "pg1", Error: "refused"}, dead("pg2", lsn), dead("pg3", lsn-0x100)}, nil), State: st},
+		{Snap: topology.Classify(cfg, []topology.NodeStatus{{Name: "pg1", Error: "refused"}, dead("pg2", lsn), dead("pg3", lsn+0x100)}, nil), State: st},
+	}
+	i = 0
+	d = &Driver{Cfg: cfg, Observe: func(context.Context) Observation { o := looks[min(i, len(looks)-1)]; i++; return o }}
+	prep = d.Prepare(t.Context(), Request{Kind: KindFailover, Emergency: EmergencyOptions{CatchupTimeout: time.Second}}, nil)
+	if prep.Op.Candidate != "pg2" || prep.Op.Plan == nil {
+		t.Fatalf("prepared %+v %v", prep.Op, prep.Op.Checks)
+	}
+	p, results, err = d.rebuild(prep, prep.Op)(t.Context())
+	var failed []string
+	for _, r := range results {
+		if r.Level == checks.Critical {
+			failed = append(failed, r.Name)
+		}
+	}
+	if p != nil || !slices.Contains(failed, "most_advanced") {
+		t.Fatalf("rebuilt with pg3 ahead: plan %v, failed %v: want pg2 refused, not pg3 chosen", p != nil, failed)
+	}
+}
+
+// The SQL fence's final position is the end of the last record: an insert
+// position just past a page header (the last record ended on a page
+// boundary) is never flushed, nor replayed by any standby.
+func TestRecordEnd(t *testing.T) {
+	t.Parallel()
+	const bs, seg = 8192, 16 << 20
+	for _, c := range []struct{ in, want topology.LSN }{
+		{0x5039FA8, 0x5039FA8},
+		{0x503A018, 0x503A000},       // short header after a page boundary
+		{0x6000028, 0x6000000},       // long header at a segment start
+		{0x503A000 + 100, 0x503A064}, // in a page
+	} {
+		if got := recordEnd(c.in, bs, seg); got != c.want {
+			t.Errorf("recordEnd(%s) = %s, want %s", c.in, got, c.want)
+		}
 	}
 }

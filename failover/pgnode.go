@@ -395,21 +395,49 @@ func (p *PG) FenceSQL(ctx context.Context, node string) error {
 
 // FinalLSN reads the insert position and waits until it is flushed.
 func (p *PG) FinalLSN(ctx context.Context, node string) (topology.LSN, error) {
-	var s string
+	var ins string
+	var block, segment int64
 	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
-		if err := c.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&s); err != nil {
+		if err := c.QueryRow(ctx, `SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::bigint,
+			(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')`).Scan(&ins, &block, &segment); err != nil {
 			return err
 		}
+		l, err := topology.ParseLSN(ins)
+		if err != nil {
+			return err
+		}
+		ins = recordEnd(l, block, segment).String()
 		return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
 			var flushed bool
-			err := c.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn", s).Scan(&flushed)
+			err := c.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn", ins).Scan(&flushed)
 			return flushed, err
-		}, "the insert position "+s+" was not flushed")
+		}, "the insert position "+ins+" was not flushed")
 	})
 	if err != nil {
 		return 0, err
 	}
-	return topology.ParseLSN(s)
+	return topology.ParseLSN(ins)
+}
+
+// WAL page header sizes (SizeOfXLogShortPHD, SizeOfXLogLongPHD on 64-bit
+// builds): the long one starts each segment.
+const (
+	walShortHeader = 24
+	walLongHeader  = 40
+)
+
+// recordEnd turns an insert position into the end of the last record.
+// When the last record ended exactly at a page boundary, the insert
+// position points past the next page's header, which no record fills yet:
+// it is never flushed, and no standby ever replays up to it.
+func recordEnd(ins topology.LSN, block, segment int64) topology.LSN {
+	switch {
+	case segment > 0 && uint64(ins)%uint64(segment) == walLongHeader:
+		return ins - walLongHeader
+	case block > 0 && uint64(ins)%uint64(block) == walShortHeader:
+		return ins - walShortHeader
+	}
+	return ins
 }
 
 // ReceiverUpstream reads where the WAL receiver is connected.

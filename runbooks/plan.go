@@ -178,20 +178,16 @@ func (e *Engine) planNow(ctx context.Context, ps *PlannedStep, s *Step, rb *Runb
 			ps.Detail = node + " already streams from " + string(snap.Primary) + ": a run skips this step"
 			return
 		}
-		plan, results, perr := failover.PlanRejoin(e.Cfg, snap, node, nil)
-		results = append(results, lockRes)
-		op := &OperationPlan{Kind: "rejoin", Primary: string(snap.Primary), Candidate: node, Checks: results, Plan: plan}
-		if perr != nil {
-			op.Error = perr.Error()
-		}
-		failed := checks.Failed(results)
-		op.Proceed = len(failed) == 0 && perr == nil
+		op := failover.PlanFrom(e.Cfg, failover.Request{Kind: failover.KindRejoin, Node: node}, failover.Observation{Snap: snap, State: obs.State}, nil, nil)
+		op.Checks = append(op.Checks, lockRes)
+		failed := checks.Failed(op.Checks)
+		op.Proceed = op.Proceed && lockRes.Level == checks.OK
 		ps.Promote = op
 		if len(failed) > 0 && !(len(failed) == 1 && failed[0].Name == "lock") {
 			refuse(checkSummary(failed))
 			ps.Checks = failed
-		} else if perr != nil {
-			refuse(perr.Error())
+		} else if op.Error != "" {
+			refuse(op.Error)
 		}
 	case KindNode:
 		e.planNode(ps, s, initial, snap)
@@ -345,37 +341,40 @@ func promoteWillCheck(cfg *config.Config, s *Step) []string {
 	return out
 }
 
-// planPromotion chooses the candidate, runs the preflight and builds the
-// plan from one snapshot, for the dry-run (env nil) and the run alike, so
-// the two show the same steps.
+// request is the promotion a step asks for, with cand as the candidate
+// ("" lets replctl choose).
+func (e *Engine) request(s *Step, cand string) failover.Request {
+	if s.Promote == PromoteEmergency {
+		return failover.Request{Kind: failover.KindFailover, Emergency: emergencyOptions(s, cand, e.timeout())}
+	}
+	return failover.Request{Kind: failover.KindSwitchover, Switchover: switchoverOptions(s, cand, e.timeout())}
+}
+
+// planPromotion plans a step's promotion from one observation with the
+// driver's own planning function, for the dry-run (env nil) and the run
+// alike, so the two show the same steps.
 func (e *Engine) planPromotion(s *Step, snap *topology.Snapshot, st *failover.State, cand string,
 	probes []failover.ProbeAttempt, env *failover.Env) *OperationPlan {
-	op := &OperationPlan{Primary: string(snap.Primary)}
-	if s.Promote == PromoteEmergency {
-		op.Kind = "failover"
-		plan, an, err := failover.PlanEmergency(e.Cfg, snap, st, probes, emergencyOptions(s, cand, e.timeout()), env)
-		op.Plan, op.Emergency, op.Checks = plan, an, an.Checks
-		op.Primary, op.Candidate = an.OldPrimary, an.Choice.Chosen
-		if an.Choice.Chosen != "" {
-			op.Choice = &an.Choice.Ranking
-		}
-		if err != nil {
-			op.Error = err.Error()
-		}
-		op.Proceed = len(checks.Failed(op.Checks)) == 0 && err == nil
-		return op
+	return failover.PlanFrom(e.Cfg, e.request(s, cand), failover.Observation{Snap: snap, State: st}, probes, env)
+}
+
+// driver is the operation driver over the engine's observations.
+func (e *Engine) driver(progress func(string)) *failover.Driver {
+	return &failover.Driver{
+		Cfg: e.Cfg,
+		Observe: func(ctx context.Context) failover.Observation {
+			o := e.observe(ctx)
+			return failover.Observation{Snap: o.Snap, State: o.State}
+		},
+		Confirm: func(ctx context.Context, obs failover.Observation) []failover.ProbeAttempt {
+			// As promote --emergency does: a primary that does not answer
+			// is probed over the confirmation window before it is
+			// declared dead.
+			return failover.ConfirmDown(ctx, e.Cfg, obs.Snap, obs.State, e.timeout(), func(old string) {
+				progress(fmt.Sprintf("probing %s over %s (failover.confirm_window)", old, e.Cfg.Failover.ConfirmWindow))
+			})
+		},
 	}
-	op.Kind = "switchover"
-	plan, rank, results, err := failover.PlanSwitchover(e.Cfg, snap, switchoverOptions(s, cand, e.timeout()), env)
-	op.Plan, op.Choice, op.Checks, op.Candidate = plan, rank, results, cand
-	if rank != nil {
-		op.Candidate = rank.Chosen
-	}
-	if err != nil {
-		op.Error = err.Error()
-	}
-	op.Proceed = len(checks.Failed(results)) == 0 && err == nil
-	return op
 }
 
 func switchoverOptions(s *Step, cand string, call time.Duration) failover.SwitchoverOptions {

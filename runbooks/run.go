@@ -291,14 +291,14 @@ func (d *drill) sink(ctx context.Context, s *Step, sr *StepReport) failover.Sink
 	}
 }
 
-// execute runs a promotion or rejoin plan under the drill's lock.
-func (d *drill) execute(ctx context.Context, s *Step, sr *StepReport, kind string, plan *failover.Plan, env *failover.Env,
-	rebuild func(ctx context.Context) (*failover.Plan, []checks.Result, error)) error {
+// execute runs a promotion or rejoin, prepared and planned with env, under
+// the drill's lock, through the driver.
+func (d *drill) execute(ctx context.Context, s *Step, sr *StepReport, drv *failover.Driver, prep *failover.Prepared, op *failover.OperationPlan, env *failover.Env) error {
 	if err := d.lock.Check(ctx, time.Second); err != nil {
 		return err
 	}
-	res := failover.RunOperation(ctx, failover.OperationSpec{Cfg: d.e.Cfg, Cli: d.e.Cli, Kind: kind, Held: d.lock,
-		Rebuild: rebuild, Sink: d.sink(ctx, s, sr), Now: d.e.Now}, plan, env)
+	res := drv.Run(ctx, prep, op, env, failover.OperationSpec{Cfg: d.e.Cfg, Cli: d.e.Cli, Held: d.lock,
+		Sink: d.sink(ctx, s, sr), Now: d.e.Now})
 	sr.Plan = res
 	switch res.Outcome {
 	case failover.OutcomeSucceeded:
@@ -328,45 +328,7 @@ func (d *drill) promote(ctx context.Context, s *Step, sr *StepReport) error {
 		sr.measure("skipped", cand+" is already the primary")
 		return nil
 	}
-	var probes []failover.ProbeAttempt
-	if s.Promote == PromoteEmergency {
-		// As promote --emergency does: a primary that does not answer is
-		// probed over the confirmation window before it is declared dead.
-		probes = failover.ConfirmDown(ctx, d.e.Cfg, obs.Snap, obs.State, d.e.timeout(), func(old string) {
-			d.e.emit(Event{Type: EventProgress, Step: sr, Message: fmt.Sprintf("probing %s over %s (failover.confirm_window)", old, d.e.Cfg.Failover.ConfirmWindow)})
-		})
-		if probes != nil {
-			obs = d.e.observe(ctx)
-		}
-	}
-	env := d.env(sr)
-	op := d.e.planPromotion(s, obs.Snap, obs.State, cand, probes, env)
-	sr.Node = op.Candidate
-	if failed := checks.Failed(op.Checks); len(failed) > 0 {
-		sr.Checks, sr.Refused, sr.Hint = failed, true, failed[0].Hint
-		return &failover.RefusedError{Failed: failed}
-	}
-	if op.Error != "" {
-		sr.Refused = true
-		return errors.New(op.Error)
-	}
-	sr.measure("candidate", op.Candidate)
-	sr.measure("from", op.Primary)
-	// Under the lock the candidate chosen here is kept: re-choosing could
-	// flip between two replicas equally caught up (their lag moves with
-	// every write) and refuse a plan that is just as safe. Every check of
-	// the preflight still runs on the fresh look.
-	chosen := op.Candidate
-	rebuild := func(rctx context.Context) (*failover.Plan, []checks.Result, error) {
-		o := d.e.observe(rctx)
-		p := d.e.planPromotion(s, o.Snap, o.State, chosen, nil, nil)
-		var err error
-		if p.Error != "" {
-			err = errors.New(p.Error)
-		}
-		return p.Plan, p.Checks, err
-	}
-	err = d.execute(ctx, s, sr, op.Kind, op.Plan, env, rebuild)
+	err = d.operate(ctx, s, sr, d.e.request(s, cand))
 	if out := promoteOutage(sr.Plan); out != nil {
 		sr.measure(MetricPromoteOutage, roundDur(*out).String())
 		if d.promoteOut == nil || *out > *d.promoteOut {
@@ -374,6 +336,38 @@ func (d *drill) promote(ctx context.Context, s *Step, sr *StepReport) error {
 		}
 	}
 	return err
+}
+
+// operate prepares req with the driver (observe, confirm, plan), reports a
+// refusal, and otherwise runs the plan under the drill's lock. Under the
+// lock the candidate chosen here is kept (the driver pins it): every check
+// of the preflight still runs on the fresh look.
+func (d *drill) operate(ctx context.Context, s *Step, sr *StepReport, req failover.Request) error {
+	drv := d.e.driver(func(msg string) { d.e.emit(Event{Type: EventProgress, Step: sr, Message: msg}) })
+	prep := drv.Prepare(ctx, req, nil)
+	op := prep.Op
+	sr.Node = op.Candidate
+	if failed := checks.Failed(op.Checks); len(failed) > 0 {
+		sr.Checks, sr.Refused, sr.Hint = failed, true, failed[0].Hint
+		return &failover.RefusedError{Failed: failed}
+	}
+	if op.Error != "" || op.Plan == nil {
+		sr.Refused = true
+		return errors.New(op.Error)
+	}
+	if req.Kind == failover.KindRejoin {
+		sr.measure("primary", op.Primary)
+	} else {
+		sr.measure("candidate", op.Candidate)
+		sr.measure("from", op.Primary)
+	}
+	env := d.env(sr)
+	run := drv.Replan(prep, env)
+	if run.Plan == nil || run.Error != "" {
+		sr.Refused = true
+		return fmt.Errorf("the plan could not be built again: %s", run.Error)
+	}
+	return d.execute(ctx, s, sr, drv, prep, run, env)
 }
 
 func (d *drill) rejoin(ctx context.Context, s *Step, sr *StepReport) error {
@@ -395,19 +389,7 @@ func (d *drill) rejoin(ctx context.Context, s *Step, sr *StepReport) error {
 		sr.measure("skipped", node+" is the primary")
 		return nil
 	}
-	env := d.env(sr)
-	plan, results, err := failover.PlanRejoin(d.e.Cfg, obs.Snap, node, env)
-	if failed := checks.Failed(results); len(failed) > 0 {
-		sr.Checks, sr.Refused, sr.Hint = failed, true, failed[0].Hint
-		return &failover.RefusedError{Failed: failed}
-	}
-	if err != nil {
-		return err
-	}
-	sr.measure("primary", string(obs.Snap.Primary))
-	return d.execute(ctx, s, sr, "rejoin", plan, env, func(rctx context.Context) (*failover.Plan, []checks.Result, error) {
-		return failover.PlanRejoin(d.e.Cfg, d.e.observe(rctx).Snap, node, nil)
-	})
+	return d.operate(ctx, s, sr, failover.Request{Kind: failover.KindRejoin, Node: node})
 }
 
 func (d *drill) node(ctx context.Context, s *Step, sr *StepReport) error {
