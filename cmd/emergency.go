@@ -5,9 +5,10 @@ import (
 	"io"
 
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
 )
 
-func stateOf(obs observation) *failover.State {
+func stateOf(obs observation) *etcdlock.State {
 	if obs.Record == nil {
 		return nil
 	}

@@ -20,7 +20,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/failover/writeprobe"
 	"github.com/replctl/replctl/testenv"
 	"github.com/replctl/replctl/topology"
@@ -105,7 +106,7 @@ func emLoad(t testing.TB, cfgPath string) *config.Config {
 
 func emEtcd(t testing.TB, cfg *config.Config) *clientv3.Client {
 	t.Helper()
-	cli, err := failover.Connect(t.Context(), cfg.Etcd)
+	cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,15 +127,15 @@ func emRevision(t testing.TB, cli *clientv3.Client) int64 {
 
 // emSeedRecord writes the cluster record as an operation holding the lock
 // would: the tests that need one without running an operation first.
-func emSeedRecord(t testing.TB, cli *clientv3.Client, cfg *config.Config, fn func(*failover.State)) {
+func emSeedRecord(t testing.TB, cli *clientv3.Client, cfg *config.Config, fn func(*etcdlock.State)) {
 	t.Helper()
 	ctx := t.Context()
-	l, err := failover.Acquire(ctx, cli, failover.LockOptions{Prefix: cfg.Etcd.Prefix, Cluster: cfg.Cluster, TTL: 10 * time.Second})
+	l, err := etcdlock.Acquire(ctx, cli, etcdlock.LockOptions{Prefix: cfg.Etcd.Prefix, Cluster: cfg.Cluster, TTL: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Release(context.WithoutCancel(ctx))
-	if _, _, err := l.UpdateState(ctx, func(s *failover.State) error { fn(s); return nil }); err != nil {
+	if _, _, err := l.UpdateState(ctx, func(s *etcdlock.State) error { fn(s); return nil }); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -145,15 +146,15 @@ func emSeedRecord(t testing.TB, cli *clientv3.Client, cfg *config.Config, fn fun
 func emSeedAsync(t testing.TB, cfgPath string) {
 	t.Helper()
 	cfg := emLoad(t, cfgPath)
-	emSeedRecord(t, emEtcd(t, cfg), cfg, func(s *failover.State) {
+	emSeedRecord(t, emEtcd(t, cfg), cfg, func(s *etcdlock.State) {
 		s.Primary = "pg1"
-		s.Sync = failover.SyncSettings{StandbyNames: "", Commit: "on", SeenAt: time.Now()}
+		s.Sync = etcdlock.SyncSettings{StandbyNames: "", Commit: "on", SeenAt: time.Now()}
 	})
 }
 
-func emState(t testing.TB, cli *clientv3.Client, cfg *config.Config) (*failover.State, int64) {
+func emState(t testing.TB, cli *clientv3.Client, cfg *config.Config) (*etcdlock.State, int64) {
 	t.Helper()
-	st, rev, err := failover.ReadState(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster)
+	st, rev, err := etcdlock.ReadState(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -685,9 +686,9 @@ func TestEmergencyRefusalsAsync(t *testing.T) {
 	cfgPath := emConfig(t, c, nil, "")
 	cfg := emLoad(t, cfgPath)
 	cli := emEtcd(t, cfg)
-	emSeedRecord(t, cli, cfg, func(s *failover.State) {
+	emSeedRecord(t, cli, cfg, func(s *etcdlock.State) {
 		s.Primary = "pg1"
-		s.Sync = failover.SyncSettings{StandbyNames: "", Commit: "on", SeenAt: time.Now()}
+		s.Sync = etcdlock.SyncSettings{StandbyNames: "", Commit: "on", SeenAt: time.Now()}
 	})
 
 	t.Run("primary streaming but unreachable from replctl", func(t *testing.T) {
@@ -780,15 +781,15 @@ func TestEmergencyRefusalsSync(t *testing.T) {
 	cfgPath := emConfig(t, c, nil, "")
 	cfg := emLoad(t, cfgPath)
 	cli := emEtcd(t, cfg)
-	emSeedRecord(t, cli, cfg, func(s *failover.State) {
+	emSeedRecord(t, cli, cfg, func(s *etcdlock.State) {
 		s.Primary = "pg1"
-		s.Sync = failover.SyncSettings{StandbyNames: "ANY 1 (pg2, pg3)", Commit: "on", SeenAt: time.Now()}
+		s.Sync = etcdlock.SyncSettings{StandbyNames: "ANY 1 (pg2, pg3)", Commit: "on", SeenAt: time.Now()}
 	})
 	emCrash(t, c, "pg1")
 
 	t.Run("the lock is held", func(t *testing.T) {
-		l, err := failover.Acquire(ctx, cli, failover.LockOptions{Prefix: cfg.Etcd.Prefix, Cluster: cfg.Cluster, TTL: 30 * time.Second,
-			Actor: failover.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"}})
+		l, err := etcdlock.Acquire(ctx, cli, etcdlock.LockOptions{Prefix: cfg.Etcd.Prefix, Cluster: cfg.Cluster, TTL: 30 * time.Second,
+			Actor: etcdlock.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -819,8 +820,8 @@ func TestEmergencyRefusalsSync(t *testing.T) {
 		if got := emStatusOf(t, cfgPath).roles(); got != roles {
 			t.Errorf("roles changed: %s -> %s", roles, got)
 		}
-		hist, err := failover.ListHistory(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster, 1)
-		if err != nil || len(hist) != 1 || hist[0].Kind != "failover" || hist[0].Outcome != failover.OutcomeFailed {
+		hist, err := etcdlock.ListHistory(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster, 1)
+		if err != nil || len(hist) != 1 || hist[0].Kind != "failover" || hist[0].Outcome != plan.OutcomeFailed {
 			t.Errorf("history %+v %v", hist, err)
 		}
 	})
@@ -880,13 +881,13 @@ func TestEmergencyConcurrent(t *testing.T) {
 	if len(primaries) != 1 {
 		t.Fatalf("primaries %v, want exactly one", primaries)
 	}
-	hist, err := failover.ListHistory(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster, 10)
+	hist, err := etcdlock.ListHistory(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var done []string
 	for _, h := range hist {
-		if h.Kind == "failover" && h.Outcome == failover.OutcomeSucceeded {
+		if h.Kind == "failover" && h.Outcome == plan.OutcomeSucceeded {
 			done = append(done, h.ID)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/failover/writeprobe"
 	"github.com/replctl/replctl/testenv"
 )
@@ -40,9 +41,9 @@ type engDoc struct {
 			Description string `json:"description"`
 		} `json:"steps"`
 	} `json:"plan"`
-	Result             *failover.Result `json:"result"`
-	Error              string           `json:"error"`
-	WriteOutageSeconds *float64         `json:"write_outage_seconds"`
+	Result             *plan.Result `json:"result"`
+	Error              string       `json:"error"`
+	WriteOutageSeconds *float64     `json:"write_outage_seconds"`
 }
 
 func (d *engDoc) planStep(id string) string {
@@ -54,7 +55,7 @@ func (d *engDoc) planStep(id string) string {
 	return ""
 }
 
-func (d *engDoc) resultStep(t testing.TB, id string) failover.StepResult {
+func (d *engDoc) resultStep(t testing.TB, id string) plan.StepResult {
 	t.Helper()
 	for _, s := range d.Result.Steps {
 		if s.ID == id {
@@ -62,7 +63,7 @@ func (d *engDoc) resultStep(t testing.TB, id string) failover.StepResult {
 		}
 	}
 	t.Fatalf("no step %q in the result: %+v", id, d.Result.Steps)
-	return failover.StepResult{}
+	return plan.StepResult{}
 }
 
 // engSwitchover runs `replctl promote TO --yes -o json` with the write probe
@@ -81,7 +82,7 @@ func engSwitchover(t *testing.T, c *testenv.Cluster, cfgPath, from, to string, w
 	if err := json.Unmarshal([]byte(run.Out), &d); err != nil {
 		t.Fatalf("promote -o json: %v\n%s", err, run)
 	}
-	if d.Plan == nil || d.Result == nil || d.Result.Outcome != failover.OutcomeSucceeded || d.Primary != from || d.Candidate != to || d.WriteOutageSeconds == nil {
+	if d.Plan == nil || d.Result == nil || d.Result.Outcome != plan.OutcomeSucceeded || d.Primary != from || d.Candidate != to || d.WriteOutageSeconds == nil {
 		t.Fatalf("promote %s: %s", to, run)
 	}
 	time.Sleep(50 * time.Millisecond) // and the new one writable
@@ -188,6 +189,27 @@ func assertNotFrom(t *testing.T, c *testenv.Cluster, replica, node string) {
 	t.Logf("%s: %s", replica, s)
 }
 
+// assertSlotCovers checks that replica's slot on primary retains the WAL
+// replica will ask for when it next starts its WAL receiver: from the end
+// of what it has received.
+func assertSlotCovers(t *testing.T, c *testenv.Cluster, primary, replica string) {
+	t.Helper()
+	ctx := t.Context()
+	var received, restart *string
+	must(t, c.QueryRow(ctx, replica, "SELECT pg_last_wal_receive_lsn()::text").Scan(&received))
+	must(t, c.QueryRow(ctx, primary, "SELECT (SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1)", replica).Scan(&restart))
+	if received == nil || restart == nil {
+		t.Errorf("%s received up to %v; its slot on %s reserves from %v", replica, received, primary, restart)
+		return
+	}
+	var covers bool
+	must(t, c.QueryRow(ctx, primary, "SELECT $1::pg_lsn <= $2::pg_lsn", *restart, *received).Scan(&covers))
+	if !covers {
+		t.Errorf("%s's slot on %s reserves WAL from %s, after %s, where %s will resume", replica, primary, *restart, *received, replica)
+	}
+	t.Logf("%s received up to %s; its slot on %s reserves from %s", replica, *received, primary, *restart)
+}
+
 // awaitFollows waits until replica streams from primary on timeline tl and
 // then until a row written on primary appears on replica.
 func awaitFollows(t *testing.T, c *testenv.Cluster, replica, primary string, tl int64) {
@@ -282,6 +304,7 @@ func TestIntegrationSwitchoverPausedReplica(t *testing.T) {
 			awaitTopology(t, c, "pg2", tl+1, "pg1", "pg4")
 			assertSources(t, c, "pg1", "pg3", "pg4")
 			assertNotFrom(t, c, "pg3", "pg1")
+			assertSlotCovers(t, c, "pg2", "pg3")
 			var state string
 			must(t, c.QueryRow(ctx, "pg3", "SELECT pg_get_wal_replay_pause_state()").Scan(&state))
 			if state != "paused" {
@@ -319,6 +342,7 @@ func TestIntegrationSwitchoverDelayedReplica(t *testing.T) {
 			awaitTopology(t, c, "pg2", tl+1, "pg1", "pg4")
 			assertSources(t, c, "pg1", "pg3", "pg4")
 			assertNotFrom(t, c, "pg3", "pg1")
+			assertSlotCovers(t, c, "pg2", "pg3")
 
 			must(t, engSetDelay(ctx, c, "pg3", "ALTER SYSTEM RESET recovery_min_apply_delay", "0"))
 			awaitFollows(t, c, "pg3", "pg2", tl+1)
@@ -389,18 +413,23 @@ func TestIntegrationSwitchoverCatchupBeforeFence(t *testing.T) {
 	}
 	t.Logf("pg2: %d MB to replay, %d kB to receive", behind>>20, received>>10)
 
-	// How far behind the candidate is when the catch-up wait starts.
-	var atCatchup int64
+	// How far behind the candidate is when the catch-up wait starts, and
+	// when the fence is about to go up.
+	var atCatchup, atFence int64
 	var mu sync.Mutex
-	wrap := atPoint(pointCatchup, func(ctx context.Context, _ string) {
-		lag, err := engLag(ctx, c, "pg2", "pg_last_wal_replay_lsn()")
-		if err != nil {
-			t.Errorf("lag at the catch-up: %v", err)
-		}
-		mu.Lock()
-		atCatchup = lag
-		mu.Unlock()
-	})
+	measure := func(point string, into *int64) func(failover.Controller) failover.Controller {
+		return atPoint(point, func(ctx context.Context, _ string) {
+			lag, err := engLag(ctx, c, "pg2", "pg_last_wal_replay_lsn()")
+			if err != nil {
+				t.Errorf("lag at %s: %v", point, err)
+			}
+			mu.Lock()
+			*into = lag
+			mu.Unlock()
+		})
+	}
+	atC, atF := measure(pointCatchup, &atCatchup), measure(pointBeforeFence, &atFence)
+	wrap := func(ctl failover.Controller) failover.Controller { return atF(atC(ctl)) }
 	must(t, c.ResumeReplay(ctx, "pg2"))
 	d, r := engSwitchover(t, c, cfg, "pg1", "pg2", wrap, "--max-lag", "1GB", "--catchup-timeout", "120s")
 	awaitTopology(t, c, "pg2", tl+1, "pg1", "pg3")
@@ -408,10 +437,10 @@ func TestIntegrationSwitchoverCatchupBeforeFence(t *testing.T) {
 	catchup := d.resultStep(t, failover.StepCatchup)
 	fence := d.resultStep(t, failover.StepFence)
 	mu.Lock()
-	lag := atCatchup
+	lag, fenceLag := atCatchup, max(0, atFence) // negative: pg2 replayed past what pg1 had a moment before
 	mu.Unlock()
-	t.Logf("pg2 was %.1f MB behind when the catch-up wait began; catchup took %s (%s..%s), fence started %s after it ended; write outage: command %.3fs, probe %s",
-		float64(lag)/(1<<20), catchup.Duration.Round(time.Millisecond), catchup.Start.Format("15:04:05.000"), catchup.End.Format("15:04:05.000"),
+	t.Logf("pg2 was %.1f MB behind when the catch-up wait began, %.1f kB when the fence went up; catchup took %s (%s..%s), fence started %s after it ended; write outage: command %.3fs, probe %s",
+		float64(lag)/(1<<20), float64(fenceLag)/(1<<10), catchup.Duration.Round(time.Millisecond), catchup.Start.Format("15:04:05.000"), catchup.End.Format("15:04:05.000"),
 		fence.Start.Sub(catchup.End).Round(time.Microsecond), *d.WriteOutageSeconds, r.LongestOutage.Round(time.Millisecond))
 	if catchup.Outcome != "done" || fence.Outcome != "done" {
 		t.Errorf("catchup %s, fence %s", catchup.Outcome, fence.Outcome)
@@ -423,6 +452,11 @@ func TestIntegrationSwitchoverCatchupBeforeFence(t *testing.T) {
 	}
 	if catchup.Duration < 20*time.Millisecond {
 		t.Errorf("catchup took %s with %d bytes to replay", catchup.Duration, lag)
+	}
+	// Within 1 MB when the catch-up ended; only the probe's writes and a
+	// CHECKPOINT since.
+	if fenceLag > 16<<20 {
+		t.Errorf("pg2 was %d bytes behind when the fence went up", fenceLag)
 	}
 	if fence.Start.Before(catchup.End) {
 		t.Errorf("the fence started at %s, before the catch-up ended at %s", fence.Start.Format(time.RFC3339Nano), catchup.End.Format(time.RFC3339Nano))

@@ -12,7 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
 )
 
 // Etcd connects to the configured etcd, proving within etcd.dial_timeout
@@ -45,7 +45,7 @@ func connectEtcd(ctx context.Context, cfg *config.Config) (*clientv3.Client, err
 	if !cfg.Etcd.Configured() {
 		return nil, &ExitError{Code: ExitUsage, Err: fmt.Errorf("etcd is not configured: add etcd.endpoints to %s", cfg.File)}
 	}
-	return failover.Connect(ctx, cfg.Etcd)
+	return etcdlock.Connect(ctx, cfg.Etcd)
 }
 
 // commandLine rebuilds the command line a user typed for c, as recorded in
@@ -53,7 +53,7 @@ func connectEtcd(ctx context.Context, cfg *config.Config) (*clientv3.Client, err
 // name, the command's own flags that were set, and the arguments. Global
 // flags (--config, -o, --timeout) are left out: they say how replctl was
 // invoked, not what the operation does. Secrets are masked by
-// failover.ScrubCommand.
+// etcdlock.ScrubCommand.
 func commandLine(c *cobra.Command, args []string) []string {
 	parts := strings.Fields(c.CommandPath())
 	if len(parts) > 0 {
@@ -85,7 +85,7 @@ func commandLine(c *cobra.Command, args []string) []string {
 // lockError maps the lock's errors to exit codes: held by another
 // operation is 5, with what to do about it.
 func lockError(err error) error {
-	var held *failover.LockHeldError
+	var held *etcdlock.LockHeldError
 	if errors.As(err, &held) {
 		hint := "wait for it to finish, or pass --lock-wait DURATION"
 		if held.Waited > 0 {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/pgctl"
 )
 
 // IOStreams are the command's standard streams and what they are attached to.
@@ -66,7 +67,7 @@ func NewFactory(io *IOStreams) *Factory {
 
 // pgController is the real Controller: pgx connections and node commands.
 func pgController(cfg *config.Config, call time.Duration) (failover.Controller, func()) {
-	pg := failover.NewPG(cfg, call)
+	pg := pgctl.NewPG(cfg, call)
 	return pg, pg.Close
 }
 

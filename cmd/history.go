@@ -13,7 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
 )
 
 // HistoryOptions are the inputs of replctl history.
@@ -31,10 +31,10 @@ type HistoryOptions struct {
 }
 
 // historyList is the result of replctl history. Its JSON field names are a
-// stable contract; operations are failover.OpRecord.
+// stable contract; operations are etcdlock.OpRecord.
 type historyList struct {
 	Cluster    string              `json:"cluster"`
-	Operations []failover.OpRecord `json:"operations"`
+	Operations []etcdlock.OpRecord `json:"operations"`
 }
 
 func newCmdHistory(f *Factory, runF func(context.Context, *HistoryOptions) error) *cobra.Command {
@@ -88,7 +88,7 @@ func runHistory(ctx context.Context, o *HistoryOptions) error {
 	defer cancel()
 	now := o.Now()
 	if o.ID != "" {
-		rec, err := failover.ReadOperation(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster, o.ID)
+		rec, err := etcdlock.ReadOperation(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster, o.ID)
 		if err != nil {
 			return err
 		}
@@ -97,7 +97,7 @@ func runHistory(ctx context.Context, o *HistoryOptions) error {
 		}
 		return render(o.IO, o.Output, rec, func(w io.Writer) error { return writeOperation(w, o.IO.StdoutTTY, *rec, now) })
 	}
-	ops, err := failover.ListHistory(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster, o.Limit)
+	ops, err := etcdlock.ListHistory(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster, o.Limit)
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,7 @@ func runHistory(ctx context.Context, o *HistoryOptions) error {
 }
 
 // historyTable lists operations one per row, in the order given.
-func historyTable(ops []failover.OpRecord, now time.Time) (header []string, rows [][]string) {
+func historyTable(ops []etcdlock.OpRecord, now time.Time) (header []string, rows [][]string) {
 	header = []string{"ID", "STARTED", "KIND", "BY", "OUTCOME", "DURATION", "DETAIL"}
 	for _, r := range ops {
 		detail := r.Error
@@ -130,7 +130,7 @@ func historyTable(ops []failover.OpRecord, now time.Time) (header []string, rows
 }
 
 // writeOperation shows one operation: a header, then its steps as a table.
-func writeOperation(w io.Writer, tty bool, r failover.OpRecord, now time.Time) error {
+func writeOperation(w io.Writer, tty bool, r etcdlock.OpRecord, now time.Time) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "operation %s: %s on %s\n", r.ID, orDash(r.Kind), r.Cluster)
 	fmt.Fprintf(&b, "by:       %s", r.By.String())
@@ -172,7 +172,7 @@ func writeOperation(w io.Writer, tty bool, r failover.OpRecord, now time.Time) e
 }
 
 // operationStepsTable lists an operation's steps in the order they ran.
-func operationStepsTable(r failover.OpRecord, now time.Time) (header []string, rows [][]string) {
+func operationStepsTable(r etcdlock.OpRecord, now time.Time) (header []string, rows [][]string) {
 	header = []string{"STEP", "DESCRIPTION", "STARTED", "DURATION", "OUTCOME", "ERROR"}
 	for _, s := range r.Steps {
 		d := "-"
@@ -192,9 +192,9 @@ func fmtTime(t, now time.Time) string {
 	return t.In(now.Location()).Format("2006-01-02 15:04:05")
 }
 
-func fmtDuration(r failover.OpRecord, now time.Time) string {
+func fmtDuration(r etcdlock.OpRecord, now time.Time) string {
 	if r.Finished == nil {
-		if r.Outcome == failover.OutcomeRunning {
+		if r.Outcome == etcdlock.OutcomeRunning {
 			return "running " + now.Sub(r.Started).Round(time.Second).String()
 		}
 		return "-"

@@ -15,7 +15,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 )
 
 // lockRunGrace is how long `lock run` lets its command exit after SIGTERM
@@ -42,11 +43,11 @@ which it was taken, increasing with every acquisition.`,
 // takeLock acquires the cluster lock for a command that changes the
 // cluster, telling the operator on stderr whom it waits for. A lock held by
 // another operation gives exit code 5.
-func takeLock(ctx context.Context, cli *clientv3.Client, cfg *config.Config, s *IOStreams, actor failover.Actor, wait time.Duration) (*failover.Lock, error) {
-	lk, err := failover.Acquire(ctx, cli, failover.LockOptions{
+func takeLock(ctx context.Context, cli *clientv3.Client, cfg *config.Config, s *IOStreams, actor etcdlock.Actor, wait time.Duration) (*etcdlock.Lock, error) {
+	lk, err := etcdlock.Acquire(ctx, cli, etcdlock.LockOptions{
 		Prefix: cfg.Etcd.Prefix, Cluster: cfg.Cluster, TTL: cfg.Lock.TTL, Wait: wait,
 		HistoryKeep: cfg.History.Keep, Actor: actor,
-		OnWait: func(h *failover.LockHolder) {
+		OnWait: func(h *etcdlock.LockHolder) {
 			fmt.Fprintf(s.ErrOut, "waiting up to %s for the lock on %s, held by %s\n", wait, cfg.Cluster, h.Describe(time.Now()))
 		},
 	})
@@ -97,7 +98,7 @@ type lockHolderInfo struct {
 	Waiters          int    `json:"waiters"`
 }
 
-func holderInfo(h *failover.LockHolder, now time.Time) *lockHolderInfo {
+func holderInfo(h *etcdlock.LockHolder, now time.Time) *lockHolderInfo {
 	if h == nil {
 		return nil
 	}
@@ -148,7 +149,7 @@ func runLockStatus(ctx context.Context, o *LockStatusOptions) error {
 	defer cli.Close()
 	rctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	h, err := failover.ReadLockHolder(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
+	h, err := etcdlock.ReadLockHolder(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
 	if err != nil {
 		return err
 	}
@@ -199,7 +200,7 @@ type LockReleaseOptions struct {
 	Force   bool
 	Yes     bool
 	// Actor is recorded in the history as who broke the lock.
-	Actor failover.Actor
+	Actor etcdlock.Actor
 }
 
 // lockRelease is the result of lock release. Its JSON field names are a
@@ -234,7 +235,7 @@ under the lock it breaks) and the holder's operation is marked lock_broken.`,
 				return err
 			}
 			o.Output, o.Timeout = f.Output, f.Timeout
-			o.Actor = failover.CurrentActor(commandLine(cmd, args))
+			o.Actor = etcdlock.CurrentActor(commandLine(cmd, args))
 			if runF != nil {
 				return runF(cmd.Context(), o)
 			}
@@ -256,7 +257,7 @@ func runLockRelease(ctx context.Context, o *LockReleaseOptions) error {
 	}
 	defer cli.Close()
 	rctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	h, err := failover.ReadLockHolder(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
+	h, err := etcdlock.ReadLockHolder(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
 	cancel()
 	if err != nil {
 		return err
@@ -275,8 +276,8 @@ func runLockRelease(ctx context.Context, o *LockReleaseOptions) error {
 	}
 	bctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	rec, err := failover.BreakLock(bctx, cli, cfg.Etcd.Prefix, cfg.Cluster, h, o.Actor, cfg.History.Keep)
-	if errors.Is(err, failover.ErrNotHeld) {
+	rec, err := etcdlock.BreakLock(bctx, cli, cfg.Etcd.Prefix, cfg.Cluster, h, o.Actor, cfg.History.Keep)
+	if errors.Is(err, etcdlock.ErrNotHeld) {
 		fmt.Fprintf(o.IO.ErrOut, "%s released the lock meanwhile: nothing was broken (see 'replctl lock status')\n", h.Actor.String())
 		return renderRelease(o, res)
 	}
@@ -312,7 +313,7 @@ type LockRunOptions struct {
 	Wait time.Duration
 	// Command is what to run under the lock.
 	Command []string
-	Actor   failover.Actor
+	Actor   etcdlock.Actor
 }
 
 func newCmdLockRun(f *Factory, runF func(context.Context, *LockRunOptions) error) *cobra.Command {
@@ -334,7 +335,7 @@ Exit codes: 0 the command succeeded, 1 it failed or the lock was lost,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Command = args
-			o.Actor = failover.CurrentActor(commandLine(cmd, args))
+			o.Actor = etcdlock.CurrentActor(commandLine(cmd, args))
 			if runF != nil {
 				return runF(cmd.Context(), o)
 			}
@@ -361,7 +362,7 @@ func runLockRun(ctx context.Context, o *LockRunOptions) (err error) {
 		}
 	}()
 	lctx := lk.Context()
-	shown := failover.ScrubCommand(o.Command)
+	shown := etcdlock.ScrubCommand(o.Command)
 	op, err := lk.StartOperation(lctx, "lock-run", map[string]string{"command": shown})
 	if err != nil {
 		return err
@@ -386,24 +387,24 @@ func runLockRun(ctx context.Context, o *LockRunOptions) (err error) {
 	// reported, not dropped.
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.Lock.TTL)
 	defer rcancel()
-	record := func(outcome failover.Outcome, stepOutcome string, opErr error) error {
+	record := func(outcome plan.Outcome, stepOutcome string, opErr error) error {
 		return errors.Join(op.EndStep(rctx, "run", stepOutcome, opErr), op.Finish(rctx, outcome, opErr))
 	}
-	var lost *failover.LockLostError
+	var lost *etcdlock.LockLostError
 	var exit error
 	var herr error
 	switch {
 	case errors.As(lk.Err(), &lost):
-		herr = op.Finish(rctx, failover.OutcomeLockLost, lost)
+		herr = op.Finish(rctx, etcdlock.OutcomeLockLost, lost)
 		exit = &ExitError{Code: ExitFailed, Err: fmt.Errorf("%w: %s was sent SIGTERM and may have left the cluster partly changed: check 'replctl status' and 'replctl history %s'", lost, shown, op.ID())}
 	case ctx.Err() != nil:
-		herr = record(failover.OutcomeFailed, "failed", fmt.Errorf("interrupted: %w", context.Cause(ctx)))
+		herr = record(plan.OutcomeFailed, "failed", fmt.Errorf("interrupted: %w", context.Cause(ctx)))
 		exit = &ExitError{Code: ExitFailed, Err: fmt.Errorf("interrupted: %s was sent SIGTERM", shown)}
 	case runErr != nil:
-		herr = record(failover.OutcomeFailed, "failed", runErr)
+		herr = record(plan.OutcomeFailed, "failed", runErr)
 		exit = &ExitError{Code: ExitFailed, Err: fmt.Errorf("%s: %w", shown, runErr)}
 	default:
-		herr = record(failover.OutcomeSucceeded, "done", nil)
+		herr = record(plan.OutcomeSucceeded, "done", nil)
 	}
 	if herr != nil {
 		fmt.Fprintf(o.IO.ErrOut, "warning: history record %s not updated: %v\n", op.ID(), herr)

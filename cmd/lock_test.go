@@ -20,7 +20,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/testenv"
 )
 
@@ -125,7 +126,7 @@ func TestLockCommandFlags(t *testing.T) {
 func TestLockTables(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 3, 4, 12, 1, 15, 0, time.UTC)
-	h := &failover.LockHolder{Actor: failover.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"},
+	h := &etcdlock.LockHolder{Actor: etcdlock.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"},
 		OperationID: "42", Since: now.Add(-12 * time.Second), Token: 1234, Key: "/replctl/demo/lock/694d", LeaseID: 0x694d,
 		LeaseTTL: 10 * time.Second, LeaseLeft: 8 * time.Second}
 	tests := []struct {
@@ -159,11 +160,11 @@ func TestHistoryTables(t *testing.T) {
 	now := time.Date(2026, 3, 4, 12, 0, 0, 0, time.UTC)
 	at := now.Add(-time.Hour)
 	end := at.Add(2500 * time.Millisecond)
-	ops := []failover.OpRecord{
-		{ID: "8", Kind: failover.KindLockBreak, By: failover.Actor{User: "ops", Host: "admin"}, Forced: true, Started: at, Finished: &end,
-			Outcome: failover.OutcomeSucceeded, Params: map[string]string{"holder": "alice@h (pid 1)", "lease": "694d"}},
-		{ID: "7", Kind: "switchover", By: failover.Actor{User: "alice", Host: "h"}, Started: at, Outcome: failover.OutcomeRunning},
-		{ID: "6", Kind: "failover", By: failover.Actor{User: "bob", Host: "h"}, Started: at, Finished: &end, Outcome: failover.OutcomeFailed, Error: "promote pg2: timeout"},
+	ops := []etcdlock.OpRecord{
+		{ID: "8", Kind: etcdlock.KindLockBreak, By: etcdlock.Actor{User: "ops", Host: "admin"}, Forced: true, Started: at, Finished: &end,
+			Outcome: plan.OutcomeSucceeded, Params: map[string]string{"holder": "alice@h (pid 1)", "lease": "694d"}},
+		{ID: "7", Kind: "switchover", By: etcdlock.Actor{User: "alice", Host: "h"}, Started: at, Outcome: etcdlock.OutcomeRunning},
+		{ID: "6", Kind: "failover", By: etcdlock.Actor{User: "bob", Host: "h"}, Started: at, Finished: &end, Outcome: plan.OutcomeFailed, Error: "promote pg2: timeout"},
 	}
 	_, rows := historyTable(ops, now)
 	want := [][]string{
@@ -177,9 +178,9 @@ func TestHistoryTables(t *testing.T) {
 		}
 	}
 	var buf bytes.Buffer
-	rec := failover.OpRecord{ID: "6", Kind: "failover", Cluster: "demo", By: failover.Actor{User: "bob", Host: "h", PID: 3, Command: "failover --to pg2"},
-		Token: 99, Started: at, Finished: &end, Outcome: failover.OutcomeFailed, Error: "boom",
-		Steps: []failover.StepRecord{{ID: "promote", Description: "promote pg2", Started: at, Finished: &end, Outcome: "failed", Error: "boom"}}}
+	rec := etcdlock.OpRecord{ID: "6", Kind: "failover", Cluster: "demo", By: etcdlock.Actor{User: "bob", Host: "h", PID: 3, Command: "failover --to pg2"},
+		Token: 99, Started: at, Finished: &end, Outcome: plan.OutcomeFailed, Error: "boom",
+		Steps: []etcdlock.StepRecord{{ID: "promote", Description: "promote pg2", Started: at, Finished: &end, Outcome: "failed", Error: "boom"}}}
 	if err := writeOperation(&buf, false, rec, now); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +263,7 @@ func TestLockCommandsAgainstEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := t.Context()
-	cli, err := failover.Connect(ctx, cfg.Etcd)
+	cli, err := etcdlock.Connect(ctx, cfg.Etcd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,8 +279,8 @@ func TestLockCommandsAgainstEtcd(t *testing.T) {
 	}
 
 	// alice holds the lock, as a replctl operation would.
-	alice, err := failover.Acquire(ctx, cli, failover.LockOptions{Prefix: cfg.Etcd.Prefix, Cluster: cfg.Cluster, TTL: 30 * time.Second,
-		Actor: failover.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"}})
+	alice, err := etcdlock.Acquire(ctx, cli, etcdlock.LockOptions{Prefix: cfg.Etcd.Prefix, Cluster: cfg.Cluster, TTL: 30 * time.Second,
+		Actor: etcdlock.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +380,7 @@ func TestLockRunStopsWhenLockLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := failover.Connect(t.Context(), cfg.Etcd)
+	cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +396,7 @@ func TestLockRunStopsWhenLockLost(t *testing.T) {
 		done <- result{stderr, code}
 	}()
 	h := lkWaitHolder(t, cli, cfg)
-	if _, err := failover.BreakLock(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster, h, failover.Actor{User: "ops"}, 0); err != nil {
+	if _, err := etcdlock.BreakLock(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster, h, etcdlock.Actor{User: "ops"}, 0); err != nil {
 		t.Fatal(err)
 	}
 	broken := time.Now()
@@ -413,11 +414,11 @@ func TestLockRunStopsWhenLockLost(t *testing.T) {
 }
 
 // lkWaitHolder waits until someone holds the cluster's lock.
-func lkWaitHolder(t *testing.T, cli *clientv3.Client, cfg *config.Config) *failover.LockHolder {
+func lkWaitHolder(t *testing.T, cli *clientv3.Client, cfg *config.Config) *etcdlock.LockHolder {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		h, err := failover.ReadLockHolder(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster)
+		h, err := etcdlock.ReadLockHolder(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -496,7 +497,7 @@ func TestLockSeparateProcesses(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cli, err := failover.Connect(t.Context(), cfg.Etcd)
+		cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -527,17 +528,17 @@ func TestLockSeparateProcesses(t *testing.T) {
 		if out, err := c.CombinedOutput(); err != nil || !strings.Contains(string(out), "broken") {
 			t.Fatalf("release --force: %v\n%s", err, out)
 		}
-		if h, err := failover.ReadLockHolder(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster); h != nil || err != nil {
+		if h, err := etcdlock.ReadLockHolder(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster); h != nil || err != nil {
 			t.Fatalf("lock still held: %+v %v", h, err)
 		}
-		hist, err := failover.ListHistory(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster, 10)
+		hist, err := etcdlock.ListHistory(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster, 10)
 		if err != nil || len(hist) != 2 {
 			t.Fatalf("history %+v %v", hist, err)
 		}
-		if hist[0].Kind != failover.KindLockBreak || !hist[0].Forced || hist[0].Params["holder_operation"] != hist[1].ID {
+		if hist[0].Kind != etcdlock.KindLockBreak || !hist[0].Forced || hist[0].Params["holder_operation"] != hist[1].ID {
 			t.Errorf("break record %+v", hist[0])
 		}
-		if hist[1].Kind != "lock-run" || hist[1].Outcome != failover.OutcomeLockBroken || hist[1].By.PID != pgid {
+		if hist[1].Kind != "lock-run" || hist[1].Outcome != etcdlock.OutcomeLockBroken || hist[1].By.PID != pgid {
 			t.Errorf("killed run's record %+v", hist[1])
 		}
 		c = exec.CommandContext(t.Context(), bin, "--config", cfgPath, "lock", "run", "--", "true")

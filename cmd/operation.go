@@ -15,6 +15,9 @@ import (
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 )
 
 // readRecord reads the fencing lock and the cluster record from etcd for
@@ -23,7 +26,7 @@ func readRecord(ctx context.Context, cfg *config.Config) (*recordInfo, error) {
 	if !cfg.Etcd.Configured() {
 		return nil, errEtcdNotConfigured
 	}
-	cli, err := failover.Connect(ctx, cfg.Etcd)
+	cli, err := etcdlock.Connect(ctx, cfg.Etcd)
 	if err != nil {
 		return nil, err
 	}
@@ -33,14 +36,14 @@ func readRecord(ctx context.Context, cfg *config.Config) (*recordInfo, error) {
 
 func readRecordWith(ctx context.Context, cli *clientv3.Client, cfg *config.Config) (*recordInfo, error) {
 	info := &recordInfo{}
-	h, err := failover.ReadLockHolder(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
+	h, err := etcdlock.ReadLockHolder(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
 	if err != nil {
 		return nil, err
 	}
 	if h != nil {
 		info.Lock = &lockInfo{Held: true, Holder: h.Describe(time.Now()), Token: h.Token}
 	}
-	st, _, err := failover.ReadState(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
+	st, _, err := etcdlock.ReadState(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
 	if err != nil {
 		return nil, err
 	}
@@ -60,20 +63,20 @@ type operation struct {
 	f    *Factory
 	spec failover.OperationSpec
 	// commands are the node commands the run executed.
-	commands []failover.CommandResult
+	commands []pgctl.CommandResult
 }
 
 // run executes p through exec (the driver's Run), with o's spec completed
 // by the progress printing and the command log.
-func (o *operation) run(ctx context.Context, p *failover.Plan, env *failover.Env, exec func(failover.OperationSpec) *failover.Result) *failover.Result {
+func (o *operation) run(ctx context.Context, p *plan.Plan, env *failover.Env, exec func(failover.OperationSpec) *plan.Result) *plan.Result {
 	total := len(p.Steps)
 	index := map[string]int{}
 	for i, s := range p.Steps {
 		index[s.ID] = i + 1
 	}
-	o.spec.Sink = func(e failover.Event) { o.printEvent(e, index[e.StepID], total) }
+	o.spec.Sink = func(e plan.Event) { o.printEvent(e, index[e.StepID], total) }
 	o.spec.Now = o.f.Now
-	o.spec.OnWait = func(h *failover.LockHolder) {
+	o.spec.OnWait = func(h *etcdlock.LockHolder) {
 		fmt.Fprintf(o.f.IO.ErrOut, "waiting up to %s for the lock: %s\n", o.spec.LockWait, h.Describe(time.Now()))
 	}
 	env.Progress = func(step, msg string) {
@@ -93,10 +96,10 @@ func (o *operation) run(ctx context.Context, p *failover.Plan, env *failover.Env
 type commandLog struct {
 	failover.Controller
 	mu   sync.Mutex
-	runs []failover.CommandResult
+	runs []pgctl.CommandResult
 }
 
-func (c *commandLog) RunCommand(ctx context.Context, node, action string, env map[string]string) (failover.CommandResult, error) {
+func (c *commandLog) RunCommand(ctx context.Context, node, action string, env map[string]string) (pgctl.CommandResult, error) {
 	r, err := c.Controller.RunCommand(ctx, node, action, env)
 	c.mu.Lock()
 	c.runs = append(c.runs, r)
@@ -104,14 +107,14 @@ func (c *commandLog) RunCommand(ctx context.Context, node, action string, env ma
 	return r, err
 }
 
-func (c *commandLog) all() []failover.CommandResult {
+func (c *commandLog) all() []pgctl.CommandResult {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Clone(c.runs)
 }
 
 // writeCommands prints the node commands an operation ran and their output.
-func writeCommands(w io.Writer, runs []failover.CommandResult) {
+func writeCommands(w io.Writer, runs []pgctl.CommandResult) {
 	if len(runs) == 0 {
 		return
 	}
@@ -126,20 +129,20 @@ func writeCommands(w io.Writer, runs []failover.CommandResult) {
 	}
 }
 
-func (o *operation) printEvent(e failover.Event, i, total int) {
+func (o *operation) printEvent(e plan.Event, i, total int) {
 	w := o.f.IO.ErrOut
 	switch e.Type {
-	case failover.StepStarted:
+	case plan.StepStarted:
 		fmt.Fprintf(w, "[%d/%d] %s\n", i, total, e.Description)
-	case failover.StepDone:
+	case plan.StepDone:
 		fmt.Fprintf(w, "      done in %s\n", roundDur(e.Duration))
-	case failover.StepFailed:
+	case plan.StepFailed:
 		fmt.Fprintf(w, "      FAILED after %s: %s\n", roundDur(e.Duration), e.Error)
-	case failover.StepUndone:
+	case plan.StepUndone:
 		fmt.Fprintf(w, "[undo] %s: done in %s\n", e.Description, roundDur(e.Duration))
-	case failover.StepUndoFailed:
+	case plan.StepUndoFailed:
 		fmt.Fprintf(w, "[undo] %s: FAILED: %s\n", e.Description, e.Error)
-	case failover.StepUndoSkipped:
+	case plan.StepUndoSkipped:
 		fmt.Fprintf(w, "[undo] SKIPPED: %s\n", e.Error)
 	}
 }
@@ -156,17 +159,17 @@ func roundDur(d time.Duration) time.Duration {
 }
 
 // resultCode maps an operation's result to the exit code.
-func resultCode(res *failover.Result) error {
+func resultCode(res *plan.Result) error {
 	switch res.Outcome {
-	case failover.OutcomeSucceeded:
+	case plan.OutcomeSucceeded:
 		return nil
-	case failover.OutcomePartial:
+	case plan.OutcomePartial:
 		return &ExitError{Code: ExitPartial, Err: fmt.Errorf("partly done: %w; remaining: %s", res.Err, strings.Join(res.Remaining, "; "))}
 	}
-	var held *failover.LockHeldError
+	var held *etcdlock.LockHeldError
 	var refused *failover.RefusedError
 	var changed *failover.PlanChangedError
-	var lost *failover.LockLostError
+	var lost *etcdlock.LockLostError
 	switch {
 	case errors.As(res.Err, &held):
 		return lockError(held)
@@ -195,7 +198,7 @@ func etcdForPlanning(ctx context.Context, cfg *config.Config, connect func(conte
 }
 
 // writeStepResults prints what each executed step did.
-func writeStepResults(w io.Writer, tty bool, res *failover.Result) error {
+func writeStepResults(w io.Writer, tty bool, res *plan.Result) error {
 	var rows [][]string
 	for _, s := range res.Steps {
 		rows = append(rows, []string{s.ID, s.Outcome, roundDur(s.Duration).String(), s.Error})
@@ -217,7 +220,7 @@ func writeChecks(w io.Writer, tty bool, rs []checks.Result) error {
 }
 
 // writePlan prints a plan's steps, numbered, and its notes.
-func writePlan(w io.Writer, p *failover.Plan) {
+func writePlan(w io.Writer, p *plan.Plan) {
 	for i, s := range p.Steps {
 		fmt.Fprintf(w, "%2d. %s\n", i+1, s.Description)
 		if s.UndoDescription != "" {

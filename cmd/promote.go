@@ -14,6 +14,8 @@ import (
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 )
 
 // PromoteOptions are the inputs of replctl promote.
@@ -113,12 +115,12 @@ type promoteReport struct {
 	DryRun  bool   `json:"dry_run"`
 	Cluster string `json:"cluster"`
 	failover.OperationPlan
-	Result *failover.Result `json:"result,omitempty"`
+	Result *plan.Result `json:"result,omitempty"`
 	// WriteOutageSeconds is the time from the fence to the promoted
 	// candidate accepting writes, null when no promotion ran.
 	WriteOutageSeconds *float64 `json:"write_outage_seconds"`
 	// Commands are the node commands the run executed, with their output.
-	Commands []failover.CommandResult `json:"commands,omitempty"`
+	Commands []pgctl.CommandResult `json:"commands,omitempty"`
 	// Final is every node as probed once the operation ended: what the
 	// report says about the end is what this shows, not what the steps
 	// hoped.
@@ -159,7 +161,7 @@ func writeFinal(w io.Writer, f *finalState) {
 }
 
 // writeLeft prints what a failed operation could not put back.
-func writeLeft(w io.Writer, res *failover.Result) {
+func writeLeft(w io.Writer, res *plan.Result) {
 	for _, l := range res.Left {
 		fmt.Fprintf(w, "left: %s\n", l)
 	}
@@ -257,12 +259,12 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 		params["fence"] = op.Plan.Fence
 	}
 	run := &operation{f: o.Factory, spec: failover.OperationSpec{Cfg: cfg, Cli: cli, Command: o.Command, LockWait: o.LockWait, Params: params}}
-	res := run.run(ctx, op.Plan, env, func(spec failover.OperationSpec) *failover.Result { return drv.Run(ctx, prep, op, env, spec) })
+	res := run.run(ctx, op.Plan, env, func(spec failover.OperationSpec) *plan.Result { return drv.Run(ctx, prep, op, env, spec) })
 	rep.Result, rep.Commands = res, run.commands
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
 	}
-	if res.Outcome != failover.OutcomeSucceeded {
+	if res.Outcome != plan.OutcomeSucceeded {
 		rep.Final = probeFinal(ctx, cfg, o.Timeout)
 	}
 	if rep.Emergency == nil {
@@ -335,9 +337,9 @@ func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
 		fmt.Fprintf(w, "Write outage (fence to writable %s): %.3fs\n", rep.Candidate, *rep.WriteOutageSeconds)
 	}
 	switch rep.Result.Outcome {
-	case failover.OutcomeSucceeded:
+	case plan.OutcomeSucceeded:
 		fmt.Fprintf(w, "%s done: %s is the primary.\n", titleKind(rep.Kind), rep.Candidate)
-	case failover.OutcomePartial:
+	case plan.OutcomePartial:
 		fmt.Fprintf(w, "Partly done: %s was promoted, but some steps failed. Remaining:\n", rep.Candidate)
 		for _, r := range rep.Result.Remaining {
 			fmt.Fprintf(w, "  - %s\n", r)
@@ -365,7 +367,7 @@ func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
 
 // writeOutage measures the write outage from the fence's start to the
 // promotion's end, from the step results.
-func writeOutage(res *failover.Result) *float64 {
+func writeOutage(res *plan.Result) *float64 {
 	var fence, promoted time.Time
 	for _, s := range res.Steps {
 		switch s.ID {

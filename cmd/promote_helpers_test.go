@@ -18,6 +18,8 @@ import (
 
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/failover/writeprobe"
 	"github.com/replctl/replctl/testenv"
 	"github.com/replctl/replctl/topology"
@@ -220,8 +222,8 @@ func (f *faultController) FenceSQL(ctx context.Context, node string) error {
 	return err
 }
 
-func (f *faultController) RunCommand(ctx context.Context, node, action string, env map[string]string) (failover.CommandResult, error) {
-	if action != failover.ActionStop {
+func (f *faultController) RunCommand(ctx context.Context, node, action string, env map[string]string) (pgctl.CommandResult, error) {
+	if action != pgctl.ActionStop {
 		return f.Controller.RunCommand(ctx, node, action, env)
 	}
 	f.hook(ctx, pointBeforeFence, node)
@@ -388,14 +390,14 @@ func etcdRevision(t testing.TB, cli *clientv3.Client) int64 {
 	return r.Header.Revision
 }
 
-func clusterRecord(t testing.TB, cli *clientv3.Client, c *testenv.Cluster) *failover.State {
+func clusterRecord(t testing.TB, cli *clientv3.Client, c *testenv.Cluster) *etcdlock.State {
 	t.Helper()
-	st, _, err := failover.ReadState(t.Context(), cli, "/replctl", c.Name)
+	st, _, err := etcdlock.ReadState(t.Context(), cli, "/replctl", c.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st == nil {
-		st = &failover.State{}
+		st = &etcdlock.State{}
 	}
 	return st
 }
@@ -405,7 +407,7 @@ func clusterRecord(t testing.TB, cli *clientv3.Client, c *testenv.Cluster) *fail
 func revokeLock(ctx context.Context, t testing.TB, cli *clientv3.Client, cluster string) {
 	// The revocation cancels the holder's context, which may be ctx.
 	ctx = context.WithoutCancel(ctx)
-	h, err := failover.ReadLockHolder(ctx, cli, "/replctl", cluster)
+	h, err := etcdlock.ReadLockHolder(ctx, cli, "/replctl", cluster)
 	if err != nil || h == nil {
 		t.Errorf("read lock holder: %v, %v", h, err)
 		return

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
 	"github.com/replctl/replctl/testenv"
 )
 
@@ -198,7 +199,7 @@ func runFaults(t *testing.T, fc faultCase) {
 			if st := clusterRecord(t, cli, c); st.IsFenced("pg1") || (st.Primary != "" && st.Primary != "pg1") {
 				t.Errorf("cluster record %+v", st)
 			}
-			if h, err := failover.ReadLockHolder(ctx, cli, "/replctl", c.Name); err != nil || h != nil {
+			if h, err := etcdlock.ReadLockHolder(ctx, cli, "/replctl", c.Name); err != nil || h != nil {
 				t.Errorf("lock still held: %+v %v", h, err)
 			}
 			t.Logf("commands run: %v", commandsRun(t, log))

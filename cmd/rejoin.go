@@ -14,6 +14,8 @@ import (
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 )
 
 // RejoinOptions are the inputs of replctl rejoin.
@@ -65,16 +67,16 @@ primary. --dry-run prints the checks and the plan and changes nothing.`,
 
 // rejoinReport is the result of rejoin, the same for every format.
 type rejoinReport struct {
-	DryRun  bool             `json:"dry_run"`
-	Node    string           `json:"node"`
-	Primary string           `json:"primary"`
-	Checks  []checks.Result  `json:"checks"`
-	Proceed bool             `json:"would_proceed"`
-	Plan    *failover.Plan   `json:"plan"`
-	Result  *failover.Result `json:"result,omitempty"`
-	Error   string           `json:"error,omitempty"`
+	DryRun  bool            `json:"dry_run"`
+	Node    string          `json:"node"`
+	Primary string          `json:"primary"`
+	Checks  []checks.Result `json:"checks"`
+	Proceed bool            `json:"would_proceed"`
+	Plan    *plan.Plan      `json:"plan"`
+	Result  *plan.Result    `json:"result,omitempty"`
+	Error   string          `json:"error,omitempty"`
 	// Commands are the node commands the run executed, with their output.
-	Commands []failover.CommandResult `json:"commands,omitempty"`
+	Commands []pgctl.CommandResult `json:"commands,omitempty"`
 	// Final is every node as probed after a rejoin that did not succeed.
 	Final *finalState `json:"final,omitempty"`
 }
@@ -131,20 +133,20 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	ctl, closeCtl := o.Factory.Controller(cfg, o.Timeout)
 	defer closeCtl()
 	env := &failover.Env{Ctl: ctl}
-	plan := drv.Replan(prep, env)
-	if plan.Plan == nil || plan.Error != "" {
-		return &ExitError{Code: ExitUnsafe, Err: fmt.Errorf("the plan could not be built again: %s", plan.Error)}
+	run := drv.Replan(prep, env)
+	if run.Plan == nil || run.Error != "" {
+		return &ExitError{Code: ExitUnsafe, Err: fmt.Errorf("the plan could not be built again: %s", run.Error)}
 	}
 	op := &operation{f: o.Factory, spec: failover.OperationSpec{
 		Cfg: cfg, Cli: cli, Command: o.Command, LockWait: o.LockWait,
 		Params: map[string]string{"node": o.Node, "primary": rep.Primary},
 	}}
-	res := op.run(ctx, plan.Plan, env, func(spec failover.OperationSpec) *failover.Result { return drv.Run(ctx, prep, plan, env, spec) })
+	res := op.run(ctx, run.Plan, env, func(spec failover.OperationSpec) *plan.Result { return drv.Run(ctx, prep, run, env, spec) })
 	rep.Result, rep.Commands = res, op.commands
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
 	}
-	if res.Outcome != failover.OutcomeSucceeded {
+	if res.Outcome != plan.OutcomeSucceeded {
 		rep.Final = probeFinal(ctx, cfg, o.Timeout)
 	}
 	if err := show(); err != nil {
@@ -176,7 +178,7 @@ func writeRejoinText(w io.Writer, tty bool, rep *rejoinReport) error {
 		return err
 	}
 	writeCommands(w, rep.Commands)
-	if rep.Result.Outcome == failover.OutcomeSucceeded {
+	if rep.Result.Outcome == plan.OutcomeSucceeded {
 		fmt.Fprintf(w, "Rejoin done: %s streams from %s.\n", rep.Node, rep.Primary)
 	} else {
 		fmt.Fprintf(w, "Rejoin %s: %s\n", rep.Result.Outcome, rep.Error)

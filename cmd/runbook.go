@@ -15,7 +15,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/runbooks"
 )
 
@@ -355,7 +356,7 @@ func runRunbookRun(ctx context.Context, o *RunbookOptions) error {
 	defer cli.Close()
 	pr := &progress{w: o.IO.ErrOut, verbose: o.Verbose, quiet: o.Quiet}
 	eng := &runbooks.Engine{Cfg: cfg, Cli: cli, Timeout: o.Timeout, Command: o.Command, LockWait: o.LockWait, Now: o.Now, Sink: pr.event,
-		OnWait: func(h *failover.LockHolder) {
+		OnWait: func(h *etcdlock.LockHolder) {
 			if !o.Quiet {
 				fmt.Fprintf(o.IO.ErrOut, "waiting up to %s for the lock: %s\n", o.LockWait, h.Describe(time.Now()))
 			}
@@ -364,7 +365,7 @@ func runRunbookRun(ctx context.Context, o *RunbookOptions) error {
 	if err := o.writeFiles(rep); err != nil {
 		return err
 	}
-	var held *failover.LockHeldError
+	var held *etcdlock.LockHeldError
 	if errors.As(runErr, &held) {
 		// One line that says the drill did not run, and why: a cron job
 		// that meets a running operation skips, it does not fail.
@@ -449,11 +450,11 @@ func (p *progress) event(e runbooks.Event) {
 		}
 		pe := e.Plan
 		switch pe.Type {
-		case failover.StepStarted:
+		case plan.StepStarted:
 			fmt.Fprintf(p.w, "      %s: %s\n", pe.StepID, pe.Description)
-		case failover.StepFailed, failover.StepUndoFailed, failover.StepUndoSkipped:
+		case plan.StepFailed, plan.StepUndoFailed, plan.StepUndoSkipped:
 			fmt.Fprintf(p.w, "      %s %s: %s\n", pe.StepID, pe.Type, pe.Error)
-		case failover.StepUndone:
+		case plan.StepUndone:
 			fmt.Fprintf(p.w, "      %s undone: %s\n", pe.StepID, pe.Description)
 		}
 	case runbooks.EventProgress:

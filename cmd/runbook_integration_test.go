@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
 	"github.com/replctl/replctl/runbooks"
 	"github.com/replctl/replctl/testenv"
 )
@@ -248,13 +248,13 @@ steps:
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := failover.Connect(t.Context(), cfg.Etcd)
+	cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	l, err := failover.Acquire(t.Context(), cli, failover.LockOptions{Prefix: cfg.Etcd.Prefix, Cluster: cfg.Cluster, TTL: 10 * time.Second,
-		Actor: failover.Actor{User: "carol", Host: "ops2", PID: 7, Command: "promote pg2"}})
+	l, err := etcdlock.Acquire(t.Context(), cli, etcdlock.LockOptions{Prefix: cfg.Etcd.Prefix, Cluster: cfg.Cluster, TTL: 10 * time.Second,
+		Actor: etcdlock.Actor{User: "carol", Host: "ops2", PID: 7, Command: "promote pg2"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -40,7 +40,7 @@ type recordInfo struct {
 	RecordedPrimary string
 	Fenced          []string
 	// State is the whole cluster record, nil when none was written yet.
-	State *failover.State
+	State *etcdlock.State
 }
 
 // lockInfo describes who holds the fencing lock.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/failover/writeprobe"
 	"github.com/replctl/replctl/testenv"
 )
@@ -104,7 +105,7 @@ func BenchmarkSwitchoverUnderLoad(b *testing.B) {
 		run := replctl(ctx, nil, "--config", cfgPath, "-o", "json", "promote", to, "--yes")
 		s.cmdEnd = time.Now()
 		s.doc = decodeLoadDoc(run)
-		if run.Code != 0 || s.doc == nil || s.doc.Primary != from || s.doc.Result == nil || s.doc.Result.Outcome != failover.OutcomeSucceeded {
+		if run.Code != 0 || s.doc == nil || s.doc.Primary != from || s.doc.Result == nil || s.doc.Result.Outcome != plan.OutcomeSucceeded {
 			failed++
 			b.Errorf("switchover %d, %s to %s, failed: %s", len(runs)+1, from, to, run)
 			return false
@@ -176,7 +177,7 @@ type loadSwitchover struct {
 type loadDoc struct {
 	Primary string `json:"primary"`
 	Result  *struct {
-		Outcome failover.Outcome `json:"outcome"`
+		Outcome plan.Outcome `json:"outcome"`
 		Steps   []struct {
 			ID       string        `json:"id"`
 			Start    time.Time     `json:"start"`
@@ -433,19 +434,26 @@ type loadReport struct {
 
 // analyseLoad computes each switchover's outage (see the benchmark) and
 // lays out where the time went, from the steps' timestamps in the
-// command's JSON result and the writers' own records.
+// command's JSON result and the writers' own records. The first lines are
+// a summary (go test keeps only 10 lines of a benchmark's log without -v);
+// the rows per switchover, step durations and writers follow.
 func analyseLoad(l *load, runs []loadSwitchover) loadReport {
-	var b strings.Builder
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
-	var outages []time.Duration
+	// The columns: outage and blocked, then the switchover's timeline.
+	cols := []struct{ name, help string }{
+		{"outage", "longest gap between two commits of one writer"},
+		{"blocked", "longest time no writer committed"},
+		{"fence>fail", "fence step start to the first failed write (writes still commit)"},
+		{"fail>fenced", "to the fence step's end (the old primary's shutdown, the stop command's end)"},
+		{"fenced>promote", "to the promote step's start (final-lsn, wait-replay)"},
+		{"promote", "the promote step (pg_promote until it has left recovery)"},
+		{">1st-ack", "promote step's end to the first commit after it"},
+		{">all-ack", "promote step's end to the last writer's first commit after it"},
+	}
+	vals := make([][]time.Duration, len(cols)) // [column][switchover], -1 when unknown
 	stepDur := map[string][]time.Duration{}
 	var stepOrder []string
-	fmt.Fprintf(&b, "%d writers, %d switchovers; per switchover (ms), along its timeline:\n"+
-		"  outage = longest gap between two commits of one writer; blocked = longest time no writer committed;\n"+
-		"  fence>fail = fence step start to the first failed write (writes still commit); fail>fenced = to the fence step's end (the old primary's shutdown);\n"+
-		"  fenced>promote = to the promote step's start (final-lsn, wait-replay); promote = the promote step;\n"+
-		"  >1st-ack, >all-ack = promote step's end to the first commit, and to the last writer's first commit, after it\n", len(l.writers), len(runs))
-	fmt.Fprintf(&b, "  %-3s %-9s %7s %7s %10s %11s %14s %7s %8s %8s %8s  steps\n", "#", "move", "outage", "blocked", "fence>fail", "fail>fenced", "fenced>promote", "promote", ">1st-ack", ">all-ack", "command")
+	var rows strings.Builder
 	for i, s := range runs {
 		// Per writer: longest gap whose later ack is after the start
 		// and whose earlier ack is before the end.
@@ -478,7 +486,6 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 		for j := 1; j < len(merged); j++ {
 			blocked = max(blocked, merged[j].Sub(merged[j-1]))
 		}
-		outages = append(outages, worst)
 
 		var fenceStart, fenced, promoteStart, promoted time.Time
 		var steps []string
@@ -508,30 +515,50 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 				}
 			}
 		}
-		diff := func(a, z time.Time) string {
+		diff := func(a, z time.Time) time.Duration {
 			if a.IsZero() || z.IsZero() {
-				return "-"
+				return -1
 			}
-			return ms(z.Sub(a))
+			return z.Sub(a)
 		}
-		fmt.Fprintf(&b, "  %-3d %-9s %7s %7s %10s %11s %14s %7s %8s %8s %8s  %s\n", i+1, s.from+">"+s.to, ms(worst), ms(blocked),
-			diff(fenceStart, firstFail), diff(firstFail, fenced), diff(fenced, promoteStart), diff(promoteStart, promoted),
-			diff(promoted, first), diff(promoted, last), ms(s.cmdEnd.Sub(s.start)), strings.Join(steps, " "))
+		row := []time.Duration{worst, blocked, diff(fenceStart, firstFail), diff(firstFail, fenced), diff(fenced, promoteStart),
+			diff(promoteStart, promoted), diff(promoted, first), diff(promoted, last)}
+		fmt.Fprintf(&rows, "  %-3d %-8s", i+1, s.from+">"+s.to)
+		for c, v := range row {
+			cell := "-"
+			if v >= 0 {
+				vals[c] = append(vals[c], v)
+				cell = ms(v)
+			}
+			fmt.Fprintf(&rows, " %*s", len(cols[c].name), cell)
+		}
+		fmt.Fprintf(&rows, " %8s  %s\n", ms(s.cmdEnd.Sub(s.start)), strings.Join(steps, " "))
 		for _, cr := range s.doc.Commands {
-			fmt.Fprintf(&b, "        command %s %s: %s ms\n", cr.Node, cr.Action, ms(cr.Duration))
+			fmt.Fprintf(&rows, "        command %s %s: %s ms\n", cr.Node, cr.Action, ms(cr.Duration))
 		}
 	}
-	fmt.Fprintf(&b, "  step durations over the switchovers (ms): median / max\n")
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d writers, %d switchovers; ms, median / max over the switchovers:\n", len(l.writers), len(runs))
+	for c, col := range cols {
+		fmt.Fprintf(&b, "  %-14s %7s / %7s  %s\n", col.name, ms(quantile(vals[c], 0.5)), ms(quantile(vals[c], 1)), col.help)
+	}
+	fmt.Fprintf(&b, "per switchover (ms):\n  %-3s %-8s", "#", "move")
+	for _, col := range cols {
+		fmt.Fprintf(&b, " %s", col.name)
+	}
+	fmt.Fprintf(&b, " %8s  steps\n%s", "command", rows.String())
+	fmt.Fprintf(&b, "step durations (ms): median / max\n")
 	for _, id := range stepOrder {
 		d := stepDur[id]
-		fmt.Fprintf(&b, "    %-16s %8s / %8s\n", id, ms(quantile(d, 0.5)), ms(quantile(d, 1)))
+		fmt.Fprintf(&b, "  %-16s %8s / %8s\n", id, ms(quantile(d, 0.5)), ms(quantile(d, 1)))
 	}
 	for i, w := range l.writers {
-		fmt.Fprintf(&b, "  writer %d: %d commits, %d failures; last error: %s\n", i, len(w.acks), len(w.fails), w.err)
+		fmt.Fprintf(&b, "writer %d: %d commits, %d failures; last error: %s\n", i, len(w.acks), len(w.fails), w.err)
 	}
 	return loadReport{
-		p50:  float64(quantile(outages, 0.5).Microseconds()) / 1000,
-		p99:  float64(quantile(outages, 0.99).Microseconds()) / 1000,
+		p50:  float64(quantile(vals[0], 0.5).Microseconds()) / 1000,
+		p99:  float64(quantile(vals[0], 0.99).Microseconds()) / 1000,
 		text: b.String(),
 	}
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -21,7 +23,7 @@ const (
 // cluster record (nil when there is none or etcd is not reachable).
 type Observation struct {
 	Snap  *topology.Snapshot
-	State *State
+	State *etcdlock.State
 }
 
 // Request is an operation to plan: its kind and the options of that kind.
@@ -104,9 +106,9 @@ func (d *Driver) Replan(prep *Prepared, env *Env) *OperationPlan {
 // Run executes op, planned with env (Replan), under the lock: spec's
 // Rebuild is the driver's, from a fresh observation with the candidate
 // pinned.
-func (d *Driver) Run(ctx context.Context, prep *Prepared, op *OperationPlan, env *Env, spec OperationSpec) *Result {
+func (d *Driver) Run(ctx context.Context, prep *Prepared, op *OperationPlan, env *Env, spec OperationSpec) *plan.Result {
 	if op.Plan == nil {
-		return &Result{Outcome: OutcomeFailed, Err: errors.New("no plan to run")}
+		return &plan.Result{Outcome: plan.OutcomeFailed, Err: errors.New("no plan to run")}
 	}
 	spec.Kind = op.Kind
 	spec.Rebuild = d.rebuild(prep, op)
@@ -117,9 +119,9 @@ func (d *Driver) Run(ctx context.Context, prep *Prepared, op *OperationPlan, env
 // what RunOperation compares with op's plan under the lock. Under the lock
 // the evidence is the fresh look only: the window was spent before the
 // plan was shown.
-func (d *Driver) rebuild(prep *Prepared, op *OperationPlan) func(ctx context.Context) (*Plan, []checks.Result, error) {
+func (d *Driver) rebuild(prep *Prepared, op *OperationPlan) func(ctx context.Context) (*plan.Plan, []checks.Result, error) {
 	req := prep.Request.pinned(op.Candidate)
-	return func(ctx context.Context) (*Plan, []checks.Result, error) {
+	return func(ctx context.Context) (*plan.Plan, []checks.Result, error) {
 		o := PlanFrom(d.Cfg, req, d.Observe(ctx), nil, nil)
 		var err error
 		if o.Error != "" {
@@ -140,7 +142,7 @@ func PlanFrom(cfg *config.Config, req Request, obs Observation, probes []ProbeAt
 	var err error
 	switch req.Kind {
 	case KindSwitchover:
-		var rank *checks.Ranking
+		var rank *Ranking
 		op.Plan, rank, op.Checks, err = PlanSwitchover(cfg, obs.Snap, req.Switchover, env)
 		if rank != nil {
 			op.Choice, op.Candidate = rank, rank.Chosen

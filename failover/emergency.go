@@ -1,7 +1,6 @@
 package failover
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,9 @@ import (
 
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -76,7 +78,7 @@ type Evidence struct {
 
 // OldPrimary finds the primary an emergency failover replaces: the one the
 // cluster record names, else the node most reachable replicas point to.
-func OldPrimary(cfg *config.Config, snap *topology.Snapshot, st *State) (string, error) {
+func OldPrimary(cfg *config.Config, snap *topology.Snapshot, st *etcdlock.State) (string, error) {
 	if st != nil && st.Primary != "" {
 		if _, ok := cfg.Node(st.Primary); ok {
 			return st.Primary, nil
@@ -238,7 +240,7 @@ type SyncProof struct {
 // over n named standbys, examining n-k+1 of them sees at least one holding
 // every acknowledged commit, so the most advanced examined node has them
 // all. examined are the named standbys whose receive position is known.
-func ProveSync(st *State, examined func(name string) bool, best string, lastRecorded string) SyncProof {
+func ProveSync(st *etcdlock.State, examined func(name string) bool, best string, lastRecorded string) SyncProof {
 	if st == nil || (st.Sync.StandbyNames == "" && st.Sync.Commit == "") {
 		return SyncProof{Unknown: true, Message: "no synchronous replication settings recorded (no replctl operation has saved them): unknown whether acknowledged commits were synchronous" + lossWindow(lastRecorded)}
 	}
@@ -247,7 +249,7 @@ func ProveSync(st *State, examined func(name string) bool, best string, lastReco
 	strong := st.Sync.Commit == "on" || st.Sync.Commit == "remote_apply"
 	if err != nil || !ss.Enabled() || !strong {
 		p.Message = fmt.Sprintf("replication was asynchronous (synchronous_standby_names %s, synchronous_commit %s): acknowledged commits may be missing%s",
-			quoteLiteral(st.Sync.StandbyNames), orDash(st.Sync.Commit), lossWindow(lastRecorded))
+			pgctl.QuoteLiteral(st.Sync.StandbyNames), orDash(st.Sync.Commit), lossWindow(lastRecorded))
 		return p
 	}
 	p.Sync = true
@@ -288,7 +290,7 @@ func orDash(s string) string {
 
 // EmergencyChoice is the candidate decision with what it would cost.
 type EmergencyChoice struct {
-	checks.Ranking
+	Ranking
 	// AheadBytes is how much WAL some reachable node has that the chosen
 	// one lacks: what promoting it would lose.
 	AheadBytes uint64 `json:"ahead_bytes"`
@@ -296,17 +298,10 @@ type EmergencyChoice struct {
 	Proof      SyncProof
 }
 
-func receivePos(n *topology.Node) *topology.LSN {
-	if n.ReceiveLSN != nil && (n.ReplayLSN == nil || *n.ReceiveLSN >= *n.ReplayLSN) {
-		return n.ReceiveLSN
-	}
-	return n.ReplayLSN
-}
-
 // EmergencyPreflight chooses the candidate among the lost primary's
 // reachable replicas (highest received LSN, then priority, then name) and
 // checks everything that must hold before anything changes. It is pure.
-func EmergencyPreflight(cfg *config.Config, snap *topology.Snapshot, st *State, old string, ev Evidence, o EmergencyOptions) (EmergencyChoice, []checks.Result) {
+func EmergencyPreflight(cfg *config.Config, snap *topology.Snapshot, st *etcdlock.State, old string, ev Evidence, o EmergencyOptions) (EmergencyChoice, []checks.Result) {
 	var out []checks.Result
 	add := func(name, node string, ok bool, okMsg, badMsg, hint string) {
 		r := checks.Result{Name: name, Node: node, Level: checks.OK, Code: "ok", Message: okMsg}
@@ -315,7 +310,7 @@ func EmergencyPreflight(cfg *config.Config, snap *topology.Snapshot, st *State, 
 		}
 		out = append(out, r)
 	}
-	ch := EmergencyChoice{Ranking: checks.Ranking{Rejected: map[string]string{}}}
+	ch := EmergencyChoice{Ranking: Ranking{Rejected: map[string]string{}}}
 	if p := snap.PrimaryNode(); p != nil {
 		add("primary_down", p.Name, false, "", p.Name+" is a reachable, writable primary",
 			"--emergency is for a dead primary: use a planned switchover (replctl promote without --emergency)")
@@ -381,15 +376,7 @@ func EmergencyPreflight(cfg *config.Config, snap *topology.Snapshot, st *State, 
 	if o.AllowDataLoss && len(unknown) > 0 {
 		out[len(out)-1].Level = checks.Warning
 	}
-	slices.SortStableFunc(eligible, func(a, b *topology.Node) int {
-		if c := cmp.Compare(*receivePos(b), *receivePos(a)); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(b.Priority, a.Priority); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Name, b.Name)
-	})
+	rankByReceived(eligible)
 	var chosen *topology.Node
 	if o.Candidate != "" {
 		chosen = snap.Node(o.Candidate)
@@ -490,7 +477,7 @@ func timelineList(m map[uint32][]string) string {
 
 // BuildEmergencyPlan builds the failover from the dead old primary to
 // candidate. It is pure like BuildSwitchoverPlan.
-func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, old, candidate string, o EmergencyOptions, env *Env) (*Plan, error) {
+func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *etcdlock.State, old, candidate string, o EmergencyOptions, env *Env) (*plan.Plan, error) {
 	oldNode, ok := cfg.Node(old)
 	if !ok {
 		return nil, fmt.Errorf("old primary %q is not configured", old)
@@ -505,7 +492,7 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 	cn := snap.Node(candidate)
 	sw := newSwitchover(env, cfg, oldNode, cand, SwitchoverOptions{Candidate: candidate, CatchupTimeout: o.CatchupTimeout, CallTimeout: o.CallTimeout}, cn)
 	var ahead []string
-	p := &Plan{Kind: "failover", Candidate: candidate, Primary: old}
+	p := &plan.Plan{Kind: "failover", Candidate: candidate, Primary: old}
 	for _, n := range snap.Nodes {
 		if n.Member() && n.Role == topology.RoleReplica && n.Name != candidate && directReplicaOf(cfg, snap, n, old) {
 			// A replica that received WAL the candidate lacks (--allow-data-loss)
@@ -534,8 +521,8 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 	}
 	ttl := cfg.Lock.TTL
 	t := sw.t
-	add := func(s Step) { p.Steps = append(p.Steps, s) }
-	add(Step{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-check the evidence and the candidate",
+	add := func(s plan.Step) { p.Steps = append(p.Steps, s) }
+	add(plan.Step{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-check the evidence and the candidate",
 		cfg.Etcd.Prefix, cfg.Cluster, ttl), Run: sw.acquire})
 	if o.NoFence {
 		p.Fence = "none"
@@ -548,22 +535,22 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 		p.Fence = "record"
 		if oldNode.Commands.Fence != "" {
 			p.Fence = "command"
-			add(Step{ID: StepFenceCommand, Node: old, Mutates: true, Fences: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
+			add(plan.Step{ID: StepFenceCommand, Node: old, Mutates: true, Fences: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
 				Description: fmt.Sprintf("%s: fence (STONITH) with commands.fence (%s); its failure aborts the failover", old, oldNode.Commands.Fence),
 				Run: func(ctx context.Context) error {
-					_, err := env.Ctl.RunCommand(ctx, old, ActionFence, nil)
+					_, err := env.Ctl.RunCommand(ctx, old, pgctl.ActionFence, nil)
 					return err
 				}})
 		}
-		add(Step{ID: StepFenceSQL, Node: old, Mutates: true, Fences: true, Timeout: 2 * t.Call, Budget: sw.budget(2 * t.Call),
-			Description: fmt.Sprintf("%s: SQL fence in case it is reachable after all (%s); only a failure to connect counts as unreachable, any other error stops the failover", old, strings.Join(SQLFenceSQL, "; ")),
+		add(plan.Step{ID: StepFenceSQL, Node: old, Mutates: true, Fences: true, Timeout: 2 * t.Call, Budget: sw.budget(2 * t.Call),
+			Description: fmt.Sprintf("%s: SQL fence in case it is reachable after all (%s); only a failure to connect counts as unreachable, any other error stops the failover", old, strings.Join(pgctl.SQLFenceSQL, "; ")),
 			Run:         sw.fenceDeadSQL})
 		p.Notes = append(p.Notes, fmt.Sprintf("an emergency fence is never lifted by replctl, even when the failover fails: %s stays fenced until `replctl rejoin %s`", old, old))
 	}
 	if len(sw.slots) > 0 {
 		add(sw.stepCreateSlots())
 	}
-	add(Step{ID: StepReplayAll, Node: candidate, Timeout: t.Catchup,
+	add(plan.Step{ID: StepReplayAll, Node: candidate, Timeout: t.Catchup,
 		Description: fmt.Sprintf("%s: wait until it has replayed everything it received (timeout %s)", candidate, t.Catchup),
 		Run:         sw.replayReceived})
 	add(sw.stepPromote())
@@ -582,7 +569,7 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 	if sw.sync != nil && len(sw.sync.Names) > 0 {
 		add(sw.stepSync())
 	} else if sw.sync != nil {
-		p.Notes = append(p.Notes, fmt.Sprintf("no standby is left for synchronous_standby_names %s: %s runs asynchronous until replicas are added", quoteLiteral(sw.syncOriginal), candidate))
+		p.Notes = append(p.Notes, fmt.Sprintf("no standby is left for synchronous_standby_names %s: %s runs asynchronous until replicas are added", pgctl.QuoteLiteral(sw.syncOriginal), candidate))
 	}
 	p.Notes = append(p.Notes, RejoinAdvice(cfg, old, candidate, false))
 	for _, name := range ahead {
@@ -598,7 +585,7 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *State, 
 // writes, and promoting beside it is what the fence is there to prevent.
 func (sw *switchover) fenceDeadSQL(ctx context.Context) error {
 	err := sw.env.Ctl.FenceSQL(ctx, sw.primary.Name)
-	if errors.Is(err, ErrConnect) {
+	if errors.Is(err, pgctl.ErrConnect) {
 		sw.env.progress(StepFenceSQL, "%s is unreachable, as expected: %v", sw.primary.Name, err)
 		return nil
 	}
@@ -683,7 +670,7 @@ type EmergencyAnalysis struct {
 // preflight and builds the plan from one observation (plus the probes made
 // over the confirmation window, if any). Like PlanSwitchover it serves the
 // dry-run, the run and the re-check under the lock.
-func PlanEmergency(cfg *config.Config, snap *topology.Snapshot, st *State, probes []ProbeAttempt, o EmergencyOptions, env *Env) (*Plan, *EmergencyAnalysis, error) {
+func PlanEmergency(cfg *config.Config, snap *topology.Snapshot, st *etcdlock.State, probes []ProbeAttempt, o EmergencyOptions, env *Env) (*plan.Plan, *EmergencyAnalysis, error) {
 	a := &EmergencyAnalysis{}
 	old, err := OldPrimary(cfg, snap, st)
 	if err != nil {
@@ -709,7 +696,7 @@ func PlanEmergency(cfg *config.Config, snap *topology.Snapshot, st *State, probe
 // (announce) whom it probes. It returns nil when there was nothing to
 // confirm; after a probe the caller looks at the replicas again, since
 // their receivers are judged as they are after the window.
-func ConfirmDown(ctx context.Context, cfg *config.Config, snap *topology.Snapshot, st *State, timeout time.Duration, announce func(old string)) []ProbeAttempt {
+func ConfirmDown(ctx context.Context, cfg *config.Config, snap *topology.Snapshot, st *etcdlock.State, timeout time.Duration, announce func(old string)) []ProbeAttempt {
 	old, err := OldPrimary(cfg, snap, st)
 	if err != nil || snap.PrimaryNode() != nil {
 		return nil

@@ -12,6 +12,7 @@ import (
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
 	"github.com/replctl/replctl/topology"
 	tt "github.com/replctl/replctl/topology/topologytest"
 )
@@ -74,12 +75,12 @@ func TestOldPrimary(t *testing.T) {
 	cases := []struct {
 		name string
 		snap *topology.Snapshot
-		st   *failover.State
+		st   *etcdlock.State
 		want string
 		err  string
 	}{
-		{name: "the record names it", snap: dead, st: &failover.State{Primary: "pg3"}, want: "pg3"},
-		{name: "a record naming an unknown node falls back to the replicas", snap: dead, st: &failover.State{Primary: "gone"}, want: "pg1"},
+		{name: "the record names it", snap: dead, st: &etcdlock.State{Primary: "pg3"}, want: "pg3"},
+		{name: "a record naming an unknown node falls back to the replicas", snap: dead, st: &etcdlock.State{Primary: "gone"}, want: "pg1"},
 		{name: "no record: where the replicas point", snap: dead, want: "pg1"},
 		{name: "a cascade's upstream is a replica, not the primary", want: "pg1", snap: func() *topology.Snapshot {
 			// pg3 streams from pg2; pg2 and pg4 point at the dead pg1.
@@ -197,19 +198,19 @@ func TestProveSync(t *testing.T) {
 	only := func(names ...string) func(string) bool {
 		return func(n string) bool { return strings.Contains(" "+strings.Join(names, " ")+" ", " "+n+" ") }
 	}
-	sync := func(names, commit string) *failover.State {
-		return &failover.State{Sync: failover.SyncSettings{StandbyNames: names, Commit: commit}}
+	sync := func(names, commit string) *etcdlock.State {
+		return &etcdlock.State{Sync: etcdlock.SyncSettings{StandbyNames: names, Commit: commit}}
 	}
 	cases := []struct {
 		name             string
-		st               *failover.State
+		st               *etcdlock.State
 		examined         func(string) bool
 		sync, proven     bool
 		needed, nExamine int
 		msg              string
 	}{
 		{name: "unknown: no record", examined: all, msg: "no synchronous replication settings recorded"},
-		{name: "unknown: a record without settings", st: &failover.State{Primary: "pg1"}, examined: all, msg: "no synchronous replication settings recorded"},
+		{name: "unknown: a record without settings", st: &etcdlock.State{Primary: "pg1"}, examined: all, msg: "no synchronous replication settings recorded"},
 		{name: "async: no standby names", st: sync("", "on"), examined: all, msg: "replication was asynchronous"},
 		{name: "async: synchronous_commit local", st: sync("ANY 1 (pg2, pg3)", "local"), examined: all, msg: "synchronous_commit local"},
 		{name: "async: unparsable names", st: sync("ANY (", "on"), examined: all, msg: "replication was asynchronous"},
@@ -262,8 +263,8 @@ func emFailedNames(rs []checks.Result) []string {
 // asyncRec is a record of an asynchronous primary; noRecord stands for no
 // record at all in tables whose zero value means asyncRec.
 var (
-	asyncRec = &failover.State{Primary: "pg1", Sync: failover.SyncSettings{StandbyNames: "", Commit: "on"}}
-	noRecord = &failover.State{}
+	asyncRec = &etcdlock.State{Primary: "pg1", Sync: etcdlock.SyncSettings{StandbyNames: "", Commit: "on"}}
+	noRecord = &etcdlock.State{}
 )
 
 func TestEmergencyPreflightRanking(t *testing.T) {
@@ -312,11 +313,11 @@ func TestEmergencyPreflightRefusals(t *testing.T) {
 	cfg := emConfig(t, "")
 	dead := failover.Evidence{Conclusive: true, Verdict: "pg1 is dead"}
 	pg2, pg3 := emDead("pg2", 0x3100000, 0x3100000), emDead("pg3", 0x3000000, 0x3000000)
-	syncRec := &failover.State{Primary: "pg1", Sync: failover.SyncSettings{StandbyNames: "ANY 1 (pg2, pg3)", Commit: "on"}}
+	syncRec := &etcdlock.State{Primary: "pg1", Sync: etcdlock.SyncSettings{StandbyNames: "ANY 1 (pg2, pg3)", Commit: "on"}}
 	cases := []struct {
 		name   string
 		sts    []topology.NodeStatus
-		st     *failover.State
+		st     *etcdlock.State
 		ev     failover.Evidence
 		o      failover.EmergencyOptions
 		failed []string
@@ -399,7 +400,7 @@ func TestEmergencyPreflightFenceWarning(t *testing.T) {
 func TestBuildEmergencyPlan(t *testing.T) {
 	t.Parallel()
 	cfg := emConfig(t, "")
-	rec := &failover.State{Primary: "pg1", Sync: failover.SyncSettings{StandbyNames: "ANY 1 (pg2, pg3, pg4)", Commit: "on"}}
+	rec := &etcdlock.State{Primary: "pg1", Sync: etcdlock.SyncSettings{StandbyNames: "ANY 1 (pg2, pg3, pg4)", Commit: "on"}}
 	snap := emSnap(cfg, nil, emDead("pg2", 0x3000000, 0x3000000), emDead("pg3", 0x3100000, 0x3100000), emDead("pg4", 0x3000000, 0x3000000))
 
 	// pg3 is ahead of the named pg2 (--allow-data-loss): it cannot follow

@@ -12,6 +12,8 @@ import (
 
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 	tt "github.com/replctl/replctl/topology/topologytest"
 )
@@ -23,7 +25,7 @@ type engineCase struct {
 	ctl  *fakeCluster
 	rec  *fakeRecorder
 	env  *Env
-	plan *Plan
+	plan *plan.Plan
 	// restorable is whether a failure before the point of no return puts
 	// every node back exactly as it was (an emergency fence never is lifted).
 	restorable bool
@@ -72,7 +74,7 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 			return st
 		}
 		snap := topology.Classify(c.cfg, []topology.NodeStatus{{Name: "pg1", Error: "connection refused"}, dead("pg2"), dead("pg3")}, nil)
-		st := &State{Primary: "pg1", Sync: SyncSettings{Commit: "on"}}
+		st := &etcdlock.State{Primary: "pg1", Sync: etcdlock.SyncSettings{Commit: "on"}}
 		c.plan, err = BuildEmergencyPlan(c.cfg, snap, st, "pg1", "pg2", EmergencyOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond}, c.env)
 	case "rejoin":
 		c.cfg = engineConfig(true, "pg1", "pg2", "pg3")
@@ -84,7 +86,7 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 		pg2.slots["pg3"] = false
 		pg3.auto["primary_conninfo"] = "host=127.0.0.1 port=5433 user=postgres application_name=pg3"
 		f.reload(pg3)
-		pg1.auto["default_transaction_read_only"], pg1.auto["synchronous_standby_names"] = "on", fenceStandbyName
+		pg1.auto["default_transaction_read_only"], pg1.auto["synchronous_standby_names"] = "on", topology.FenceStandbyName
 		f.reload(pg1)
 		c.rec.st.Fence("pg1", "former primary")
 		fenced := tt.Primary("pg1", lsn)
@@ -106,7 +108,7 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 	return c
 }
 
-func planRejoinForTest(cfg *config.Config, snap *topology.Snapshot, env *Env) (*Plan, []string, error) {
+func planRejoinForTest(cfg *config.Config, snap *topology.Snapshot, env *Env) (*plan.Plan, []string, error) {
 	p, results, err := PlanRejoin(cfg, snap, "pg1", env)
 	var failed []string
 	for _, r := range results {
@@ -117,8 +119,8 @@ func planRejoinForTest(cfg *config.Config, snap *topology.Snapshot, env *Env) (*
 	return p, failed, err
 }
 
-func ponrIndex(p *Plan) int {
-	return slices.IndexFunc(p.Steps, func(s Step) bool { return s.PointOfNoReturn })
+func ponrIndex(p *plan.Plan) int {
+	return slices.IndexFunc(p.Steps, func(s plan.Step) bool { return s.PointOfNoReturn })
 }
 
 // TestEngineFaultMatrix runs every plan kind with, at each step k: (a) step
@@ -145,7 +147,7 @@ func TestEngineFaultMatrix(t *testing.T) {
 					defer cancel(nil)
 					lose := func() {
 						c.rec.lose()
-						cancel(&LockLostError{Cluster: "demo", Reason: "the lease was revoked"})
+						cancel(&etcdlock.LockLostError{Cluster: "demo", Reason: "the lease was revoked"})
 					}
 					run := step.Run
 					if run == nil {
@@ -177,7 +179,7 @@ func TestEngineFaultMatrix(t *testing.T) {
 							return errors.Join(err, context.Cause(ctx))
 						}
 					}
-					res := Execute(ctx, c.plan, c.env, nil, nil)
+					res := plan.Execute(ctx, c.plan, c.env, nil, nil)
 					lost := c.rec.isLost()
 					if len(c.ctl.violations) > 0 {
 						t.Errorf("changed without the lock: %v", c.ctl.violations)
@@ -190,20 +192,20 @@ func TestEngineFaultMatrix(t *testing.T) {
 					}
 					ponr := ponrIndex(c.plan)
 					switch {
-					case res.Outcome == OutcomeSucceeded:
+					case res.Outcome == plan.OutcomeSucceeded:
 						if mode == "fail" && !step.Optional {
 							t.Errorf("succeeded despite the injected failure")
 						}
 					case k > ponr:
-						if res.Outcome != OutcomePartial {
+						if res.Outcome != plan.OutcomePartial {
 							t.Errorf("outcome %s after the point of no return, want partial", res.Outcome)
 						}
 					case lost:
-						if res.Outcome != OutcomeFailed {
+						if res.Outcome != plan.OutcomeFailed {
 							t.Errorf("outcome %s, want failed", res.Outcome)
 						}
 						for _, s := range res.Steps {
-							if s.Outcome == "undone" && c.plan.Steps[slices.IndexFunc(c.plan.Steps, func(p Step) bool { return "undo-"+p.ID == s.ID })].Mutates {
+							if s.Outcome == "undone" && c.plan.Steps[slices.IndexFunc(c.plan.Steps, func(p plan.Step) bool { return "undo-"+p.ID == s.ID })].Mutates {
 								t.Errorf("%s ran without the lock", s.ID)
 							}
 						}
@@ -218,7 +220,7 @@ func TestEngineFaultMatrix(t *testing.T) {
 							t.Errorf("writable %v, want only the promoted pg2", w)
 						}
 					default:
-						if res.Outcome != OutcomeFailed {
+						if res.Outcome != plan.OutcomeFailed {
 							t.Errorf("outcome %s, want failed", res.Outcome)
 						}
 						after := c.ctl.state()
@@ -242,17 +244,17 @@ func TestEngineFaultMatrix(t *testing.T) {
 func TestEngineLockLostDuringStopFenceLeavesFence(t *testing.T) {
 	t.Parallel()
 	c := newEngineCase(t, "switchover-stop")
-	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepFence })
+	i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepFence })
 	ctx, cancel := context.WithCancelCause(t.Context())
 	defer cancel(nil)
 	run := c.plan.Steps[i].Run
 	c.plan.Steps[i].Run = func(ctx context.Context) error {
 		err := run(ctx)
 		c.rec.lose()
-		cancel(&LockLostError{Cluster: "demo", Reason: "the lease was revoked"})
+		cancel(&etcdlock.LockLostError{Cluster: "demo", Reason: "the lease was revoked"})
 		return err
 	}
-	res := Execute(ctx, c.plan, c.env, nil, nil)
+	res := plan.Execute(ctx, c.plan, c.env, nil, nil)
 	if c.ctl.called("command pg1 start") || c.ctl.nodes["pg1"].up {
 		t.Fatalf("pg1 restarted after the lock was lost: %v", c.ctl.calls)
 	}
@@ -268,7 +270,7 @@ func TestEngineFailedStepUndoesItsOwnChange(t *testing.T) {
 	t.Parallel()
 	c := newEngineCase(t, "switchover-sql")
 	own := c.ctl.nodes["pg3"].auto["primary_conninfo"]
-	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepDetach+"-pg3" })
+	i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepDetach+"-pg3" })
 	run := c.plan.Steps[i].Run
 	c.plan.Steps[i].Run = func(ctx context.Context) error {
 		if err := run(ctx); err != nil {
@@ -276,8 +278,8 @@ func TestEngineFailedStepUndoesItsOwnChange(t *testing.T) {
 		}
 		return errors.New("WAL receiver did not restart")
 	}
-	res := Execute(t.Context(), c.plan, c.env, nil, nil)
-	if res.Outcome != OutcomeFailed {
+	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeFailed {
 		t.Fatalf("outcome %s", res.Outcome)
 	}
 	if got := c.ctl.nodes["pg3"].auto["primary_conninfo"]; got != own {
@@ -289,8 +291,8 @@ func TestEngineFailedStepUndoesItsOwnChange(t *testing.T) {
 
 	c = newEngineCase(t, "switchover-stop")
 	c.ctl.failSlotsAt = 1
-	res = Execute(t.Context(), c.plan, c.env, nil, nil)
-	if res.Outcome != OutcomeFailed || len(c.ctl.nodes["pg2"].slots) != 0 {
+	res = plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeFailed || len(c.ctl.nodes["pg2"].slots) != 0 {
 		t.Errorf("outcome %s, slots left on pg2: %v", res.Outcome, c.ctl.nodes["pg2"].slots)
 	}
 }
@@ -323,8 +325,8 @@ func TestEnginePausedReplica(t *testing.T) {
 				if !strings.Contains(strings.Join(p.Notes, "\n"), "pg3: ") || !strings.Contains(strings.Join(p.Descriptions(), "\n"), "not waited for") {
 					t.Errorf("the plan does not say what happens to pg3:\n%s\n%s", strings.Join(p.Descriptions(), "\n"), strings.Join(p.Notes, "\n"))
 				}
-				res := Execute(t.Context(), p, c.env, nil, nil)
-				if res.Outcome != OutcomeSucceeded {
+				res := plan.Execute(t.Context(), p, c.env, nil, nil)
+				if res.Outcome != plan.OutcomeSucceeded {
 					t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
 				}
 				if d := c.ctl.dangling(); len(d) > 0 {
@@ -353,7 +355,7 @@ func TestEngineCatchupWaitsBeforeFence(t *testing.T) {
 		}
 		c.ctl.behind, c.ctl.catchupStep = 200<<20, 10<<20
 		var behindAtFence uint64
-		i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepFence })
+		i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepFence })
 		run := c.plan.Steps[i].Run
 		c.plan.Steps[i].Run = func(ctx context.Context) error {
 			c.ctl.mu.Lock()
@@ -361,7 +363,7 @@ func TestEngineCatchupWaitsBeforeFence(t *testing.T) {
 			c.ctl.mu.Unlock()
 			return run(ctx)
 		}
-		if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+		if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
 			t.Fatalf("%s: outcome %s: %v", kind, res.Outcome, res.Err)
 		}
 		if behindAtFence > nearlyCaughtUp {
@@ -374,9 +376,9 @@ func TestEngineCatchupWaitsBeforeFence(t *testing.T) {
 func TestEngineSavesSyncSettings(t *testing.T) {
 	t.Parallel()
 	c := newEngineCase(t, "switchover-stop")
-	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepSaveConfig })
+	i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepSaveConfig })
 	c.plan.Steps = c.plan.Steps[:i+1]
-	if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+	if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
 		t.Fatal(res.Err)
 	}
 	if c.rec.st.Sync.Commit != "on" || c.rec.st.Sync.SeenAt.IsZero() || c.rec.st.Primary != "pg1" {
@@ -390,13 +392,13 @@ func TestEngineEmergencyFenceErrorStops(t *testing.T) {
 	t.Parallel()
 	c := newEngineCase(t, "emergency")
 	c.ctl.nodes["pg1"].up, c.ctl.nodes["pg1"].hung = true, true
-	c.plan.Steps = slices.DeleteFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepFenceCommand })
-	res := Execute(t.Context(), c.plan, c.env, nil, nil)
-	if res.Outcome != OutcomeFailed || c.ctl.called("promote") {
+	c.plan.Steps = slices.DeleteFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepFenceCommand })
+	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeFailed || c.ctl.called("promote") {
 		t.Fatalf("outcome %s, calls %v", res.Outcome, c.ctl.calls)
 	}
 	c = newEngineCase(t, "emergency")
-	if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+	if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
 		t.Fatalf("unreachable old primary: outcome %s: %v", res.Outcome, res.Err)
 	}
 }
@@ -406,7 +408,7 @@ func TestEngineEmergencyFenceErrorStops(t *testing.T) {
 func TestEnginePromoteTimeout(t *testing.T) {
 	t.Parallel()
 	c := newEngineCase(t, "switchover-stop")
-	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepPromote })
+	i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepPromote })
 	c.plan.Steps[i].Timeout = 100 * time.Millisecond
 	run := c.plan.Steps[i].Run
 	c.plan.Steps[i].Run = func(ctx context.Context) error {
@@ -415,12 +417,12 @@ func TestEnginePromoteTimeout(t *testing.T) {
 		c.ctl.mu.Unlock()
 		return run(ctx)
 	}
-	done := make(chan *Result, 1)
-	go func() { done <- Execute(t.Context(), c.plan, c.env, nil, nil) }()
+	done := make(chan *plan.Result, 1)
+	go func() { done <- plan.Execute(t.Context(), c.plan, c.env, nil, nil) }()
 	select {
 	case res := <-done:
-		var te *StepTimeoutError
-		if res.Outcome != OutcomeFailed || !errors.As(res.Err, &te) {
+		var te *plan.StepTimeoutError
+		if res.Outcome != plan.OutcomeFailed || !errors.As(res.Err, &te) {
 			t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
 		}
 	case <-time.After(20 * time.Second):
@@ -434,14 +436,14 @@ func TestEngineRecordsFenceBeforeFencing(t *testing.T) {
 	t.Parallel()
 	for _, kind := range []string{"switchover-stop", "switchover-sql", "emergency"} {
 		c := newEngineCase(t, kind)
-		i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.Fences })
+		i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.Fences })
 		run := c.plan.Steps[i].Run
 		var marked bool
 		c.plan.Steps[i].Run = func(ctx context.Context) error {
 			marked = c.rec.st.IsFenced("pg1")
 			return run(ctx)
 		}
-		if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+		if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
 			t.Fatalf("%s: %s: %v", kind, res.Outcome, res.Err)
 		}
 		if !marked {
@@ -456,9 +458,9 @@ func TestEngineHungReplicaReleasedBeforeStop(t *testing.T) {
 	t.Parallel()
 	c := newEngineCase(t, "switchover-stop")
 	c.ctl.nodes["pg3"].hung = true
-	i := slices.IndexFunc(c.plan.Steps, func(s Step) bool { return s.ID == StepFence })
+	i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepFence })
 	c.plan.Steps = c.plan.Steps[:i+1]
-	if res := Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != OutcomeSucceeded {
+	if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
 		t.Fatalf("%s: %v", res.Outcome, res.Err)
 	}
 	term := slices.Index(c.ctl.calls, "terminate-walsenders pg1 pg3")
@@ -499,7 +501,7 @@ func TestDriverPinsCandidate(t *testing.T) {
 		st.WALReceiver = nil
 		return st
 	}
-	st := &State{Primary: "pg1", Sync: SyncSettings{Commit: "on"}}
+	st := &etcdlock.State{Primary: "pg1", Sync: etcdlock.SyncSettings{Commit: "on"}}
 	looks = []Observation{
 		{Snap: topology.Classify(cfg, []topology.NodeStatus{{Name: "pg1", Error: "refused"}, dead("pg2", lsn), dead("pg3", lsn-0x100)}, nil), State: st},
 		{Snap: topology.Classify(cfg, []topology.NodeStatus{{Name: "pg1", Error: "refused"}, dead("pg2", lsn), dead("pg3", lsn+0x100)}, nil), State: st},
@@ -519,23 +521,5 @@ func TestDriverPinsCandidate(t *testing.T) {
 	}
 	if p != nil || !slices.Contains(failed, "most_advanced") {
 		t.Fatalf("rebuilt with pg3 ahead: plan %v, failed %v: want pg2 refused, not pg3 chosen", p != nil, failed)
-	}
-}
-
-// The SQL fence's final position is the end of the last record: an insert
-// position just past a page header (the last record ended on a page
-// boundary) is never flushed, nor replayed by any standby.
-func TestRecordEnd(t *testing.T) {
-	t.Parallel()
-	const bs, seg = 8192, 16 << 20
-	for _, c := range []struct{ in, want topology.LSN }{
-		{0x5039FA8, 0x5039FA8},
-		{0x503A018, 0x503A000},       // short header after a page boundary
-		{0x6000028, 0x6000000},       // long header at a segment start
-		{0x503A000 + 100, 0x503A064}, // in a page
-	} {
-		if got := recordEnd(c.in, bs, seg); got != c.want {
-			t.Errorf("recordEnd(%s) = %s, want %s", c.in, got, c.want)
-		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -139,7 +141,7 @@ func (f *fakeCluster) node(ctx context.Context, name string) (*fakeNode, error) 
 		return nil, fmt.Errorf("node %q is not configured", name)
 	}
 	if !n.up {
-		return nil, fmt.Errorf("%w: %s: connection refused", ErrConnect, name)
+		return nil, fmt.Errorf("%w: %s: connection refused", pgctl.ErrConnect, name)
 	}
 	if n.hung {
 		f.mu.Unlock()
@@ -323,14 +325,14 @@ func (f *fakeCluster) ReplayPaused(ctx context.Context, node string) (bool, erro
 	return n.paused, nil
 }
 
-func (f *fakeCluster) CaptureSettings(ctx context.Context, node string, names ...string) (*SettingsSnapshot, error) {
+func (f *fakeCluster) CaptureSettings(ctx context.Context, node string, names ...string) (*pgctl.SettingsSnapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n, err := f.node(ctx, node)
 	if err != nil {
 		return nil, err
 	}
-	s := &SettingsSnapshot{Settings: map[string]*string{}}
+	s := &pgctl.SettingsSnapshot{Settings: map[string]*string{}}
 	for _, name := range names {
 		if v, ok := n.auto[name]; ok {
 			s.Settings[name] = &v
@@ -341,7 +343,7 @@ func (f *fakeCluster) CaptureSettings(ctx context.Context, node string, names ..
 	return s, nil
 }
 
-func (f *fakeCluster) RestoreSettings(ctx context.Context, node string, s *SettingsSnapshot) error {
+func (f *fakeCluster) RestoreSettings(ctx context.Context, node string, s *pgctl.SettingsSnapshot) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n, err := f.node(ctx, node)
@@ -382,7 +384,7 @@ func (f *fakeCluster) FenceSQL(ctx context.Context, node string) error {
 	}
 	f.change("fence-sql %s", node)
 	n.auto["default_transaction_read_only"] = "on"
-	n.auto["synchronous_standby_names"] = fenceStandbyName
+	n.auto["synchronous_standby_names"] = topology.FenceStandbyName
 	f.reload(n)
 	return nil
 }
@@ -429,7 +431,7 @@ func (f *fakeCluster) Promote(ctx context.Context, node string) error {
 	defer f.mu.Unlock()
 	n, err := f.node(ctx, node)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrPromoteNotSent, err)
+		return fmt.Errorf("%w: %w", pgctl.ErrPromoteNotSent, err)
 	}
 	f.change("promote %s", node)
 	if f.promoteErr != nil {
@@ -473,7 +475,7 @@ func (f *fakeCluster) Repoint(ctx context.Context, node, conninfo, slot string) 
 }
 
 func (f *fakeCluster) WaitStreaming(ctx context.Context, node string, timeline uint32) error {
-	return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		n, err := f.node(ctx, node)
@@ -521,23 +523,23 @@ func (f *fakeCluster) RecordToken(ctx context.Context, node string, _ int64, _ s
 	return err
 }
 
-func (f *fakeCluster) RunCommand(ctx context.Context, node, action string, _ map[string]string) (CommandResult, error) {
+func (f *fakeCluster) RunCommand(ctx context.Context, node, action string, _ map[string]string) (pgctl.CommandResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := f.nodes[node]
 	f.change("command %s %s", node, action)
 	switch action {
-	case ActionStop, ActionFence, ActionKill:
+	case pgctl.ActionStop, pgctl.ActionFence, pgctl.ActionKill:
 		n.up = false
 		for _, r := range f.nodes {
 			if r.upstream == node {
 				f.stopReceiver(r)
 			}
 		}
-	case ActionStart:
+	case pgctl.ActionStart:
 		n.up = true
 		f.reload(n)
-	case ActionRejoin:
+	case pgctl.ActionRejoin:
 		n.up, n.inRecovery = true, true
 		n.auto["primary_conninfo"] = "host=127.0.0.1 port=" + strconv.Itoa(f.primaryPort()) + " user=postgres"
 		n.auto["primary_slot_name"] = node
@@ -546,7 +548,7 @@ func (f *fakeCluster) RunCommand(ctx context.Context, node, action string, _ map
 		f.reload(n)
 		f.restartReceiver(n)
 	}
-	return CommandResult{Node: node, Action: action}, nil
+	return pgctl.CommandResult{Node: node, Action: action}, nil
 }
 
 func (f *fakeCluster) primaryPort() int {
@@ -565,7 +567,7 @@ func (f *fakeCluster) writable() []string {
 	var out []string
 	for _, name := range f.order {
 		n := f.nodes[name]
-		if n.up && !n.inRecovery && n.live["default_transaction_read_only"] != "on" && n.live["synchronous_standby_names"] != fenceStandbyName {
+		if n.up && !n.inRecovery && n.live["default_transaction_read_only"] != "on" && n.live["synchronous_standby_names"] != topology.FenceStandbyName {
 			out = append(out, name)
 		}
 	}
@@ -617,7 +619,7 @@ func (f *fakeCluster) dangling() []string {
 // fakeRecorder is the lock as plans use it: held until lose is called.
 type fakeRecorder struct {
 	mu   sync.Mutex
-	st   State
+	st   etcdlock.State
 	lost bool
 }
 
@@ -635,16 +637,16 @@ func (r *fakeRecorder) lose() {
 
 func (r *fakeRecorder) Check(context.Context, time.Duration) error {
 	if r.isLost() {
-		return &LockLostError{Reason: "the lease was revoked"}
+		return &etcdlock.LockLostError{Reason: "the lease was revoked"}
 	}
 	return nil
 }
 
 func (r *fakeRecorder) Token() int64 { return 7 }
 
-func (r *fakeRecorder) UpdateState(_ context.Context, fn func(*State) error) (*State, int64, error) {
+func (r *fakeRecorder) UpdateState(_ context.Context, fn func(*etcdlock.State) error) (*etcdlock.State, int64, error) {
 	if r.isLost() {
-		return nil, 0, &LockLostError{Reason: "the lease was revoked"}
+		return nil, 0, &etcdlock.LockLostError{Reason: "the lease was revoked"}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

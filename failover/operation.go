@@ -12,6 +12,8 @@ import (
 
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -62,15 +64,15 @@ type OperationSpec struct {
 	Command []string
 	// LockWait is how long to wait for a held lock (0 fails fast).
 	LockWait time.Duration
-	OnWait   func(*LockHolder)
+	OnWait   func(*etcdlock.LockHolder)
 	// Held is a lock the caller already holds (a drill holds it for all its
 	// steps); the operation then neither takes nor releases it, nor starts
 	// a history record of its own: the caller records its steps.
-	Held *Lock
+	Held *etcdlock.Lock
 	// Rebuild re-plans from a fresh look at the cluster under the lock and
 	// returns the preflight results with it.
-	Rebuild func(ctx context.Context) (*Plan, []checks.Result, error)
-	Sink    Sink
+	Rebuild func(ctx context.Context) (*plan.Plan, []checks.Result, error)
+	Sink    plan.Sink
 	Now     func() time.Time
 }
 
@@ -79,15 +81,15 @@ type OperationSpec struct {
 // it and refuses with a *PlanChangedError when the plan would now differ
 // from p, or a *RefusedError when the preflight now fails. The lock's loss
 // cancels the remaining steps. The operation is recorded in the history.
-func RunOperation(ctx context.Context, spec OperationSpec, p *Plan, env *Env) *Result {
+func RunOperation(ctx context.Context, spec OperationSpec, p *plan.Plan, env *Env) *plan.Result {
 	opCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var lock *Lock
-	var op *Operation
-	watch := func(l *Lock) {
+	var lock *etcdlock.Lock
+	var op *etcdlock.Operation
+	watch := func(l *etcdlock.Lock) {
 		go func() {
 			<-l.Context().Done()
-			if err := l.Err(); err != nil && !errors.Is(err, ErrReleased) {
+			if err := l.Err(); err != nil && !errors.Is(err, etcdlock.ErrReleased) {
 				cancel(err)
 			}
 		}()
@@ -100,9 +102,9 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *Plan, env *Env) *R
 			lock = spec.Held
 			watch(lock)
 		} else {
-			l, err := Acquire(actx, spec.Cli, LockOptions{
+			l, err := etcdlock.Acquire(actx, spec.Cli, etcdlock.LockOptions{
 				Prefix: spec.Cfg.Etcd.Prefix, Cluster: spec.Cfg.Cluster, TTL: spec.Cfg.Lock.TTL, Wait: spec.LockWait,
-				HistoryKeep: spec.Cfg.History.Keep, Actor: CurrentActor(spec.Command), OnWait: spec.OnWait,
+				HistoryKeep: spec.Cfg.History.Keep, Actor: etcdlock.CurrentActor(spec.Command), OnWait: spec.OnWait,
 			})
 			if err != nil {
 				return err
@@ -136,32 +138,32 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *Plan, env *Env) *R
 		return ""
 	}
 	var histErr error
-	sink := func(e Event) {
+	sink := func(e plan.Event) {
 		if spec.Sink != nil {
 			spec.Sink(e)
 		}
-		if op != nil && e.Type != StepProgress {
+		if op != nil && e.Type != plan.StepProgress {
 			// Undo events come after the lock may be lost; their record
 			// is written by Finish, which can still write then.
 			if err := op.Observe(context.WithoutCancel(opCtx), e); err != nil && histErr == nil {
-				var lost *LockLostError
+				var lost *etcdlock.LockLostError
 				if !errors.As(err, &lost) {
 					histErr = err
 				}
 			}
 		}
 	}
-	res := Execute(opCtx, p, env, sink, spec.Now)
-	if res.Err != nil && res.Outcome == OutcomeFailed {
+	res := plan.Execute(opCtx, p, env, sink, spec.Now)
+	if res.Err != nil && res.Outcome == plan.OutcomeFailed {
 		if cause := context.Cause(opCtx); cause != nil && !errors.Is(res.Err, cause) {
 			res.Err = errors.Join(res.Err, cause)
 		}
 	}
 	if op != nil {
 		outcome := res.Outcome
-		var lost *LockLostError
+		var lost *etcdlock.LockLostError
 		if errors.As(res.Err, &lost) {
-			outcome = OutcomeLockLost
+			outcome = etcdlock.OutcomeLockLost
 		}
 		if err := op.Finish(context.WithoutCancel(ctx), outcome, res.Err); err != nil {
 			histErr = errors.Join(histErr, err)
@@ -196,10 +198,10 @@ func firstDifference(a, b []string) string {
 // the switchover preflight and builds the plan, all from one snapshot: the
 // same function serves the dry-run, the real run and the re-check under the
 // lock. A nil plan with failed results means refused.
-func PlanSwitchover(cfg *config.Config, snap *topology.Snapshot, opts SwitchoverOptions, env *Env) (*Plan, *checks.Ranking, []checks.Result, error) {
-	var rank *checks.Ranking
+func PlanSwitchover(cfg *config.Config, snap *topology.Snapshot, opts SwitchoverOptions, env *Env) (*plan.Plan, *Ranking, []checks.Result, error) {
+	var rank *Ranking
 	if opts.Candidate == "" {
-		r, err := checks.ChooseSwitchoverCandidate(snap)
+		r, err := ChooseSwitchoverCandidate(snap)
 		if err != nil {
 			return nil, nil, []checks.Result{{Name: "candidate", Level: checks.Critical, Code: "candidate", Message: err.Error(),
 				Hint: "name a node, or fix the replicas so one is eligible"}}, nil
@@ -223,10 +225,10 @@ type OperationPlan struct {
 	Kind      string             `json:"kind"`
 	Primary   string             `json:"primary"`
 	Candidate string             `json:"candidate"`
-	Choice    *checks.Ranking    `json:"choice,omitempty"`
+	Choice    *Ranking           `json:"choice,omitempty"`
 	Checks    []checks.Result    `json:"checks"`
 	Proceed   bool               `json:"would_proceed"`
-	Plan      *Plan              `json:"plan"`
+	Plan      *plan.Plan         `json:"plan"`
 	Emergency *EmergencyAnalysis `json:"emergency,omitempty"`
 	Error     string             `json:"error,omitempty"`
 }

@@ -8,6 +8,9 @@ import (
 
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -56,7 +59,7 @@ func RejoinPreflight(cfg *config.Config, snap *topology.Snapshot, node string) [
 // it on the primary, its rejoin command, a wait until it streams, the drop
 // of slots it kept from its time as primary, and the fence mark removed.
 // It is pure; nil plan with failed results means refused.
-func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *Env) (*Plan, []checks.Result, error) {
+func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *Env) (*plan.Plan, []checks.Result, error) {
 	results := RejoinPreflight(cfg, snap, node)
 	if len(checks.Failed(results)) > 0 {
 		return nil, results, nil
@@ -64,7 +67,7 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 	p := snap.PrimaryNode()
 	primary, _ := cfg.Node(p.Name)
 	target, _ := cfg.Node(node)
-	ci, err := ReplicaConninfo(primary, "")
+	ci, err := pgctl.ReplicaConninfo(primary, "")
 	if err != nil {
 		return nil, results, err
 	}
@@ -82,8 +85,8 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 	t := TimeoutsFor(cfg, 0, 0)
 	r := &rejoin{env: env, primary: primary.Name, node: target.Name, conninfo: ci, timeline: tl, stale: stale, stream: t.Stream}
 	budget := min(5*time.Second, cfg.Lock.TTL/2)
-	plan := &Plan{Kind: "rejoin", Primary: primary.Name, Candidate: node}
-	plan.Steps = []Step{
+	rp := &plan.Plan{Kind: "rejoin", Primary: primary.Name, Candidate: node}
+	rp.Steps = []plan.Step{
 		{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight", cfg.Etcd.Prefix, cfg.Cluster, cfg.Lock.TTL),
 			Run: func(ctx context.Context) error { return env.Acquire(ctx) }},
 		{ID: StepSaveConfig, Node: primary.Name, Mutates: true, Timeout: t.Etcd, Budget: min(budget, t.Etcd),
@@ -110,7 +113,7 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 			}},
 		{ID: StepRejoin, Node: node, Mutates: true, Timeout: t.Command + t.Stream, Budget: budget, PointOfNoReturn: true,
 			Description: fmt.Sprintf("%s: rejoin as a replica of %s: commands.rejoin (%s) with REPLCTL_PRIMARY_CONNINFO=%s; wait until it streams on timeline %d (timeout %s)",
-				node, primary.Name, target.Commands.Rejoin, quoteLiteral(ci), tl, t.Stream),
+				node, primary.Name, target.Commands.Rejoin, pgctl.QuoteLiteral(ci), tl, t.Stream),
 			Run: r.run},
 		{ID: StepDropSlots, Node: node, Mutates: true, Timeout: t.Call, Budget: budget,
 			Description: fmt.Sprintf("%s: drop the inactive slots it kept as a primary (%s)", node, joinNames(stale)),
@@ -118,14 +121,14 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 		{ID: StepUnfence, Mutates: true, Timeout: t.Etcd, Budget: min(budget, t.Etcd),
 			Description: fmt.Sprintf("etcd: unmark %s fenced in the cluster record", node),
 			Run: func(ctx context.Context) error {
-				_, _, err := env.Lock.UpdateState(ctx, func(s *State) error {
+				_, _, err := env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
 					s.Unfence(node)
 					return nil
 				})
 				return err
 			}},
 	}
-	return plan, results, nil
+	return rp, results, nil
 }
 
 type rejoin struct {
@@ -142,7 +145,7 @@ type rejoin struct {
 }
 
 func (r *rejoin) run(ctx context.Context) error {
-	_, err := r.env.Ctl.RunCommand(ctx, r.node, ActionRejoin, map[string]string{
+	_, err := r.env.Ctl.RunCommand(ctx, r.node, pgctl.ActionRejoin, map[string]string{
 		"REPLCTL_PRIMARY_CONNINFO": r.conninfo,
 		"REPLCTL_PRIMARY_SLOT":     r.node,
 	})

@@ -11,6 +11,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -47,7 +50,7 @@ const nearlyCaughtUp = 1 << 20
 // Recorder is the cluster record and lock as plans use them.
 type Recorder interface {
 	Check(ctx context.Context, budget time.Duration) error
-	UpdateState(ctx context.Context, fn func(*State) error) (*State, int64, error)
+	UpdateState(ctx context.Context, fn func(*etcdlock.State) error) (*etcdlock.State, int64, error)
 	Token() int64
 }
 
@@ -111,9 +114,9 @@ type switchover struct {
 	preStopLSN topology.LSN
 	finalLSN   topology.LSN
 	// fenceCapture is the fenced primary's settings before the SQL fence.
-	fenceCapture *SettingsSnapshot
+	fenceCapture *pgctl.SettingsSnapshot
 	// detached are the other replicas' settings before the detach.
-	detached     map[string]*SettingsSnapshot
+	detached     map[string]*pgctl.SettingsSnapshot
 	slots        []string
 	created      []string
 	markedFenced bool
@@ -125,13 +128,13 @@ type switchover struct {
 	syncOriginal string
 	// candSync is the candidate's own synchronous replication settings: what
 	// it runs with once promoted, until the sync step replaces them.
-	candSync SyncSettings
+	candSync etcdlock.SyncSettings
 }
 
 func newSwitchover(env *Env, cfg *config.Config, primary, candidate config.Node, opts SwitchoverOptions, cn *topology.Node) *switchover {
 	return &switchover{env: env, cfg: cfg, primary: primary, candidate: candidate, opts: opts,
 		t: TimeoutsFor(cfg, opts.CallTimeout, opts.CatchupTimeout), candSync: syncSettingsOf(cn),
-		behind: map[string]string{}, detached: map[string]*SettingsSnapshot{}}
+		behind: map[string]string{}, detached: map[string]*pgctl.SettingsSnapshot{}}
 }
 
 // budget is the lease a step of timeout d needs left before it starts.
@@ -139,8 +142,8 @@ func (sw *switchover) budget(d time.Duration) time.Duration { return min(d, sw.c
 
 // syncSettingsOf is a node's synchronous replication settings as probed;
 // unknown ones stay empty, which ProveSync reads as "not recorded".
-func syncSettingsOf(n *topology.Node) SyncSettings {
-	var s SyncSettings
+func syncSettingsOf(n *topology.Node) etcdlock.SyncSettings {
+	var s etcdlock.SyncSettings
 	if n == nil {
 		return s
 	}
@@ -175,7 +178,7 @@ func whyBehind(n *topology.Node, needStream bool) string {
 // and the options: the steps run only when executed with a non-nil env.
 // Preflight checks are the caller's (checks.SwitchoverPreflight); this only
 // refuses what it cannot plan.
-func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts SwitchoverOptions, env *Env) (*Plan, error) {
+func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts SwitchoverOptions, env *Env) (*plan.Plan, error) {
 	pn := snap.PrimaryNode()
 	if pn == nil {
 		return nil, errors.New("no reachable primary: a planned switchover needs one (use --emergency when it is down)")
@@ -194,7 +197,7 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 	if primary.Commands.Stop != "" {
 		sw.fence = FenceStop
 	}
-	p := &Plan{Kind: "switchover", Candidate: candidate.Name, Primary: primary.Name, Fence: sw.fence}
+	p := &plan.Plan{Kind: "switchover", Candidate: candidate.Name, Primary: primary.Name, Fence: sw.fence}
 	for _, n := range snap.Nodes {
 		if !n.Member() || n.Role != topology.RoleReplica || n.Name == candidate.Name {
 			continue
@@ -228,22 +231,22 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 
 	ttl := cfg.Lock.TTL
 	t := sw.t
-	add := func(s Step) { p.Steps = append(p.Steps, s) }
+	add := func(s plan.Step) { p.Steps = append(p.Steps, s) }
 
-	add(Step{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight",
+	add(plan.Step{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight",
 		cfg.Etcd.Prefix, cfg.Cluster, ttl), Run: sw.acquire})
-	add(Step{ID: StepSaveConfig, Node: primary.Name, Mutates: true, Timeout: t.Etcd, Budget: sw.budget(t.Etcd),
+	add(plan.Step{ID: StepSaveConfig, Node: primary.Name, Mutates: true, Timeout: t.Etcd, Budget: sw.budget(t.Etcd),
 		Description: fmt.Sprintf("etcd: save %s's synchronous_standby_names (%s) and synchronous_commit (%s) in the cluster record",
 			primary.Name, quoteOrEmpty(pn.Settings.SynchronousStandbyNames), orUnknown(pn.Settings.SynchronousCommit)),
 		Run: sw.saveSettings})
-	add(Step{ID: StepCatchup, Node: candidate.Name, Timeout: t.Catchup,
+	add(plan.Step{ID: StepCatchup, Node: candidate.Name, Timeout: t.Catchup,
 		Description: fmt.Sprintf("%s: wait until replay is within %s of %s (timeout %s)", candidate.Name, config.HumanBytes(nearlyCaughtUp), primary.Name, t.Catchup),
 		Run:         sw.catchup})
 	if len(sw.slots) > 0 {
 		add(sw.stepCreateSlots())
 	}
 	if sw.fence == FenceStop {
-		add(Step{ID: StepCheckpoint, Node: primary.Name, Mutates: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
+		add(plan.Step{ID: StepCheckpoint, Node: primary.Name, Mutates: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
 			Description: fmt.Sprintf("%s: CHECKPOINT while it still serves, so the shutdown checkpoint is quick", primary.Name),
 			Run:         func(ctx context.Context) error { return sw.env.Ctl.Checkpoint(ctx, primary.Name) }})
 		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name)))
@@ -253,11 +256,11 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 			undo = fmt.Sprintf("%s: start it again as primary: %s", primary.Name, primary.Commands.Start)
 			undoFn = sw.unfenceStop
 		}
-		add(Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
+		add(plan.Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
 			Description: fmt.Sprintf("%s: stop fence: terminate the walsender of any other replica that does not answer within %s (a clean shutdown would wait for it), then stop it cleanly with commands.stop (%s); a clean shutdown waits for connected standbys to flush its last WAL",
 				primary.Name, hungProbe, primary.Commands.Stop),
 			UndoDescription: undo, Run: sw.fenceStop, Undo: undoFn})
-		add(Step{ID: StepFinalLSN, Node: candidate.Name, Timeout: t.Call,
+		add(plan.Step{ID: StepFinalLSN, Node: candidate.Name, Timeout: t.Call,
 			Description: fmt.Sprintf("%s: read %s's final WAL position as received (after a clean shutdown it is final)", candidate.Name, primary.Name),
 			Run:         sw.finalFromCandidate})
 	} else {
@@ -268,29 +271,29 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		// following it and cascade from the candidate, which then has all
 		// they have. Done before the fence, it costs no outage.
 		for _, o := range sw.others {
-			ci, err := ReplicaConninfo(candidate, o.Name)
+			ci, err := pgctl.ReplicaConninfo(candidate, o.Name)
 			if err != nil {
 				return nil, err
 			}
 			slot := slotFor(o)
-			add(Step{ID: StepDetach + "-" + o.Name, Node: o.Name, Mutates: true, Timeout: t.Stream, Budget: sw.budget(2 * time.Second),
+			add(plan.Step{ID: StepDetach + "-" + o.Name, Node: o.Name, Mutates: true, Timeout: t.Stream, Budget: sw.budget(2 * time.Second),
 				Description: fmt.Sprintf("%s: stop following %s, which the SQL fence leaves up: capture its primary_conninfo and primary_slot_name, ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s (cascade from %s); SELECT pg_reload_conf(); wait until its WAL receiver has left %s, terminating its walsender there if it stays (timeout %s)",
-					o.Name, primary.Name, quoteLiteral(ci), quoteLiteral(slot), candidate.Name, primary.Name, t.Stream),
+					o.Name, primary.Name, pgctl.QuoteLiteral(ci), pgctl.QuoteLiteral(slot), candidate.Name, primary.Name, t.Stream),
 				UndoDescription: fmt.Sprintf("%s: restore the primary_conninfo and primary_slot_name it had (ALTER SYSTEM), SELECT pg_reload_conf(), end its walsender on %s so it follows %s again", o.Name, candidate.Name, primary.Name),
 				Run:             func(ctx context.Context) error { return sw.detach(ctx, o.Name, ci, slot) },
 				Undo:            func(ctx context.Context) error { return sw.reattach(ctx, o.Name, slot) }})
 		}
 		p.Notes = append(p.Notes, fmt.Sprintf("%s has no commands.stop: using the SQL fence. It stops every ordinary client, but a session that sets default_transaction_read_only = off and synchronous_commit = local can still commit; use --require-stop to refuse without a stop command.", primary.Name))
 		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name)))
-		add(Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Call, Budget: sw.budget(2 * time.Second),
-			Description:     fmt.Sprintf("%s: SQL fence: capture default_transaction_read_only and synchronous_standby_names, then %s", primary.Name, strings.Join(SQLFenceSQL, "; ")),
+		add(plan.Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Call, Budget: sw.budget(2 * time.Second),
+			Description:     fmt.Sprintf("%s: SQL fence: capture default_transaction_read_only and synchronous_standby_names, then %s", primary.Name, strings.Join(pgctl.SQLFenceSQL, "; ")),
 			UndoDescription: fmt.Sprintf("%s: restore default_transaction_read_only and synchronous_standby_names as captured (ALTER SYSTEM), SELECT pg_reload_conf()", primary.Name),
 			Run:             sw.fenceSQL, Undo: sw.unfenceSQL})
-		add(Step{ID: StepFinalLSN, Node: primary.Name, Timeout: t.Call,
+		add(plan.Step{ID: StepFinalLSN, Node: primary.Name, Timeout: t.Call,
 			Description: fmt.Sprintf("%s: read its final WAL position: SELECT pg_current_wal_insert_lsn(), then wait until pg_current_wal_flush_lsn() reaches it", primary.Name),
 			Run:         sw.finalFromPrimary})
 	}
-	add(Step{ID: StepWaitReplay, Node: candidate.Name, Timeout: t.Catchup,
+	add(plan.Step{ID: StepWaitReplay, Node: candidate.Name, Timeout: t.Catchup,
 		Description: fmt.Sprintf("%s: wait until it has replayed up to %s's final position (timeout %s); SELECT pg_reload_conf() wakes its startup process if replay stalls", candidate.Name, primary.Name, t.Catchup),
 		Run:         sw.waitReplay})
 	add(sw.stepPromote())
@@ -307,10 +310,10 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		add(st)
 	}
 	if sw.rejoin {
-		ci, _ := ReplicaConninfo(candidate, "")
-		add(Step{ID: StepRejoin, Node: primary.Name, Mutates: true, Timeout: t.Command + t.Stream, Budget: sw.budget(5 * time.Second),
+		ci, _ := pgctl.ReplicaConninfo(candidate, "")
+		add(plan.Step{ID: StepRejoin, Node: primary.Name, Mutates: true, Timeout: t.Command + t.Stream, Budget: sw.budget(5 * time.Second),
 			Description: fmt.Sprintf("%s: rejoin as a replica of %s: commands.rejoin (%s) with REPLCTL_PRIMARY_CONNINFO=%s; wait until it streams on the new timeline (timeout %s); drop its old slots; unmark it fenced",
-				primary.Name, candidate.Name, primary.Commands.Rejoin, quoteLiteral(ci), t.Stream),
+				primary.Name, candidate.Name, primary.Commands.Rejoin, pgctl.QuoteLiteral(ci), t.Stream),
 			Run: func(ctx context.Context) error { return sw.rejoinOld(ctx, ci) }})
 	} else {
 		p.Notes = append(p.Notes, RejoinAdvice(cfg, primary.Name, candidate.Name, opts.NoRejoin))
@@ -331,8 +334,8 @@ const hungProbe = time.Second
 
 // The steps that switchover and emergency failover both make.
 
-func (sw *switchover) stepCreateSlots() Step {
-	return Step{ID: StepCreateSlots, Node: sw.candidate.Name, Mutates: true, Timeout: sw.t.Call, Budget: sw.budget(2 * time.Second),
+func (sw *switchover) stepCreateSlots() plan.Step {
+	return plan.Step{ID: StepCreateSlots, Node: sw.candidate.Name, Mutates: true, Timeout: sw.t.Call, Budget: sw.budget(2 * time.Second),
 		Description:     fmt.Sprintf("%s: create physical replication slots %s for the replicas that will follow it", sw.candidate.Name, strings.Join(sw.slots, ", ")),
 		UndoDescription: fmt.Sprintf("%s: drop the replication slots this operation created", sw.candidate.Name),
 		Run:             sw.createSlots, Undo: sw.dropSlots}
@@ -341,13 +344,13 @@ func (sw *switchover) stepCreateSlots() Step {
 // stepMarkFenced records the intent before the fence: should replctl die
 // between the fence and the record, etcd already names the old primary as
 // fenced, and starting it by hand shows up as a fenced node writable again.
-func (sw *switchover) stepMarkFenced(reason string) Step {
+func (sw *switchover) stepMarkFenced(reason string) plan.Step {
 	old := sw.primary.Name
-	return Step{ID: StepMarkFenced, Node: old, Mutates: true, Timeout: sw.t.Etcd, Budget: sw.budget(sw.t.Etcd),
+	return plan.Step{ID: StepMarkFenced, Node: old, Mutates: true, Timeout: sw.t.Etcd, Budget: sw.budget(sw.t.Etcd),
 		Description:     fmt.Sprintf("etcd: mark %s fenced in the cluster record before fencing it, so status flags it if it comes back writable", old),
 		UndoDescription: fmt.Sprintf("etcd: unmark %s fenced", old),
 		Run: func(ctx context.Context) error {
-			_, _, err := sw.env.Lock.UpdateState(ctx, func(s *State) error {
+			_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
 				sw.markedFenced = !s.IsFenced(old)
 				s.Fence(old, reason)
 				return nil
@@ -358,7 +361,7 @@ func (sw *switchover) stepMarkFenced(reason string) Step {
 			if !sw.markedFenced {
 				return nil
 			}
-			_, _, err := sw.env.Lock.UpdateState(ctx, func(s *State) error {
+			_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
 				s.Unfence(old)
 				return nil
 			})
@@ -369,55 +372,55 @@ func (sw *switchover) stepMarkFenced(reason string) Step {
 		}}
 }
 
-func (sw *switchover) stepPromote() Step {
+func (sw *switchover) stepPromote() plan.Step {
 	c := sw.candidate.Name
-	return Step{ID: StepPromote, Node: c, Mutates: true, Timeout: sw.t.Promote, Budget: sw.budget(2 * time.Second), PointOfNoReturn: true,
+	return plan.Step{ID: StepPromote, Node: c, Mutates: true, Timeout: sw.t.Promote, Budget: sw.budget(2 * time.Second), PointOfNoReturn: true,
 		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery (timeout %s); SELECT pg_reload_conf() wakes its startup process if that stalls", c, sw.t.Promote),
 		Run:         sw.promote}
 }
 
-func (sw *switchover) stepVerify() Step {
+func (sw *switchover) stepVerify() plan.Step {
 	c := sw.candidate.Name
-	return Step{ID: StepVerify, Node: c, Timeout: sw.t.Command,
+	return plan.Step{ID: StepVerify, Node: c, Timeout: sw.t.Command,
 		Description: fmt.Sprintf("%s: verify it accepts writes on a new timeline (from pg_walfile_name(pg_current_wal_lsn())), then CHECKPOINT", c),
 		Run:         sw.verify}
 }
 
-func (sw *switchover) stepRecord() Step {
+func (sw *switchover) stepRecord() plan.Step {
 	c := sw.candidate.Name
-	return Step{ID: StepRecordState, Node: c, Mutates: true, Timeout: sw.t.Etcd, Budget: sw.budget(sw.t.Etcd),
+	return plan.Step{ID: StepRecordState, Node: c, Mutates: true, Timeout: sw.t.Etcd, Budget: sw.budget(sw.t.Etcd),
 		Description: fmt.Sprintf("etcd: record %s as primary with its timeline, LSN and the fencing token, %s as fenced; %s: ALTER SYSTEM SET replctl.fencing_token", c, sw.primary.Name, c),
 		Run:         sw.record}
 }
 
-func (sw *switchover) stepHook() Step {
+func (sw *switchover) stepHook() plan.Step {
 	c := sw.candidate.Name
-	return Step{ID: StepHook, Node: c, Mutates: true, Timeout: sw.t.Command, Budget: sw.budget(5 * time.Second),
+	return plan.Step{ID: StepHook, Node: c, Mutates: true, Timeout: sw.t.Command, Budget: sw.budget(5 * time.Second),
 		Description: fmt.Sprintf("run hooks.post_promote (%s) with REPLCTL_NODE=%s", sw.cfg.Hooks.PostPromote, c),
 		Run:         sw.hook}
 }
 
-func (sw *switchover) stepRepoint(o *topology.Node) (Step, error) {
-	ci, err := ReplicaConninfo(sw.candidate, o.Name)
+func (sw *switchover) stepRepoint(o *topology.Node) (plan.Step, error) {
+	ci, err := pgctl.ReplicaConninfo(sw.candidate, o.Name)
 	if err != nil {
-		return Step{}, err
+		return plan.Step{}, err
 	}
 	slot := slotFor(o)
 	wait := fmt.Sprintf("wait until it streams on the new timeline (timeout %s)", sw.t.Stream)
 	if why := sw.behind[o.Name]; why != "" {
 		wait = fmt.Sprintf("verify the setting is in effect; not waited for: %s", why)
 	}
-	return Step{ID: StepRepoint + "-" + o.Name, Node: o.Name, Mutates: true, Timeout: sw.t.Stream, Budget: sw.budget(2 * time.Second),
+	return plan.Step{ID: StepRepoint + "-" + o.Name, Node: o.Name, Mutates: true, Timeout: sw.t.Stream, Budget: sw.budget(2 * time.Second),
 		Description: fmt.Sprintf("%s: ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf(); %s",
-			o.Name, quoteLiteral(ci), quoteLiteral(slot), wait),
+			o.Name, pgctl.QuoteLiteral(ci), pgctl.QuoteLiteral(slot), wait),
 		Run: func(ctx context.Context) error { return sw.repoint(ctx, o.Name, ci, slot) }}, nil
 }
 
-func (sw *switchover) stepSync() Step {
+func (sw *switchover) stepSync() plan.Step {
 	c := sw.candidate.Name
-	return Step{ID: StepSync, Node: c, Mutates: true, Timeout: sw.t.Stream, Budget: sw.budget(2 * time.Second),
+	return plan.Step{ID: StepSync, Node: c, Mutates: true, Timeout: sw.t.Stream, Budget: sw.budget(2 * time.Second),
 		Description: fmt.Sprintf("%s: once %d of %s stream (timeout %s), ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
-			c, sw.sync.Num, strings.Join(sw.sync.Names, ", "), sw.t.Stream, quoteLiteral(sw.sync.String())),
+			c, sw.sync.Num, strings.Join(sw.sync.Names, ", "), sw.t.Stream, pgctl.QuoteLiteral(sw.sync.String())),
 		Run: sw.applySync}
 }
 
@@ -479,7 +482,7 @@ func quoteOrEmpty(s *string) string {
 	if s == nil {
 		return "unknown"
 	}
-	return quoteLiteral(*s)
+	return pgctl.QuoteLiteral(*s)
 }
 
 func orUnknown(s *string) string {
@@ -501,7 +504,7 @@ func (sw *switchover) saveSettings(ctx context.Context) error {
 }
 
 func (sw *switchover) catchup(ctx context.Context) error {
-	return pollUntil(ctx, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
 		cur, err := sw.env.Ctl.CurrentLSN(ctx, sw.primary.Name)
 		if err != nil {
 			return false, err
@@ -541,7 +544,7 @@ func (sw *switchover) fenceStop(ctx context.Context) error {
 	}
 	sw.preStopLSN = lsn
 	sw.releaseHung(ctx)
-	_, err = sw.env.Ctl.RunCommand(ctx, sw.primary.Name, ActionStop, nil)
+	_, err = sw.env.Ctl.RunCommand(ctx, sw.primary.Name, pgctl.ActionStop, nil)
 	return err
 }
 
@@ -572,7 +575,7 @@ func (sw *switchover) unfenceStop(ctx context.Context) error {
 	if sw.promoteSent {
 		return fmt.Errorf("not restarting %s: %s may have been promoted; check both before starting it", sw.primary.Name, sw.candidate.Name)
 	}
-	_, err := sw.env.Ctl.RunCommand(ctx, sw.primary.Name, ActionStart, nil)
+	_, err := sw.env.Ctl.RunCommand(ctx, sw.primary.Name, pgctl.ActionStart, nil)
 	return err
 }
 
@@ -659,7 +662,7 @@ func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string) e
 		return err
 	}
 	start, terminated := time.Now(), time.Time{}
-	return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
 		pid, h, p, err := sw.env.Ctl.ReceiverUpstream(ctx, node)
 		if err != nil {
 			return false, err
@@ -701,7 +704,7 @@ func (sw *switchover) reattach(ctx context.Context, node, slot string) error {
 	if err != nil {
 		return err
 	}
-	return pollUntil(ctx, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
 		pid, h, p, err := sw.env.Ctl.ReceiverUpstream(ctx, node)
 		if err != nil || pid != 0 && h == host && p == port {
 			if err == nil {
@@ -716,7 +719,7 @@ func (sw *switchover) reattach(ctx context.Context, node, slot string) error {
 // waitSetting waits until node's own session sees name = want: the reload
 // has reached the node.
 func (sw *switchover) waitSetting(ctx context.Context, node, name, want string) error {
-	return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
 		v, err := sw.env.Ctl.Setting(ctx, node, name)
 		return v == want, err
 	}, fmt.Sprintf("%s: %s did not take the new value after pg_reload_conf() (is its postgresql.conf valid?)", node, name))
@@ -739,7 +742,7 @@ const replayStall = 20 * time.Millisecond
 func (sw *switchover) waitReplay(ctx context.Context) error {
 	var last topology.LSN
 	moved, nudged := time.Now(), time.Time{}
-	return pollUntil(ctx, 2*time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, 2*time.Millisecond, func(ctx context.Context) (bool, error) {
 		recv, replay, err := sw.env.Ctl.ReceiveReplay(ctx, sw.candidate.Name)
 		if err != nil {
 			return false, err
@@ -773,7 +776,7 @@ func (sw *switchover) promote(ctx context.Context) error {
 	err := sw.env.Ctl.Promote(ctx, sw.candidate.Name)
 	// Unless pg_promote() certainly never reached the candidate, it may be
 	// promoted yet: the undo must then leave the old primary fenced.
-	sw.promoteSent = !errors.Is(err, ErrPromoteNotSent)
+	sw.promoteSent = !errors.Is(err, pgctl.ErrPromoteNotSent)
 	return err
 }
 
@@ -794,7 +797,7 @@ func (sw *switchover) record(ctx context.Context) error {
 	if sw.env.OperationID != nil {
 		op = sw.env.OperationID()
 	}
-	_, _, err := sw.env.Lock.UpdateState(ctx, func(s *State) error {
+	_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
 		s.Primary = sw.candidate.Name
 		s.Timeline = sw.newTimeline
 		s.LSN = sw.newLSN
@@ -814,7 +817,7 @@ func (sw *switchover) record(ctx context.Context) error {
 
 func (sw *switchover) hook(ctx context.Context) error {
 	n := config.Node{Name: sw.candidate.Name, DSN: sw.candidate.DSN, Commands: config.NodeCommands{Start: sw.cfg.Hooks.PostPromote}}
-	_, err := RunNodeCommand(ctx, n, ActionStart, sw.cfg.CommandTimeout, nil)
+	_, err := pgctl.RunNodeCommand(ctx, n, pgctl.ActionStart, sw.cfg.CommandTimeout, nil)
 	if err != nil {
 		return fmt.Errorf("hooks.post_promote: %w", err)
 	}
@@ -861,7 +864,7 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 	if err := sw.env.Ctl.DropSlots(ctx, sw.primary.Name, old); err != nil {
 		return err
 	}
-	_, _, err := sw.env.Lock.UpdateState(ctx, func(s *State) error {
+	_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
 		s.Unfence(sw.primary.Name)
 		return nil
 	})
@@ -870,7 +873,7 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 
 func (sw *switchover) applySync(ctx context.Context) error {
 	want := sw.sync
-	err := pollUntil(ctx, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+	err := pgctl.PollUntil(ctx, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
 		n, err := sw.env.Ctl.StreamingStandbys(ctx, sw.candidate.Name, want.Names)
 		return n >= want.Num, err
 	}, fmt.Sprintf("fewer than %d of %s stream from %s: left asynchronous rather than let commits hang", want.Num, strings.Join(want.Names, ", "), sw.candidate.Name))
@@ -880,35 +883,31 @@ func (sw *switchover) applySync(ctx context.Context) error {
 	if err := sw.env.Ctl.SetSyncStandbys(ctx, sw.candidate.Name, want.String()); err != nil {
 		return err
 	}
-	_, _, err = sw.env.Lock.UpdateState(ctx, func(s *State) error {
-		s.Sync = SyncSettings{StandbyNames: want.String(), Commit: sw.candSync.Commit, SeenAt: time.Now()}
+	_, _, err = sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
+		s.Sync = etcdlock.SyncSettings{StandbyNames: want.String(), Commit: sw.candSync.Commit, SeenAt: time.Now()}
 		return nil
 	})
 	return err
 }
 
-// pollUntil calls cond every interval until it is true or ctx ends; on
-// timeout it fails with msg and the last error seen.
-func pollUntil(ctx context.Context, interval time.Duration, cond func(context.Context) (bool, error), msg string) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	var last error
-	for {
-		ok, err := cond(ctx)
-		if err == nil && ok {
-			return nil
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				if last != nil {
-					return fmt.Errorf("%s (last error: %v)", msg, last)
-				}
-				return errors.New(msg)
-			}
-			return context.Cause(ctx)
-		case <-t.C:
-		}
+// SaveSyncSettings records the primary's synchronous replication settings in
+// the cluster record, as seen by an operation holding the lock. Emergency
+// failover's quorum proof relies on them (a replica's own setting says
+// nothing about its primary's), so every operation that takes the lock
+// while a primary answers saves them. It also records the primary when the
+// record names none yet.
+func SaveSyncSettings(ctx context.Context, l Recorder, primary *topology.Node) error {
+	if primary == nil || !primary.Reachable {
+		return nil
 	}
+	sync := syncSettingsOf(primary)
+	sync.SeenAt = time.Now()
+	_, _, err := l.UpdateState(ctx, func(s *etcdlock.State) error {
+		if s.Primary == "" {
+			s.Primary = primary.Name
+		}
+		s.Sync = sync
+		return nil
+	})
+	return err
 }

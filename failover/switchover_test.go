@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 	"github.com/replctl/replctl/topology/topologytest"
 )
@@ -34,7 +36,7 @@ func switchoverFixture(t *testing.T, stop bool) (*config.Config, *topology.Snaps
 	return cfg, topology.Classify(cfg, st, nil)
 }
 
-func runSwitchover(t *testing.T, cfg *config.Config, snap *topology.Snapshot, ctl *fakeCluster) (*Plan, *Result) {
+func runSwitchover(t *testing.T, cfg *config.Config, snap *topology.Snapshot, ctl *fakeCluster) (*plan.Plan, *plan.Result) {
 	t.Helper()
 	env := &Env{Ctl: ctl}
 	rec := &fakeRecorder{}
@@ -44,10 +46,10 @@ func runSwitchover(t *testing.T, cfg *config.Config, snap *topology.Snapshot, ct
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p, Execute(t.Context(), p, env, nil, nil)
+	return p, plan.Execute(t.Context(), p, env, nil, nil)
 }
 
-func stepIDs(p *Plan) []string {
+func stepIDs(p *plan.Plan) []string {
 	var ids []string
 	for _, s := range p.Steps {
 		ids = append(ids, s.ID)
@@ -63,7 +65,7 @@ func TestSwitchoverSQLFenceDetachesOtherReplicas(t *testing.T) {
 	cfg, snap := switchoverFixture(t, false)
 	ctl := newFakeCtl(0x3000060)
 	p, res := runSwitchover(t, cfg, snap, ctl)
-	if res.Outcome != OutcomeSucceeded {
+	if res.Outcome != plan.OutcomeSucceeded {
 		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
 	}
 	ids := stepIDs(p)
@@ -89,9 +91,9 @@ func TestSwitchoverPromoteNotSentUndoesFence(t *testing.T) {
 	for _, stop := range []bool{false, true} {
 		cfg, snap := switchoverFixture(t, stop)
 		ctl := newFakeCtl(0x3000060)
-		ctl.promoteErr = fmt.Errorf("%w: connect pg2: connection refused", ErrPromoteNotSent)
+		ctl.promoteErr = fmt.Errorf("%w: connect pg2: connection refused", pgctl.ErrPromoteNotSent)
 		_, res := runSwitchover(t, cfg, snap, ctl)
-		if res.Outcome != OutcomeFailed {
+		if res.Outcome != plan.OutcomeFailed {
 			t.Fatalf("stop %v: outcome %s", stop, res.Outcome)
 		}
 		unfenced := ctl.called("restore-settings pg1")
@@ -115,7 +117,7 @@ func TestSwitchoverPromoteMaybeSentKeepsFence(t *testing.T) {
 	ctl := newFakeCtl(0x3000060)
 	ctl.promoteErr = errors.New("pg2: pg_promote(): unexpected EOF")
 	_, res := runSwitchover(t, cfg, snap, ctl)
-	if res.Outcome != OutcomeFailed || ctl.called("restore-settings pg1") {
+	if res.Outcome != plan.OutcomeFailed || ctl.called("restore-settings pg1") {
 		t.Fatalf("outcome %s, calls %v", res.Outcome, ctl.calls)
 	}
 	if !strings.Contains(res.Err.Error(), "may have been promoted") {
@@ -132,7 +134,7 @@ func TestSwitchoverWakesStalledReplay(t *testing.T) {
 	ctl := newFakeCtl(0x3000060)
 	ctl.stalled = true
 	_, res := runSwitchover(t, cfg, snap, ctl)
-	if res.Outcome != OutcomeSucceeded || !ctl.called("reload pg2") {
+	if res.Outcome != plan.OutcomeSucceeded || !ctl.called("reload pg2") {
 		t.Fatalf("outcome %s (%v), calls %v", res.Outcome, res.Err, ctl.calls)
 	}
 }
@@ -147,7 +149,7 @@ func TestSwitchoverStopFenceRefusesCandidateBehindAnotherReplica(t *testing.T) {
 	ctl.nodes["pg3"].lsn = 0x3000100
 	ctl.nodes["pg3"].upstream = "" // it received more, then lost the stream
 	_, res := runSwitchover(t, cfg, snap, ctl)
-	if res.Outcome != OutcomeFailed || !strings.Contains(res.Err.Error(), "pg3 received up to 0/3000100") {
+	if res.Outcome != plan.OutcomeFailed || !strings.Contains(res.Err.Error(), "pg3 received up to 0/3000100") {
 		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
 	}
 	if ctl.called("promote") || !ctl.called("command pg1 start") {

@@ -9,7 +9,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -26,7 +27,7 @@ type Engine struct {
 	// LockWait is how long Run waits for a held lock (0 fails fast, exit 5).
 	LockWait time.Duration
 	// OnWait is told whom Run is about to wait for.
-	OnWait func(*failover.LockHolder)
+	OnWait func(*etcdlock.LockHolder)
 	// Sink receives Run's events; it must not block for long.
 	Sink func(Event)
 	// Now is the clock.
@@ -64,8 +65,8 @@ type Event struct {
 	Index int         `json:"index,omitempty"`
 	Total int         `json:"total,omitempty"`
 	// Plan is the plan step event of EventPlanStep.
-	Plan    *failover.Event `json:"plan,omitempty"`
-	Message string          `json:"message,omitempty"`
+	Plan    *plan.Event `json:"plan,omitempty"`
+	Message string      `json:"message,omitempty"`
 }
 
 func (e *Engine) now() time.Time {
@@ -102,9 +103,9 @@ func (e *Engine) timeout() time.Duration {
 // cluster record and lock holder read from etcd, concurrently.
 type observation struct {
 	Snap  *topology.Snapshot
-	State *failover.State
+	State *etcdlock.State
 	// Holder is who holds the lock, nil when free or unread.
-	Holder *failover.LockHolder
+	Holder *etcdlock.LockHolder
 	// EtcdErr says why etcd could not be read (nil without etcd too).
 	EtcdErr error
 }
@@ -117,13 +118,13 @@ func (e *Engine) observe(ctx context.Context) observation {
 		wg.Go(func() {
 			rctx, cancel := context.WithTimeout(ctx, e.timeout())
 			defer cancel()
-			st, _, err := failover.ReadState(rctx, e.Cli, e.Cfg.Etcd.Prefix, e.Cfg.Cluster)
+			st, _, err := etcdlock.ReadState(rctx, e.Cli, e.Cfg.Etcd.Prefix, e.Cfg.Cluster)
 			if err != nil {
 				obs.EtcdErr = err
 				return
 			}
 			obs.State = st
-			h, err := failover.ReadLockHolder(rctx, e.Cli, e.Cfg.Etcd.Prefix, e.Cfg.Cluster)
+			h, err := etcdlock.ReadLockHolder(rctx, e.Cli, e.Cfg.Etcd.Prefix, e.Cfg.Cluster)
 			obs.Holder, obs.EtcdErr = h, err
 		})
 	}

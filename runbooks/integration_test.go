@@ -12,6 +12,8 @@ import (
 
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/testenv"
 )
 
@@ -38,7 +40,7 @@ func startDrillEnv(t *testing.T, o testenv.Options) *drillEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := failover.Connect(t.Context(), cfg.Etcd)
+	cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +201,7 @@ func TestDrillSwitchoverAndBack(t *testing.T) {
 	sink := d.eng.Sink
 	d.eng.Sink = func(e Event) {
 		if e.Type == EventStepStarted {
-			h, err := failover.ReadLockHolder(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster)
+			h, err := etcdlock.ReadLockHolder(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster)
 			if err != nil || h == nil {
 				holders = append(holders, "none")
 			} else {
@@ -237,7 +239,7 @@ func TestDrillSwitchoverAndBack(t *testing.T) {
 			t.Errorf("%s ran without a failure", s.ID)
 		}
 	}
-	op, err := failover.ReadOperation(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster, rep.OperationID)
+	op, err := etcdlock.ReadOperation(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster, rep.OperationID)
 	if err != nil || op == nil {
 		t.Fatalf("history: %v %v", op, err)
 	}
@@ -245,11 +247,11 @@ func TestDrillSwitchoverAndBack(t *testing.T) {
 	for _, s := range op.Steps {
 		ids = append(ids, s.ID+"="+s.Outcome)
 	}
-	if op.Kind != KindDrill || op.Outcome != failover.OutcomeSucceeded || op.Params["runbook"] != "switchover-and-back" ||
+	if op.Kind != KindDrill || op.Outcome != plan.OutcomeSucceeded || op.Params["runbook"] != "switchover-and-back" ||
 		!slices.Contains(ids, "switchover=done") || !slices.Contains(ids, "switchover/promote=done") || !slices.Contains(ids, "switch_back/fence=done") {
 		t.Errorf("history record: %s %s %v %v", op.Kind, op.Outcome, op.Params, ids)
 	}
-	if h, _ := failover.ReadLockHolder(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster); h != nil {
+	if h, _ := etcdlock.ReadLockHolder(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster); h != nil {
 		t.Errorf("the lock is still held after the drill: %+v", h)
 	}
 }
@@ -318,8 +320,8 @@ on_failure:
 func TestDrillLock(t *testing.T) {
 	d := startDrillEnv(t, testenv.Options{Replicas: 1})
 	ctx := t.Context()
-	other, err := failover.Acquire(ctx, d.cli, failover.LockOptions{Prefix: d.cfg.Etcd.Prefix, Cluster: d.cfg.Cluster, TTL: 10 * time.Second,
-		Actor: failover.Actor{User: "alice", Host: "ops1", PID: 42, Command: "promote pg2"}})
+	other, err := etcdlock.Acquire(ctx, d.cli, etcdlock.LockOptions{Prefix: d.cfg.Etcd.Prefix, Cluster: d.cfg.Cluster, TTL: 10 * time.Second,
+		Actor: etcdlock.Actor{User: "alice", Host: "ops1", PID: 42, Command: "promote pg2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +336,7 @@ on_failure:
   - wait: primary
 `)
 	rep, err := d.eng.Run(ctx, rb)
-	var held *failover.LockHeldError
+	var held *etcdlock.LockHeldError
 	if !errors.As(err, &held) || rep.Outcome != Skipped || !strings.Contains(rep.Error, "alice@ops1") || rep.OperationID != "" {
 		t.Fatalf("with the lock held: %v, %+v", err, rep)
 	}
@@ -345,9 +347,9 @@ on_failure:
 	// Break the drill's lock while it sleeps, as lock release --force does.
 	go func() {
 		for ctx.Err() == nil {
-			h, err := failover.ReadLockHolder(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster)
+			h, err := etcdlock.ReadLockHolder(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster)
 			if err == nil && h != nil && h.OperationID != "" {
-				_, _ = failover.BreakLock(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster, h, failover.Actor{User: "bob"}, 0)
+				_, _ = etcdlock.BreakLock(ctx, d.cli, d.cfg.Etcd.Prefix, d.cfg.Cluster, h, etcdlock.Actor{User: "bob"}, 0)
 				return
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -372,11 +374,11 @@ on_failure:
 	if err := d.c.StopNode(ctx, "pg2"); err != nil {
 		t.Fatal(err)
 	}
-	l, err := failover.Acquire(ctx, d.cli, failover.LockOptions{Prefix: d.cfg.Etcd.Prefix, Cluster: d.cfg.Cluster, TTL: 10 * time.Second})
+	l, err := etcdlock.Acquire(ctx, d.cli, etcdlock.LockOptions{Prefix: d.cfg.Etcd.Prefix, Cluster: d.cfg.Cluster, TTL: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := l.UpdateState(ctx, func(st *failover.State) error { st.Fence("pg2", "test"); return nil }); err != nil {
+	if _, _, err := l.UpdateState(ctx, func(st *etcdlock.State) error { st.Fence("pg2", "test"); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	_ = l.Release(ctx)

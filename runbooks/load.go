@@ -15,7 +15,7 @@ import (
 
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/pgctl"
 )
 
 // LoadError lists every problem found in a runbook, each naming the file,
@@ -430,7 +430,7 @@ func (l *loader) step(n *yaml.Node, phase Phase, i int, rb *Runbook) *Step {
 			s.Target = l.ref(t, tn, m.key("target"))
 			if s.Target.Kind == RefNode && l.cfg != nil && s.Action != "" {
 				cn, _ := l.cfg.Node(s.Target.Node)
-				if failover.CommandFor(cn, s.Action) == "" {
+				if pgctl.CommandFor(cn, s.Action) == "" {
 					l.errAt(tn, m.key("target"), fmt.Sprintf("%s has no commands.%s in %s", s.Target.Node, s.Action, l.cfg.File),
 						fmt.Sprintf("configure commands.%s for the node: replctl runs only the commands it is given", s.Action))
 				}

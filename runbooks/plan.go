@@ -9,6 +9,8 @@ import (
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -293,7 +295,7 @@ func (e *Engine) planNode(ps *PlannedStep, s *Step, initial string, snap *topolo
 	}
 	ps.Node = node
 	cn, _ := e.Cfg.Node(node)
-	cmd := failover.CommandFor(cn, s.Action)
+	cmd := pgctl.CommandFor(cn, s.Action)
 	if cmd == "" {
 		ps.Status, ps.Detail = PlanRefused, fmt.Sprintf("%s has no commands.%s: a run would refuse this step", node, s.Action)
 		return
@@ -353,7 +355,7 @@ func (e *Engine) request(s *Step, cand string) failover.Request {
 // planPromotion plans a step's promotion from one observation with the
 // driver's own planning function, for the dry-run (env nil) and the run
 // alike, so the two show the same steps.
-func (e *Engine) planPromotion(s *Step, snap *topology.Snapshot, st *failover.State, cand string,
+func (e *Engine) planPromotion(s *Step, snap *topology.Snapshot, st *etcdlock.State, cand string,
 	probes []failover.ProbeAttempt, env *failover.Env) *OperationPlan {
 	return failover.PlanFrom(e.Cfg, e.request(s, cand), failover.Observation{Snap: snap, State: st}, probes, env)
 }

@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"github.com/replctl/replctl/checks"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 )
 
 // Outcome is how a step or a drill ended.
@@ -82,8 +83,8 @@ type StepReport struct {
 	// of a refused promotion.
 	Checks []checks.Result `json:"checks,omitempty"`
 	// Plan is the executed promotion or rejoin, step by step.
-	Plan    *failover.Result        `json:"plan_result,omitempty"`
-	Command *failover.CommandResult `json:"command,omitempty"`
+	Plan    *plan.Result         `json:"plan_result,omitempty"`
+	Command *pgctl.CommandResult `json:"command,omitempty"`
 
 	duration time.Duration
 }

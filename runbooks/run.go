@@ -11,6 +11,9 @@ import (
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/failover/writeprobe"
 	"github.com/replctl/replctl/topology"
 )
@@ -27,9 +30,9 @@ type drill struct {
 	e    *Engine
 	rb   *Runbook
 	rep  *Report
-	lock *failover.Lock
-	op   *failover.Operation
-	ctl  *failover.PG
+	lock *etcdlock.Lock
+	op   *etcdlock.Operation
+	ctl  *pgctl.PG
 
 	initial string
 	started time.Time
@@ -49,7 +52,7 @@ type drill struct {
 // "drill". A step that fails stops the steps and runs the on_failure
 // steps; those that change the cluster are skipped once the lock is lost.
 // The report is returned in every case; the error is non-nil only when the
-// drill could not start: a *failover.LockHeldError (another operation holds
+// drill could not start: a *etcdlock.LockHeldError (another operation holds
 // the lock: the drill is skipped) or a failure to take the lock.
 func (e *Engine) Run(ctx context.Context, rb *Runbook) (*Report, error) {
 	rep := &Report{Runbook: rb.Name, Description: rb.Description, File: rb.File, Cluster: rb.Cluster, Started: e.now(), Outcome: Skipped}
@@ -71,12 +74,12 @@ func (e *Engine) Run(ctx context.Context, rb *Runbook) (*Report, error) {
 		finish()
 		return rep, errors.New(rep.Error)
 	}
-	lock, err := failover.Acquire(ctx, e.Cli, failover.LockOptions{
+	lock, err := etcdlock.Acquire(ctx, e.Cli, etcdlock.LockOptions{
 		Prefix: e.Cfg.Etcd.Prefix, Cluster: e.Cfg.Cluster, TTL: e.Cfg.Lock.TTL, Wait: e.LockWait,
-		HistoryKeep: e.Cfg.History.Keep, Actor: failover.CurrentActor(e.Command), OnWait: e.OnWait,
+		HistoryKeep: e.Cfg.History.Keep, Actor: etcdlock.CurrentActor(e.Command), OnWait: e.OnWait,
 	})
 	if err != nil {
-		var held *failover.LockHeldError
+		var held *etcdlock.LockHeldError
 		if !errors.As(err, &held) {
 			rep.Outcome = Failed
 		}
@@ -92,7 +95,7 @@ func (e *Engine) Run(ctx context.Context, rb *Runbook) (*Report, error) {
 		return rep, err
 	}
 	rep.OperationID, rep.Token = op.ID(), lock.Token()
-	d := &drill{e: e, rb: rb, rep: rep, lock: lock, op: op, ctl: failover.NewPG(e.Cfg, e.timeout()),
+	d := &drill{e: e, rb: rb, rep: rep, lock: lock, op: op, ctl: pgctl.NewPG(e.Cfg, e.timeout()),
 		started: rep.Started, durations: map[string]time.Duration{}}
 	defer d.ctl.Close()
 
@@ -147,16 +150,16 @@ func (e *Engine) Run(ctx context.Context, rb *Runbook) (*Report, error) {
 	d.summarize(final.Snap)
 	finish()
 
-	outcome := failover.OutcomeSucceeded
+	outcome := plan.OutcomeSucceeded
 	var opErr error
 	if rep.Outcome == Failed {
-		outcome, opErr = failover.OutcomeFailed, errors.New(rep.Error)
-		var lost *failover.LockLostError
+		outcome, opErr = plan.OutcomeFailed, errors.New(rep.Error)
+		var lost *etcdlock.LockLostError
 		switch {
 		case errors.As(lock.Err(), &lost):
-			outcome = failover.OutcomeLockLost
+			outcome = etcdlock.OutcomeLockLost
 		case rep.NeedsAttention:
-			outcome = failover.OutcomePartial
+			outcome = plan.OutcomePartial
 		}
 	}
 	_ = op.Finish(context.WithoutCancel(ctx), outcome, opErr)
@@ -196,26 +199,26 @@ func (d *drill) run(ctx context.Context, s *Step, sr *StepReport, index, total i
 	start := d.e.now()
 	sr.Started, sr.Outcome = &start, ""
 	d.e.emit(Event{Type: EventStepStarted, Step: sr, Index: index, Total: total, Time: start})
-	_ = d.op.Observe(ctx, failover.Event{Type: failover.StepStarted, StepID: s.ID, Description: sr.Description, Time: start})
+	_ = d.op.Observe(ctx, plan.Event{Type: plan.StepStarted, StepID: s.ID, Description: sr.Description, Time: start})
 	err := d.exec(ctx, s, sr)
 	end := d.e.now()
 	sr.duration = end.Sub(start)
 	sr.DurationSeconds = sr.duration.Seconds()
 	d.durations[s.ID] = sr.duration
-	typ := failover.StepDone
+	typ := plan.StepDone
 	switch {
 	case err != nil:
 		sr.Outcome, sr.Error = Failed, config.Scrub(err.Error())
-		typ = failover.StepFailed
+		typ = plan.StepFailed
 	case sr.Outcome == Skipped:
-		typ = failover.StepSkipped
+		typ = plan.StepSkipped
 	default:
 		sr.Outcome = Passed
 	}
 	if s.Kind.Changes() && sr.Outcome != Skipped && !sr.Refused {
 		d.changed = true
 	}
-	_ = d.op.Observe(ctx, failover.Event{Type: typ, StepID: s.ID, Description: sr.Description, Time: end, Duration: sr.duration, Error: sr.Error})
+	_ = d.op.Observe(ctx, plan.Event{Type: typ, StepID: s.ID, Description: sr.Description, Time: end, Duration: sr.duration, Error: sr.Error})
 	d.e.emit(Event{Type: EventStepEnded, Step: sr, Index: index, Total: total, Time: end})
 }
 
@@ -281,11 +284,11 @@ func (d *drill) env(sr *StepReport) *failover.Env {
 
 // sink forwards a plan's events as the drill step's, to the caller and to
 // the drill's history record.
-func (d *drill) sink(ctx context.Context, s *Step, sr *StepReport) failover.Sink {
-	return func(ev failover.Event) {
+func (d *drill) sink(ctx context.Context, s *Step, sr *StepReport) plan.Sink {
+	return func(ev plan.Event) {
 		ev.StepID = s.ID + "/" + ev.StepID
 		d.e.emit(Event{Type: EventPlanStep, Step: sr, Plan: &ev})
-		if ev.Type != failover.StepProgress {
+		if ev.Type != plan.StepProgress {
 			_ = d.op.Observe(ctx, ev)
 		}
 	}
@@ -301,9 +304,9 @@ func (d *drill) execute(ctx context.Context, s *Step, sr *StepReport, drv *failo
 		Sink: d.sink(ctx, s, sr), Now: d.e.Now})
 	sr.Plan = res
 	switch res.Outcome {
-	case failover.OutcomeSucceeded:
+	case plan.OutcomeSucceeded:
 		return nil
-	case failover.OutcomePartial:
+	case plan.OutcomePartial:
 		d.rep.NeedsAttention = true
 		sr.Hint = "the promotion happened but some steps did not: finish them by hand (see remaining), then check replctl status"
 		return fmt.Errorf("partly done: %w; remaining: %s", res.Err, strings.Join(res.Remaining, "; "))
@@ -401,7 +404,7 @@ func (d *drill) node(ctx context.Context, s *Step, sr *StepReport) error {
 	}
 	sr.Node = node
 	cn, _ := d.e.Cfg.Node(node)
-	if failover.CommandFor(cn, s.Action) == "" {
+	if pgctl.CommandFor(cn, s.Action) == "" {
 		sr.Refused, sr.Hint = true, fmt.Sprintf("configure commands.%s for %s in %s", s.Action, node, d.e.Cfg.File)
 		return fmt.Errorf("%s has no commands.%s: refusing", node, s.Action)
 	}
@@ -629,7 +632,7 @@ func (d *drill) summarize(snap *topology.Snapshot) {
 
 // promoteOutage is the time from the fence going up to the candidate being
 // promoted, from the executed plan; nil when no promotion completed.
-func promoteOutage(res *failover.Result) *time.Duration {
+func promoteOutage(res *plan.Result) *time.Duration {
 	if res == nil {
 		return nil
 	}
@@ -641,7 +644,7 @@ func promoteOutage(res *failover.Result) *time.Duration {
 				from = s.Start
 			}
 		case failover.StepPromote:
-			if s.Outcome == string(failover.StepDone) {
+			if s.Outcome == string(plan.StepDone) {
 				to = s.End
 				if from.IsZero() {
 					from = s.Start

@@ -1,4 +1,4 @@
-package failover_test
+package etcdlock_test
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
 	"github.com/replctl/replctl/testenv"
 	"github.com/replctl/replctl/topology"
 )
@@ -17,9 +17,9 @@ import (
 func TestStateJSON(t *testing.T) {
 	t.Parallel()
 	at := time.Date(2026, 3, 4, 12, 0, 0, 0, time.UTC)
-	s := failover.State{Primary: "pg2", Timeline: 3, LSN: topology.LSN(0x16B374D848),
-		Sync:   failover.SyncSettings{StandbyNames: "ANY 1 (pg1, pg3)", Commit: "on", SeenAt: at},
-		Fenced: []failover.FencedNode{{Node: "pg1", Reason: "old primary", Token: 41, OperationID: "7", Since: at}},
+	s := etcdlock.State{Primary: "pg2", Timeline: 3, LSN: topology.LSN(0x16B374D848),
+		Sync:   etcdlock.SyncSettings{StandbyNames: "ANY 1 (pg1, pg3)", Commit: "on", SeenAt: at},
+		Fenced: []etcdlock.FencedNode{{Node: "pg1", Reason: "old primary", Token: 41, OperationID: "7", Since: at}},
 		Token:  41, OperationID: "7", UpdatedAt: at, UpdatedBy: "alice@h (pid 1)"}
 	b, err := json.Marshal(s)
 	if err != nil {
@@ -33,7 +33,7 @@ func TestStateJSON(t *testing.T) {
 
 func TestStateFenceMarks(t *testing.T) {
 	t.Parallel()
-	var s failover.State
+	var s etcdlock.State
 	s.Fence("pg1", "old primary")
 	s.Fence("pg1", "again")
 	s.Fence("pg3", "")
@@ -53,7 +53,7 @@ func TestUpdateState(t *testing.T) {
 	cluster := clusterName(t)
 	ctx := t.Context()
 
-	s, rev, err := failover.ReadState(ctx, cli, "/replctl", cluster)
+	s, rev, err := etcdlock.ReadState(ctx, cli, "/replctl", cluster)
 	if s != nil || rev != 0 || err != nil {
 		t.Fatalf("absent record: %v %d %v", s, rev, err)
 	}
@@ -64,16 +64,16 @@ func TestUpdateState(t *testing.T) {
 		t.Fatal(err)
 	}
 	lsn, _ := topology.ParseLSN("0/3000060")
-	written, wrev, err := l.UpdateState(ctx, func(s *failover.State) error {
+	written, wrev, err := l.UpdateState(ctx, func(s *etcdlock.State) error {
 		s.Primary, s.Timeline, s.LSN = "pg2", 2, lsn
-		s.Sync = failover.SyncSettings{StandbyNames: "pg3", Commit: "remote_apply", SeenAt: time.Now()}
+		s.Sync = etcdlock.SyncSettings{StandbyNames: "pg3", Commit: "remote_apply", SeenAt: time.Now()}
 		s.Fence("pg1", "old primary")
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, rev, err := failover.ReadState(ctx, cli, "/replctl", cluster)
+	got, rev, err := etcdlock.ReadState(ctx, cli, "/replctl", cluster)
 	if err != nil || rev != wrev {
 		t.Fatalf("read back: rev %d (wrote %d), %v", rev, wrev, err)
 	}
@@ -89,23 +89,23 @@ func TestUpdateState(t *testing.T) {
 	}
 
 	// A write without the lock between read and write is detected.
-	_, _, err = l.UpdateState(ctx, func(s *failover.State) error {
+	_, _, err = l.UpdateState(ctx, func(s *etcdlock.State) error {
 		if !s.IsFenced("pg1") {
 			t.Error("fn did not get the current record")
 		}
 		_, err := cli.Put(ctx, "/replctl/"+cluster+"/state", `{"primary":"rogue"}`)
 		return err
 	})
-	if !errors.Is(err, failover.ErrConflict) {
+	if !errors.Is(err, etcdlock.ErrConflict) {
 		t.Errorf("unlocked concurrent write: %v, want ErrConflict", err)
 	}
 
 	// fn's error aborts the write.
 	boom := errors.New("boom")
-	if _, _, err := l.UpdateState(ctx, func(*failover.State) error { return boom }); !errors.Is(err, boom) {
+	if _, _, err := l.UpdateState(ctx, func(*etcdlock.State) error { return boom }); !errors.Is(err, boom) {
 		t.Errorf("fn error: %v", err)
 	}
-	if s, _, _ := failover.ReadState(ctx, cli, "/replctl", cluster); s.Primary != "rogue" {
+	if s, _, _ := etcdlock.ReadState(ctx, cli, "/replctl", cluster); s.Primary != "rogue" {
 		t.Errorf("record changed by a failed update: %+v", s)
 	}
 
@@ -113,9 +113,9 @@ func TestUpdateState(t *testing.T) {
 	if _, err := cli.Put(ctx, "/replctl/"+cluster+"/state", `{"primary":"future","token":99999999}`); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = l.UpdateState(ctx, func(*failover.State) error { return nil })
-	var lost *failover.LockLostError
-	if !errors.Is(err, failover.ErrStaleToken) || !errors.As(err, &lost) || l.Context().Err() == nil {
+	_, _, err = l.UpdateState(ctx, func(*etcdlock.State) error { return nil })
+	var lost *etcdlock.LockLostError
+	if !errors.Is(err, etcdlock.ErrStaleToken) || !errors.As(err, &lost) || l.Context().Err() == nil {
 		t.Errorf("newer token: %v, want lock lost with ErrStaleToken", err)
 	}
 }
@@ -129,10 +129,10 @@ func TestReadStateInvalid(t *testing.T) {
 	if _, err := cli.Put(context.Background(), "/replctl/"+cluster+"/state", "{not json"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := failover.ReadState(t.Context(), cli, "/replctl/", cluster); err == nil {
+	if _, _, err := etcdlock.ReadState(t.Context(), cli, "/replctl/", cluster); err == nil {
 		t.Error("invalid record read without error")
 	}
-	if _, _, err := failover.ReadState(t.Context(), cli, "/replctl", "a/b"); err == nil {
+	if _, _, err := etcdlock.ReadState(t.Context(), cli, "/replctl", "a/b"); err == nil {
 		t.Error("cluster name with a slash accepted")
 	}
 }

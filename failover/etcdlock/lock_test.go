@@ -1,4 +1,4 @@
-package failover_test
+package etcdlock_test
 
 import (
 	"context"
@@ -14,7 +14,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/testenv"
 )
 
@@ -22,21 +23,21 @@ func TestLockHolderDescribe(t *testing.T) {
 	t.Parallel()
 	loc := time.FixedZone("X", 2*3600)
 	now := time.Date(2026, 3, 4, 12, 30, 0, 0, loc)
-	alice := failover.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"}
+	alice := etcdlock.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"}
 	tests := []struct {
 		name string
-		h    failover.LockHolder
+		h    etcdlock.LockHolder
 		want string
 	}{
-		{"spec example", failover.LockHolder{Actor: alice, Since: time.Date(2026, 3, 4, 10, 1, 3, 0, time.UTC), LeaseLeft: 8 * time.Second},
+		{"spec example", etcdlock.LockHolder{Actor: alice, Since: time.Date(2026, 3, 4, 10, 1, 3, 0, time.UTC), LeaseLeft: 8 * time.Second},
 			"alice@db-admin-1 (pid 4242) running `promote pg2` since 12:01:03, lease 8 s"},
-		{"other day shows the date", failover.LockHolder{Actor: alice, Since: time.Date(2026, 3, 3, 23, 0, 0, 0, loc), LeaseLeft: 9500 * time.Millisecond},
+		{"other day shows the date", etcdlock.LockHolder{Actor: alice, Since: time.Date(2026, 3, 3, 23, 0, 0, 0, loc), LeaseLeft: 9500 * time.Millisecond},
 			"alice@db-admin-1 (pid 4242) running `promote pg2` since 2026-03-03 23:00:00, lease 9 s"},
-		{"with operation", failover.LockHolder{Actor: alice, OperationID: "42", Since: now, LeaseLeft: 0},
+		{"with operation", etcdlock.LockHolder{Actor: alice, OperationID: "42", Since: now, LeaseLeft: 0},
 			"alice@db-admin-1 (pid 4242) running `promote pg2` (operation 42) since 12:30:00, lease 0 s"},
-		{"lease unknown, no command", failover.LockHolder{Actor: failover.Actor{User: "bob", Host: "h", PID: 1}, Since: now, LeaseLeft: -time.Second},
+		{"lease unknown, no command", etcdlock.LockHolder{Actor: etcdlock.Actor{User: "bob", Host: "h", PID: 1}, Since: now, LeaseLeft: -time.Second},
 			"bob@h (pid 1) since 12:30:00"},
-		{"unidentified", failover.LockHolder{LeaseLeft: 3 * time.Second},
+		{"unidentified", etcdlock.LockHolder{LeaseLeft: 3 * time.Second},
 			"an unidentified process, lease 3 s"},
 	}
 	for _, tt := range tests {
@@ -52,17 +53,17 @@ func TestLockHolderDescribe(t *testing.T) {
 func TestLockHeldErrorMessage(t *testing.T) {
 	t.Parallel()
 	at := time.Date(2026, 3, 4, 12, 1, 10, 0, time.UTC)
-	h := &failover.LockHolder{Actor: failover.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"},
+	h := &etcdlock.LockHolder{Actor: etcdlock.Actor{User: "alice", Host: "db-admin-1", PID: 4242, Command: "promote pg2"},
 		Since: time.Date(2026, 3, 4, 12, 1, 3, 0, time.UTC), LeaseLeft: 8 * time.Second}
 	tests := []struct {
-		err  *failover.LockHeldError
+		err  *etcdlock.LockHeldError
 		want string
 	}{
-		{&failover.LockHeldError{Cluster: "demo", Holder: h, At: at},
+		{&etcdlock.LockHeldError{Cluster: "demo", Holder: h, At: at},
 			"lock on cluster demo held by alice@db-admin-1 (pid 4242) running `promote pg2` since 12:01:03, lease 8 s"},
-		{&failover.LockHeldError{Cluster: "demo", Holder: h, At: at, Waited: 30 * time.Second},
+		{&etcdlock.LockHeldError{Cluster: "demo", Holder: h, At: at, Waited: 30 * time.Second},
 			"lock on cluster demo held by alice@db-admin-1 (pid 4242) running `promote pg2` since 12:01:03, lease 8 s (waited 30s)"},
-		{&failover.LockHeldError{Cluster: "demo", At: at},
+		{&etcdlock.LockHeldError{Cluster: "demo", At: at},
 			"lock on cluster demo held by another operation that has just finished: try again"},
 	}
 	for _, tt := range tests {
@@ -88,7 +89,7 @@ func TestScrubCommand(t *testing.T) {
 		{[]string{"x", "postgres://u:hunter2@h/db"}, "x postgres://u:********@h/db"},
 	}
 	for _, tt := range tests {
-		got := failover.ScrubCommand(tt.args)
+		got := etcdlock.ScrubCommand(tt.args)
 		if got != tt.want {
 			t.Errorf("ScrubCommand(%q) = %q, want %q", tt.args, got, tt.want)
 		}
@@ -110,7 +111,7 @@ func skipShort(t *testing.T) {
 // connect returns a client of endpoint, closed at cleanup.
 func connect(t *testing.T, endpoint string) *clientv3.Client {
 	t.Helper()
-	cli, err := failover.Connect(t.Context(), config.Etcd{Endpoints: []string{endpoint}, Prefix: "/replctl", DialTimeout: 5 * time.Second})
+	cli, err := etcdlock.Connect(t.Context(), config.Etcd{Endpoints: []string{endpoint}, Prefix: "/replctl", DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,14 +124,14 @@ func clusterName(t *testing.T) string {
 	return strings.NewReplacer("/", "-", " ", "_").Replace(t.Name())
 }
 
-func opts(cluster, who string, ttl time.Duration) failover.LockOptions {
-	return failover.LockOptions{Prefix: "/replctl", Cluster: cluster, TTL: ttl,
-		Actor: failover.Actor{User: who, Host: "test-host", PID: len(who), Command: "test " + who}}
+func opts(cluster, who string, ttl time.Duration) etcdlock.LockOptions {
+	return etcdlock.LockOptions{Prefix: "/replctl", Cluster: cluster, TTL: ttl,
+		Actor: etcdlock.Actor{User: who, Host: "test-host", PID: len(who), Command: "test " + who}}
 }
 
-func acquire(t *testing.T, cli *clientv3.Client, o failover.LockOptions) *failover.Lock {
+func acquire(t *testing.T, cli *clientv3.Client, o etcdlock.LockOptions) *etcdlock.Lock {
 	t.Helper()
-	l, err := failover.Acquire(t.Context(), cli, o)
+	l, err := etcdlock.Acquire(t.Context(), cli, o)
 	if err != nil {
 		t.Fatalf("acquire as %s: %v", o.Actor.User, err)
 	}
@@ -161,7 +162,7 @@ func TestAcquireExactlyOneWins(t *testing.T) {
 	const n = 6
 	type result struct {
 		who  string
-		lock *failover.Lock
+		lock *etcdlock.Lock
 		err  error
 	}
 	results := make(chan result, n)
@@ -172,17 +173,17 @@ func TestAcquireExactlyOneWins(t *testing.T) {
 		who := fmt.Sprintf("user%d", i)
 		go func() {
 			start.Wait()
-			l, err := failover.Acquire(t.Context(), cli, opts(cluster, who, 5*time.Second))
+			l, err := etcdlock.Acquire(t.Context(), cli, opts(cluster, who, 5*time.Second))
 			results <- result{who, l, err}
 		}()
 	}
 	start.Done()
-	var winner *failover.Lock
+	var winner *etcdlock.Lock
 	var winnerName string
-	var held []*failover.LockHeldError
+	var held []*etcdlock.LockHeldError
 	for range n {
 		r := <-results
-		var he *failover.LockHeldError
+		var he *etcdlock.LockHeldError
 		switch {
 		case r.err == nil:
 			if winner != nil {
@@ -211,7 +212,7 @@ func TestAcquireExactlyOneWins(t *testing.T) {
 		}
 	}
 	// The losers left nothing behind: the next acquirer after release gets in.
-	h, err := failover.ReadLockHolder(t.Context(), connect(t, e.Endpoint), "/replctl", cluster)
+	h, err := etcdlock.ReadLockHolder(t.Context(), connect(t, e.Endpoint), "/replctl", cluster)
 	if err != nil || h == nil || h.Waiters != 0 || h.Token != winner.Token() {
 		t.Fatalf("holder %+v err %v: want the winner, no waiters", h, err)
 	}
@@ -231,7 +232,7 @@ func TestTokensIncreaseAndStaleWritesAreRefused(t *testing.T) {
 			t.Fatalf("acquisition %d: token %d not above %d", i, l.Token(), last)
 		}
 		last = l.Token()
-		if _, _, err := l.UpdateState(t.Context(), func(s *failover.State) error { s.Primary = fmt.Sprintf("pg%d", i); return nil }); err != nil {
+		if _, _, err := l.UpdateState(t.Context(), func(s *etcdlock.State) error { s.Primary = fmt.Sprintf("pg%d", i); return nil }); err != nil {
 			t.Fatal(err)
 		}
 		if err := l.Release(t.Context()); err != nil {
@@ -242,29 +243,29 @@ func TestTokensIncreaseAndStaleWritesAreRefused(t *testing.T) {
 	// alice holds, her lock is broken, bob takes over: alice's token is now
 	// stale and every write she attempts is refused.
 	alice := acquire(t, cli, opts(cluster, "alice", 3*time.Second))
-	h, err := failover.ReadLockHolder(t.Context(), cli, "/replctl", cluster)
+	h, err := etcdlock.ReadLockHolder(t.Context(), cli, "/replctl", cluster)
 	if err != nil || h == nil {
 		t.Fatalf("holder %v %v", h, err)
 	}
-	if _, err := failover.BreakLock(t.Context(), cli, "/replctl", cluster, h, failover.Actor{User: "ops"}, 0); err != nil {
+	if _, err := etcdlock.BreakLock(t.Context(), cli, "/replctl", cluster, h, etcdlock.Actor{User: "ops"}, 0); err != nil {
 		t.Fatal(err)
 	}
 	bob := acquire(t, connect(t, e.Endpoint), opts(cluster, "bob", 3*time.Second))
 	if bob.Token() <= alice.Token() {
 		t.Fatalf("bob's token %d not above alice's %d", bob.Token(), alice.Token())
 	}
-	if _, _, err := bob.UpdateState(t.Context(), func(s *failover.State) error { s.Primary = "pg-bob"; return nil }); err != nil {
+	if _, _, err := bob.UpdateState(t.Context(), func(s *etcdlock.State) error { s.Primary = "pg-bob"; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = alice.UpdateState(t.Context(), func(s *failover.State) error { s.Primary = "pg-alice"; return nil })
-	var lost *failover.LockLostError
+	_, _, err = alice.UpdateState(t.Context(), func(s *etcdlock.State) error { s.Primary = "pg-alice"; return nil })
+	var lost *etcdlock.LockLostError
 	if !errors.As(err, &lost) {
 		t.Fatalf("alice's write after losing the lock: %v, want *LockLostError", err)
 	}
 	if _, err := alice.Txn(t.Context(), nil, clientv3.OpPut("/replctl/"+cluster+"/x", "y")); !errors.As(err, &lost) {
 		t.Fatalf("alice's raw write: %v, want *LockLostError", err)
 	}
-	s, _, err := failover.ReadState(t.Context(), cli, "/replctl", cluster)
+	s, _, err := etcdlock.ReadState(t.Context(), cli, "/replctl", cluster)
 	if err != nil || s.Primary != "pg-bob" || s.Token != bob.Token() {
 		t.Fatalf("state %+v err %v: want bob's", s, err)
 	}
@@ -279,12 +280,12 @@ func TestLockWait(t *testing.T) {
 
 	t.Run("times out naming the holder", func(t *testing.T) {
 		start := time.Now()
-		_, err := failover.Acquire(t.Context(), connect(t, e.Endpoint), func() failover.LockOptions {
+		_, err := etcdlock.Acquire(t.Context(), connect(t, e.Endpoint), func() etcdlock.LockOptions {
 			o := opts(cluster, "carol", 3*time.Second)
 			o.Wait = 300 * time.Millisecond
 			return o
 		}())
-		var he *failover.LockHeldError
+		var he *etcdlock.LockHeldError
 		if !errors.As(err, &he) || he.Holder == nil || he.Holder.User != "alice" || he.Waited != 300*time.Millisecond {
 			t.Fatalf("got %v, want held by alice after waiting", err)
 		}
@@ -297,7 +298,7 @@ func TestLockWait(t *testing.T) {
 		o := opts(cluster, "bob", 3*time.Second)
 		o.Wait = 10 * time.Second
 		var waitedFor string
-		o.OnWait = func(h *failover.LockHolder) { waitedFor = h.User }
+		o.OnWait = func(h *etcdlock.LockHolder) { waitedFor = h.User }
 		go func() {
 			time.Sleep(300 * time.Millisecond)
 			_ = alice.Release(context.Background())
@@ -335,7 +336,7 @@ func TestLockLostWhenRevoked(t *testing.T) {
 	if d := waitDone(t, l.Context(), 3*time.Second); d > 2*time.Second {
 		t.Errorf("noticed after %s", d)
 	}
-	var lost *failover.LockLostError
+	var lost *etcdlock.LockLostError
 	if !errors.As(context.Cause(l.Context()), &lost) || !errors.As(l.Err(), &lost) {
 		t.Fatalf("cause %v, err %v: want *LockLostError", context.Cause(l.Context()), l.Err())
 	}
@@ -437,7 +438,7 @@ func TestLockLostWhenPartitioned(t *testing.T) {
 	p.pause()
 	paused := time.Now()
 	waitDone(t, l.Context(), ttl+3*time.Second)
-	var lost *failover.LockLostError
+	var lost *etcdlock.LockLostError
 	if !errors.As(context.Cause(l.Context()), &lost) {
 		t.Fatalf("cause %v, want *LockLostError", context.Cause(l.Context()))
 	}
@@ -453,21 +454,21 @@ func TestLockLostWhenPartitioned(t *testing.T) {
 	bob := acquire(t, bobCli, o)
 
 	p.resume()
-	if _, _, err := l.UpdateState(t.Context(), func(s *failover.State) error { s.Primary = "stale"; return nil }); !errors.As(err, &lost) {
+	if _, _, err := l.UpdateState(t.Context(), func(s *etcdlock.State) error { s.Primary = "stale"; return nil }); !errors.As(err, &lost) {
 		t.Fatalf("write after loss: %v, want *LockLostError", err)
 	}
 	if err := l.Check(t.Context(), 0); !errors.As(err, &lost) {
 		t.Fatalf("check after loss: %v", err)
 	}
 	// The holder still records how its operation ended, without the lock.
-	if err := op.Finish(context.Background(), failover.OutcomeFailed, context.Cause(l.Context())); err != nil {
+	if err := op.Finish(context.Background(), plan.OutcomeFailed, context.Cause(l.Context())); err != nil {
 		t.Fatalf("finish after loss: %v", err)
 	}
-	rec, err := failover.ReadOperation(t.Context(), bobCli, "/replctl", cluster, op.ID())
+	rec, err := etcdlock.ReadOperation(t.Context(), bobCli, "/replctl", cluster, op.ID())
 	if err != nil || rec == nil {
 		t.Fatalf("read op: %v %v", rec, err)
 	}
-	if !rec.AfterLockLost || rec.Outcome != failover.OutcomeFailed || rec.Steps[0].Outcome != "interrupted" || !strings.Contains(rec.Error, "lost the lock") {
+	if !rec.AfterLockLost || rec.Outcome != plan.OutcomeFailed || rec.Steps[0].Outcome != "interrupted" || !strings.Contains(rec.Error, "lost the lock") {
 		t.Errorf("record after loss: %+v", rec)
 	}
 	if err := bob.Check(t.Context(), time.Second); err != nil {
@@ -495,7 +496,7 @@ func TestLockLostWhenEtcdStops(t *testing.T) {
 	if err := e.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var lost *failover.LockLostError
+	var lost *etcdlock.LockLostError
 	if _, err := l.Txn(t.Context(), nil, clientv3.OpPut("/replctl/x", "y")); !errors.As(err, &lost) {
 		t.Fatalf("write after restart: %v, want *LockLostError", err)
 	}
@@ -549,13 +550,13 @@ func TestConnectUnreachable(t *testing.T) {
 			cfg := config.Etcd{Endpoints: []string{tt.addr}, Prefix: "/replctl", DialTimeout: time.Second,
 				Username: tt.user, Password: "hunter2-secret"}
 			start := time.Now()
-			cli, err := failover.Connect(t.Context(), cfg)
+			cli, err := etcdlock.Connect(t.Context(), cfg)
 			d := time.Since(start)
 			if err == nil {
 				cli.Close()
 				t.Fatal("connected to nothing")
 			}
-			var ue *failover.UnreachableError
+			var ue *etcdlock.UnreachableError
 			if !errors.As(err, &ue) {
 				t.Fatalf("error %v (%T), want *UnreachableError", err, err)
 			}
@@ -590,18 +591,18 @@ func TestConnectAuth(t *testing.T) {
 	cfg := config.Etcd{Endpoints: []string{e.Endpoint}, Prefix: "/replctl", DialTimeout: 3 * time.Second, Username: "root"}
 
 	cfg.Password = "wrong-pass-123"
-	_, err := failover.Connect(ctx, cfg)
+	_, err := etcdlock.Connect(ctx, cfg)
 	if err == nil || !strings.Contains(err.Error(), "authentication failed") || strings.Contains(err.Error(), "wrong-pass-123") {
 		t.Fatalf("wrong password: %v", err)
 	}
 
 	cfg.Password = "r00t-pass"
-	cli, err := failover.Connect(ctx, cfg)
+	cli, err := etcdlock.Connect(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	l, err := failover.Acquire(ctx, cli, opts(clusterName(t), "alice", 3*time.Second))
+	l, err := etcdlock.Acquire(ctx, cli, opts(clusterName(t), "alice", 3*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

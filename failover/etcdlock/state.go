@@ -1,4 +1,4 @@
-package failover
+package etcdlock
 
 import (
 	"context"
@@ -162,26 +162,4 @@ func (l *Lock) UpdateState(ctx context.Context, fn func(*State) error) (*State, 
 		return nil, 0, fmt.Errorf("write cluster record of %s: %w", l.k.cluster, err)
 	}
 	return next, resp.Header.Revision, nil
-}
-
-// SaveSyncSettings records the primary's synchronous replication settings in
-// the cluster record, as seen by an operation holding the lock. Emergency
-// failover's quorum proof relies on them (a replica's own setting says
-// nothing about its primary's), so every operation that takes the lock
-// while a primary answers saves them. It also records the primary when the
-// record names none yet.
-func SaveSyncSettings(ctx context.Context, l Recorder, primary *topology.Node) error {
-	if primary == nil || !primary.Reachable {
-		return nil
-	}
-	sync := syncSettingsOf(primary)
-	sync.SeenAt = time.Now()
-	_, _, err := l.UpdateState(ctx, func(s *State) error {
-		if s.Primary == "" {
-			s.Primary = primary.Name
-		}
-		s.Sync = sync
-		return nil
-	})
-	return err
 }

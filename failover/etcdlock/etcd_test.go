@@ -1,4 +1,4 @@
-package failover_test
+package etcdlock_test
 
 import (
 	"crypto/ecdsa"
@@ -23,7 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/replctl/replctl/config"
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
 )
 
 // tlsFiles are PEM files for a CA, a server certificate for 127.0.0.1 and a
@@ -147,13 +147,13 @@ func TestConnectTLS(t *testing.T) {
 			t.Parallel()
 			cfg := config.Etcd{Endpoints: []string{tt.endpoint}, Prefix: "/replctl", DialTimeout: time.Second, TLS: tt.tls}
 			start := time.Now()
-			cli, err := failover.Connect(t.Context(), cfg)
+			cli, err := etcdlock.Connect(t.Context(), cfg)
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatal(err)
 				}
 				defer cli.Close()
-				l, err := failover.Acquire(t.Context(), cli, opts(clusterName(t), "alice", 3*time.Second))
+				l, err := etcdlock.Acquire(t.Context(), cli, opts(clusterName(t), "alice", 3*time.Second))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -170,7 +170,7 @@ func TestConnectTLS(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("error %q, want %q", err, tt.wantErr)
 			}
-			var ue *failover.UnreachableError
+			var ue *etcdlock.UnreachableError
 			if errors.As(err, &ue) != tt.wantTyped {
 				t.Errorf("error %T, typed unreachable %v", err, tt.wantTyped)
 			}

@@ -1,4 +1,4 @@
-package failover
+package pgctl
 
 import (
 	"context"
@@ -16,55 +16,7 @@ import (
 	"github.com/replctl/replctl/topology"
 )
 
-// Controller changes nodes: the operations promotion is made of. PG is the
-// one real implementation; plans are built without one.
-type Controller interface {
-	Checkpoint(ctx context.Context, node string) error
-	CurrentLSN(ctx context.Context, node string) (topology.LSN, error)
-	ReceiveReplay(ctx context.Context, node string) (recv, replay topology.LSN, err error)
-	// Reload makes node re-read its configuration (pg_reload_conf()).
-	Reload(ctx context.Context, node string) error
-	// WALReceiverPID is the pid of node's WAL receiver, 0 without one.
-	WALReceiverPID(ctx context.Context, node string) (int, error)
-	// CaptureSettings reads how node has the named settings: what
-	// RestoreSettings puts back.
-	CaptureSettings(ctx context.Context, node string, names ...string) (*SettingsSnapshot, error)
-	// RestoreSettings puts captured settings back (ALTER SYSTEM SET the
-	// captured value, or RESET one that was not set by ALTER SYSTEM) and
-	// reloads. It is idempotent.
-	RestoreSettings(ctx context.Context, node string, s *SettingsSnapshot) error
-	// Setting is current_setting(name) on node.
-	Setting(ctx context.Context, node, name string) (string, error)
-	// FenceSQL returns once no session that started read-write remains.
-	FenceSQL(ctx context.Context, node string) error
-	// FinalLSN is the primary's WAL insert position once it is flushed:
-	// a commit acknowledged with synchronous_commit = off may lie beyond
-	// the write position.
-	FinalLSN(ctx context.Context, node string) (topology.LSN, error)
-	// ReceiverUpstream is the host and port node's WAL receiver is
-	// connected to, with its pid; pid 0 without a receiver.
-	ReceiverUpstream(ctx context.Context, node string) (pid int, host string, port int, err error)
-	// TerminateWALSenders ends node's walsenders that serve slot, or
-	// application name appName; it returns how many it signalled.
-	TerminateWALSenders(ctx context.Context, node, slot, appName string) (int, error)
-	// ReplayPaused reports whether a replica's replay is paused (or a pause
-	// was requested).
-	ReplayPaused(ctx context.Context, node string) (bool, error)
-	CreateSlots(ctx context.Context, node string, slots []string) (created []string, err error)
-	DropSlots(ctx context.Context, node string, slots []string) error
-	// Promote wraps ErrPromoteNotSent in an error that left the node
-	// certainly unpromoted.
-	Promote(ctx context.Context, node string) error
-	Writable(ctx context.Context, node string) (timeline uint32, lsn topology.LSN, err error)
-	Repoint(ctx context.Context, node string, conninfo, slot string) error
-	WaitStreaming(ctx context.Context, node string, timeline uint32) error
-	SetSyncStandbys(ctx context.Context, node, value string) error
-	StreamingStandbys(ctx context.Context, node string, names []string) (int, error)
-	RecordToken(ctx context.Context, node string, token int64, op string) error
-	RunCommand(ctx context.Context, node, action string, env map[string]string) (CommandResult, error)
-}
-
-// PG is the Controller over pgx connections and node commands. It keeps one
+// PG is failover.Controller over pgx connections and node commands. It keeps one
 // open connection per node, since reconnecting during the write outage is
 // time the clients wait for.
 type PG struct {
@@ -335,7 +287,7 @@ func (p *PG) RestoreSettings(ctx context.Context, node string, snap *SettingsSna
 	var sqls []string
 	for _, name := range names {
 		if v := snap.Settings[name]; v != nil {
-			sqls = append(sqls, fmt.Sprintf("ALTER SYSTEM SET %s = %s", name, quoteLiteral(*v)))
+			sqls = append(sqls, fmt.Sprintf("ALTER SYSTEM SET %s = %s", name, QuoteLiteral(*v)))
 		} else {
 			sqls = append(sqls, "ALTER SYSTEM RESET "+name)
 		}
@@ -370,7 +322,7 @@ func (p *PG) FenceSQL(ctx context.Context, node string) error {
 		// be among those terminated below. Once it has, it signals every
 		// backend, this one included: seeing the new value here proves
 		// that every later session starts read-only.
-		err := pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		err := PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
 			var v string
 			err := c.QueryRow(ctx, "SELECT current_setting('synchronous_standby_names')").Scan(&v)
 			return v == fenceStandbyName, err
@@ -385,7 +337,7 @@ func (p *PG) FenceSQL(ctx context.Context, node string) error {
 		// pg_terminate_backend() only signals too, and a session busy
 		// committing can still acknowledge that commit: the final WAL
 		// position may be read only once every one of them is gone.
-		return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		return PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
 			var left int
 			err := c.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids).Scan(&left)
 			return left == 0, err
@@ -407,7 +359,7 @@ func (p *PG) FinalLSN(ctx context.Context, node string) (topology.LSN, error) {
 			return err
 		}
 		ins = recordEnd(l, block, segment).String()
-		return pollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		return PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
 			var flushed bool
 			err := c.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn", ins).Scan(&flushed)
 			return flushed, err
@@ -566,7 +518,7 @@ func (p *PG) Promote(ctx context.Context, node string) error {
 	// Promotion takes a few milliseconds, all of them write outage: poll
 	// faster than Poll, which waits of seconds use.
 	nudged := time.Now()
-	return pollUntil(ctx, min(p.Poll, promotePoll), func(ctx context.Context) (bool, error) {
+	return PollUntil(ctx, min(p.Poll, promotePoll), func(ctx context.Context) (bool, error) {
 		var rec bool
 		err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
 			return c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
@@ -652,8 +604,8 @@ const timelineSQL = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn())
 // primary_slot_name are reloadable since PostgreSQL 13, so no restart.
 func (p *PG) Repoint(ctx context.Context, node, conninfo, slot string) error {
 	return p.exec(ctx, node,
-		"ALTER SYSTEM SET primary_conninfo = "+quoteLiteral(conninfo),
-		"ALTER SYSTEM SET primary_slot_name = "+quoteLiteral(slot),
+		"ALTER SYSTEM SET primary_conninfo = "+QuoteLiteral(conninfo),
+		"ALTER SYSTEM SET primary_slot_name = "+QuoteLiteral(slot),
 		"SELECT pg_reload_conf()")
 }
 
@@ -678,7 +630,7 @@ func (p *PG) WaitStreaming(ctx context.Context, node string, timeline uint32) er
 
 // SetSyncStandbys sets synchronous_standby_names and reloads.
 func (p *PG) SetSyncStandbys(ctx context.Context, node, value string) error {
-	return p.exec(ctx, node, "ALTER SYSTEM SET synchronous_standby_names = "+quoteLiteral(value), "SELECT pg_reload_conf()")
+	return p.exec(ctx, node, "ALTER SYSTEM SET synchronous_standby_names = "+QuoteLiteral(value), "SELECT pg_reload_conf()")
 }
 
 // RecordToken stamps the fencing token on the new primary as a custom
@@ -688,9 +640,9 @@ func (p *PG) RecordToken(ctx context.Context, node string, token int64, op strin
 	// ALTER SYSTEM accepts a custom setting only once the session knows
 	// its placeholder, hence set_config first.
 	return p.exec(ctx, node,
-		fmt.Sprintf("SELECT set_config('replctl.fencing_token', '%d', false), set_config('replctl.operation', %s, false)", token, quoteLiteral(op)),
+		fmt.Sprintf("SELECT set_config('replctl.fencing_token', '%d', false), set_config('replctl.operation', %s, false)", token, QuoteLiteral(op)),
 		fmt.Sprintf("ALTER SYSTEM SET replctl.fencing_token = '%d'", token),
-		"ALTER SYSTEM SET replctl.operation = "+quoteLiteral(op),
+		"ALTER SYSTEM SET replctl.operation = "+QuoteLiteral(op),
 		"SELECT pg_reload_conf()")
 }
 
@@ -712,7 +664,7 @@ func (p *PG) RunCommand(ctx context.Context, node, action string, env map[string
 
 // poll calls cond every Poll until it reports true or ctx ends.
 func (p *PG) poll(ctx context.Context, cond func(context.Context) (bool, error)) error {
-	return pollUntil(ctx, p.Poll, cond, "timed out")
+	return PollUntil(ctx, p.Poll, cond, "timed out")
 }
 
 // StreamingStandbys counts the walsenders on node that stream to one of
@@ -734,8 +686,8 @@ func lowerAll(in []string) []string {
 	return out
 }
 
-// quoteLiteral quotes a SQL string literal.
-func quoteLiteral(s string) string {
+// QuoteLiteral quotes a SQL string literal.
+func QuoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
@@ -762,4 +714,30 @@ func kvQuote(v string) string {
 		return v
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}
+
+// PollUntil calls cond every interval until it is true or ctx ends; on
+// timeout it fails with msg and the last error seen.
+func PollUntil(ctx context.Context, interval time.Duration, cond func(context.Context) (bool, error), msg string) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var last error
+	for {
+		ok, err := cond(ctx)
+		if err == nil && ok {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				if last != nil {
+					return fmt.Errorf("%s (last error: %v)", msg, last)
+				}
+				return errors.New(msg)
+			}
+			return context.Cause(ctx)
+		case <-t.C:
+		}
+	}
 }

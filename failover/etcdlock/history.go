@@ -1,4 +1,4 @@
-package failover
+package etcdlock
 
 import (
 	"context"
@@ -16,18 +16,19 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/plan"
 )
 
 // Outcomes that only history records have, besides Execute's.
 const (
 	// OutcomeRunning is an operation that has not finished (or whose
 	// process died before it could say how it ended).
-	OutcomeRunning Outcome = "running"
+	OutcomeRunning plan.Outcome = "running"
 	// OutcomeLockLost is an operation stopped because its lock was lost.
-	OutcomeLockLost Outcome = "lock_lost"
+	OutcomeLockLost plan.Outcome = "lock_lost"
 	// OutcomeLockBroken is an operation whose lock someone broke with
 	// `replctl lock release --force` while it was recorded as running.
-	OutcomeLockBroken Outcome = "lock_broken"
+	OutcomeLockBroken plan.Outcome = "lock_broken"
 )
 
 // Kinds of the records this file writes itself.
@@ -56,11 +57,11 @@ type OpRecord struct {
 	// written without the lock they break.
 	Token int64 `json:"token"`
 	// Forced marks records written without the lock.
-	Forced   bool       `json:"forced"`
-	Started  time.Time  `json:"started"`
-	Finished *time.Time `json:"finished,omitempty"`
-	Outcome  Outcome    `json:"outcome"`
-	Error    string     `json:"error,omitempty"`
+	Forced   bool         `json:"forced"`
+	Started  time.Time    `json:"started"`
+	Finished *time.Time   `json:"finished,omitempty"`
+	Outcome  plan.Outcome `json:"outcome"`
+	Error    string       `json:"error,omitempty"`
 	// AfterLockLost marks a final update written after the lock was lost,
 	// conditional only on the record itself being unchanged.
 	AfterLockLost bool         `json:"after_lock_lost,omitempty"`
@@ -188,18 +189,18 @@ func (o *Operation) endStep(ctx context.Context, id, description, outcome, errTe
 
 // Observe records an executor event, so that a Sink can feed the history:
 //
-//	sink := func(e failover.Event) { _ = op.Observe(ctx, e); show(e) }
-func (o *Operation) Observe(ctx context.Context, e Event) error {
+//	sink := func(e plan.Event) { _ = op.Observe(ctx, e); show(e) }
+func (o *Operation) Observe(ctx context.Context, e plan.Event) error {
 	at := e.Time
 	if at.IsZero() {
 		at = time.Now()
 	}
 	switch e.Type {
-	case StepStarted:
+	case plan.StepStarted:
 		return o.update(ctx, func(r *OpRecord) {
 			r.Steps = append(r.Steps, StepRecord{ID: e.StepID, Description: config.Scrub(e.Description), Started: at, Outcome: stepRunning})
 		})
-	case StepDone, StepFailed, StepSkipped, StepUndone, StepUndoFailed, StepUndoSkipped:
+	case plan.StepDone, plan.StepFailed, plan.StepSkipped, plan.StepUndone, plan.StepUndoFailed, plan.StepUndoSkipped:
 		return o.endStep(ctx, e.StepID, e.Description, string(e.Type), config.Scrub(e.Error), at, e.Duration)
 	}
 	return nil
@@ -209,7 +210,7 @@ func (o *Operation) Observe(ctx context.Context, e Event) error {
 // is still updated, conditional only on being unchanged since this process
 // last wrote it, and marked AfterLockLost: it is the one account of what the
 // operation did before it stopped, and it cannot overwrite anyone else's.
-func (o *Operation) Finish(ctx context.Context, outcome Outcome, opErr error) error {
+func (o *Operation) Finish(ctx context.Context, outcome plan.Outcome, opErr error) error {
 	end := time.Now()
 	apply := func(r *OpRecord) {
 		r.Finished, r.Outcome, r.Error = &end, outcome, scrubErr(opErr)
@@ -228,7 +229,7 @@ func (o *Operation) Finish(ctx context.Context, outcome Outcome, opErr error) er
 	defer o.mu.Unlock()
 	rec := o.rec.clone()
 	apply(&rec)
-	if rec.Outcome == OutcomeRunning || rec.Outcome == OutcomeSucceeded {
+	if rec.Outcome == OutcomeRunning || rec.Outcome == plan.OutcomeSucceeded {
 		// An operation that lost its lock did not verifiably succeed.
 		rec.Outcome = OutcomeLockLost
 	}
@@ -461,8 +462,8 @@ func BreakLock(ctx context.Context, cli *clientv3.Client, prefix, cluster string
 		params["holder_operation"] = holder.OperationID
 	}
 	rec := OpRecord{Kind: KindLockBreak, Cluster: k.cluster, By: by, Params: scrubParams(params), Forced: true,
-		Started: start, Finished: &end, Outcome: OutcomeSucceeded,
-		Steps: []StepRecord{{ID: "break-lock", Description: desc, Started: start, Finished: &end, Outcome: string(StepDone)}}}
+		Started: start, Finished: &end, Outcome: plan.OutcomeSucceeded,
+		Steps: []StepRecord{{ID: "break-lock", Description: desc, Started: start, Finished: &end, Outcome: string(plan.StepDone)}}}
 	if _, _, err := createRecord(ctx, cli, plainTxn(cli), k, &rec, keep); err != nil {
 		return nil, fmt.Errorf("lock of %s broken, but recording it in the history failed: %w", cluster, err)
 	}

@@ -1,4 +1,4 @@
-package failover_test
+package etcdlock_test
 
 import (
 	"context"
@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/replctl/replctl/failover"
+	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/testenv"
 )
 
@@ -18,11 +19,11 @@ func TestOpRecordJSON(t *testing.T) {
 	t.Parallel()
 	at := time.Date(2026, 3, 4, 12, 0, 0, 0, time.UTC)
 	end := at.Add(3 * time.Second)
-	r := failover.OpRecord{ID: "7", Kind: "switchover", Cluster: "demo",
-		By:     failover.Actor{User: "alice", Host: "h", PID: 1, Command: "switchover --to pg2"},
+	r := etcdlock.OpRecord{ID: "7", Kind: "switchover", Cluster: "demo",
+		By:     etcdlock.Actor{User: "alice", Host: "h", PID: 1, Command: "switchover --to pg2"},
 		Params: map[string]string{"candidate": "pg2"}, Token: 41, Started: at, Finished: &end,
-		Outcome: failover.OutcomeSucceeded,
-		Steps:   []failover.StepRecord{{ID: "fence", Description: "fence pg1", Started: at, Finished: &end, Outcome: "done"}}}
+		Outcome: plan.OutcomeSucceeded,
+		Steps:   []etcdlock.StepRecord{{ID: "fence", Description: "fence pg1", Started: at, Finished: &end, Outcome: "done"}}}
 	b, err := json.Marshal(r)
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +47,7 @@ func TestOperationHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := failover.ReadLockHolder(ctx, cli, "/replctl", cluster)
+	h, err := etcdlock.ReadLockHolder(ctx, cli, "/replctl", cluster)
 	if err != nil || h.OperationID != op.ID() {
 		t.Fatalf("holder %+v %v: want operation %s", h, err, op.ID())
 	}
@@ -57,21 +58,21 @@ func TestOperationHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	for _, ev := range []failover.Event{
-		{Type: failover.StepStarted, StepID: "fence", Description: "fence pg1", Time: now},
-		{Type: failover.StepProgress, StepID: "fence", Description: "waiting", Time: now},
-		{Type: failover.StepFailed, StepID: "fence", Description: "fence pg1", Time: now, Error: "dial host=pg1 password=s3cret-pw: refused"},
-		{Type: failover.StepUndone, StepID: "undo-check", Description: "undo: check", Time: now.Add(time.Second), Duration: 200 * time.Millisecond},
+	for _, ev := range []plan.Event{
+		{Type: plan.StepStarted, StepID: "fence", Description: "fence pg1", Time: now},
+		{Type: plan.StepProgress, StepID: "fence", Description: "waiting", Time: now},
+		{Type: plan.StepFailed, StepID: "fence", Description: "fence pg1", Time: now, Error: "dial host=pg1 password=s3cret-pw: refused"},
+		{Type: plan.StepUndone, StepID: "undo-check", Description: "undo: check", Time: now.Add(time.Second), Duration: 200 * time.Millisecond},
 	} {
 		if err := op.Observe(ctx, ev); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := op.Finish(ctx, failover.OutcomeFailed, errors.New("fence pg1: refused")); err != nil {
+	if err := op.Finish(ctx, plan.OutcomeFailed, errors.New("fence pg1: refused")); err != nil {
 		t.Fatal(err)
 	}
 
-	rec, err := failover.ReadOperation(ctx, cli, "/replctl", cluster, op.ID())
+	rec, err := etcdlock.ReadOperation(ctx, cli, "/replctl", cluster, op.ID())
 	if err != nil || rec == nil {
 		t.Fatalf("read: %v %v", rec, err)
 	}
@@ -79,7 +80,7 @@ func TestOperationHistory(t *testing.T) {
 	if strings.Contains(string(raw), "s3cret-pw") || strings.Contains(string(raw), "tok-123") {
 		t.Errorf("record leaks a secret: %s", raw)
 	}
-	if rec.Kind != "switchover" || rec.Token != l.Token() || rec.Outcome != failover.OutcomeFailed || rec.Finished == nil ||
+	if rec.Kind != "switchover" || rec.Token != l.Token() || rec.Outcome != plan.OutcomeFailed || rec.Finished == nil ||
 		rec.Params["candidate"] != "pg2" || rec.By.User != "alice" || rec.Forced {
 		t.Errorf("record %s", raw)
 	}
@@ -99,10 +100,10 @@ func TestOperationHistory(t *testing.T) {
 	if got := op.Record(); got.Outcome != rec.Outcome || len(got.Steps) != 3 {
 		t.Errorf("in-memory record %+v", got)
 	}
-	if r, err := failover.ReadOperation(ctx, cli, "/replctl", cluster, "999"); r != nil || err != nil {
+	if r, err := etcdlock.ReadOperation(ctx, cli, "/replctl", cluster, "999"); r != nil || err != nil {
 		t.Errorf("missing operation: %v %v", r, err)
 	}
-	if _, err := failover.ReadOperation(ctx, cli, "/replctl", cluster, "abc"); err == nil {
+	if _, err := etcdlock.ReadOperation(ctx, cli, "/replctl", cluster, "abc"); err == nil {
 		t.Error("invalid ID accepted")
 	}
 }
@@ -123,7 +124,7 @@ func TestHistoryBoundedAndOrdered(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := op.Finish(ctx, failover.OutcomeSucceeded, nil); err != nil {
+		if err := op.Finish(ctx, plan.OutcomeSucceeded, nil); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, op.ID())
@@ -141,7 +142,7 @@ func TestHistoryBoundedAndOrdered(t *testing.T) {
 	if strings.Join(ids, ",") != "1,2,3,4,5,6" {
 		t.Fatalf("ids %v", ids)
 	}
-	got, err := failover.ListHistory(ctx, cli, "/replctl", cluster, 0)
+	got, err := etcdlock.ListHistory(ctx, cli, "/replctl", cluster, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +153,7 @@ func TestHistoryBoundedAndOrdered(t *testing.T) {
 	if strings.Join(gotIDs, ",") != "6,5,4" {
 		t.Errorf("history %v, want the 3 newest, newest first", gotIDs)
 	}
-	if got, _ := failover.ListHistory(ctx, cli, "/replctl", cluster, 2); len(got) != 2 || got[0].ID != "6" {
+	if got, _ := etcdlock.ListHistory(ctx, cli, "/replctl", cluster, 2); len(got) != 2 || got[0].ID != "6" {
 		t.Errorf("limit 2: %+v", got)
 	}
 }
@@ -171,40 +172,40 @@ func TestBreakLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := failover.ReadLockHolder(ctx, cli, "/replctl", cluster)
+	h, err := etcdlock.ReadLockHolder(ctx, cli, "/replctl", cluster)
 	if err != nil || h == nil || h.User != "alice" || h.Token != alice.Token() || h.LeaseLeft < 55*time.Second || h.LeaseTTL != 60*time.Second {
 		t.Fatalf("holder %+v %v", h, err)
 	}
-	ops := failover.Actor{User: "ops", Host: "admin", PID: 9, Command: "lock release --force"}
-	rec, err := failover.BreakLock(ctx, cli, "/replctl", cluster, h, ops, 0)
+	ops := etcdlock.Actor{User: "ops", Host: "admin", PID: 9, Command: "lock release --force"}
+	rec, err := etcdlock.BreakLock(ctx, cli, "/replctl", cluster, h, ops, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rec.Forced || rec.Kind != failover.KindLockBreak || rec.Params["holder"] != "alice@test-host (pid 5)" || rec.Params["holder_operation"] != op.ID() {
+	if !rec.Forced || rec.Kind != etcdlock.KindLockBreak || rec.Params["holder"] != "alice@test-host (pid 5)" || rec.Params["holder_operation"] != op.ID() {
 		t.Errorf("break record %+v", rec)
 	}
-	if h, err := failover.ReadLockHolder(ctx, cli, "/replctl", cluster); h != nil || err != nil {
+	if h, err := etcdlock.ReadLockHolder(ctx, cli, "/replctl", cluster); h != nil || err != nil {
 		t.Errorf("lock still held after break: %+v %v", h, err)
 	}
 	waitDone(t, alice.Context(), 2*time.Second)
 
-	hist, err := failover.ListHistory(ctx, cli, "/replctl", cluster, 10)
+	hist, err := etcdlock.ListHistory(ctx, cli, "/replctl", cluster, 10)
 	if err != nil || len(hist) != 2 {
 		t.Fatalf("history %+v %v", hist, err)
 	}
 	if hist[0].ID != rec.ID || !hist[0].Forced || hist[0].Token != 0 {
 		t.Errorf("newest record %+v, want the forced break", hist[0])
 	}
-	if hist[1].ID != op.ID() || hist[1].Outcome != failover.OutcomeLockBroken || !strings.Contains(hist[1].Error, "ops@admin") {
+	if hist[1].ID != op.ID() || hist[1].Outcome != etcdlock.OutcomeLockBroken || !strings.Contains(hist[1].Error, "ops@admin") {
 		t.Errorf("broken operation %+v", hist[1])
 	}
 	// Breaking the same holder twice does nothing more.
-	if _, err := failover.BreakLock(ctx, cli, "/replctl", cluster, h, ops, 0); !errors.Is(err, failover.ErrNotHeld) {
+	if _, err := etcdlock.BreakLock(ctx, cli, "/replctl", cluster, h, ops, 0); !errors.Is(err, etcdlock.ErrNotHeld) {
 		t.Errorf("second break: %v, want ErrNotHeld", err)
 	}
 	// alice's late writes are refused; her Finish cannot overwrite the
 	// record the break closed.
-	if err := op.Finish(context.Background(), failover.OutcomeSucceeded, nil); err == nil {
+	if err := op.Finish(context.Background(), plan.OutcomeSucceeded, nil); err == nil {
 		t.Error("alice's finish overwrote the broken record")
 	}
 }
