@@ -493,3 +493,54 @@ func mustLag(t testing.TB, c *testenv.Cluster, replica, pos string) int64 {
 	}
 	return lag
 }
+
+// TestIntegrationSwitchoverHungReplica hangs a replica that is not the
+// candidate (SIGSTOP on its postmaster and children): the stop fence
+// terminates its walsender before the clean shutdown, which would
+// otherwise wait for it up to wal_sender_timeout (60 s), so the fence does
+// not depend on the slowest replica. It does not answer when planned, so
+// the plan says it is not repointed, and the switchover succeeds.
+func TestIntegrationSwitchoverHungReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs PostgreSQL and etcd")
+	}
+	t.Parallel()
+	ctx := t.Context()
+	c := testenv.Start(t, testenv.Options{Replicas: 2})
+	cfg, _ := switchoverConfig(t, c, fenceStop)
+	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteString("failover:\n  stream_timeout: 3s\n")
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	emHang(t, c, "pg3")
+	run := replctl(ctx, nil, "--config", cfg, "--timeout", "1s", "-o", "json", "promote", "pg2", "--yes")
+	t.Logf("%s", run)
+	d := run.doc(t)
+	if d.Result == nil {
+		t.Fatalf("no result: exit %d", run.Code)
+	}
+	var fence time.Duration
+	for _, s := range d.Result.Steps {
+		if s.ID == "fence" {
+			if s.Outcome != "done" {
+				t.Fatalf("fence %s: %s", s.Outcome, s.Error)
+			}
+			fence = s.End.Sub(s.Start)
+		}
+	}
+	t.Logf("stop fence took %s with pg3 hung", fence)
+	if fence == 0 || fence > 20*time.Second {
+		t.Errorf("the stop fence took %s: it waited for the hung replica", fence)
+	}
+	if run.Code != 0 || d.Result.Outcome != "succeeded" || !strings.Contains(run.Out, "pg3 does not answer: it is not repointed") {
+		t.Errorf("want a switchover that says pg3 was left out: exit %d, outcome %s", run.Code, d.Result.Outcome)
+	}
+	if s := readPG(ctx, c, "pg2"); s.Err != nil || s.InRecovery {
+		t.Errorf("pg2 should be the primary: %s", s)
+	}
+}

@@ -547,3 +547,43 @@ func TestLockSeparateProcesses(t *testing.T) {
 		}
 	})
 }
+
+// An interrupted lock run (^C) records how it ended: its record is written
+// on a context that outlives the interruption, not left "running".
+func TestLockRunInterruptedRecordsItsEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: needs a real etcd")
+	}
+	t.Parallel()
+	e := testenv.StartEtcd(t)
+	cfgPath := lkConfig(t, e.Endpoint, "")
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	go func() {
+		_, _, code := lkRun(ctx, "--config", cfgPath, "lock", "run", "--", "sleep", "30")
+		done <- code
+	}()
+	h := lkWaitHolder(t, cli, cfg)
+	cancel()
+	select {
+	case code := <-done:
+		if code != ExitFailed {
+			t.Errorf("exit %d", code)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("lock run did not stop when interrupted")
+	}
+	rec, err := etcdlock.ReadOperation(t.Context(), cli, cfg.Etcd.Prefix, cfg.Cluster, h.OperationID)
+	if err != nil || rec == nil || rec.Outcome != plan.OutcomeFailed || !strings.Contains(rec.Error, "interrupted") {
+		t.Fatalf("record of the interrupted run: %+v %v", rec, err)
+	}
+}

@@ -104,8 +104,10 @@ type promoteDoc struct {
 		Steps   []struct {
 			ID          string `json:"id"`
 			Description string `json:"description"`
-			Outcome     string `json:"outcome"`
-			Error       string `json:"error"`
+			Outcome     string    `json:"outcome"`
+			Error       string    `json:"error"`
+			Start       time.Time `json:"start"`
+			End         time.Time `json:"end"`
 		} `json:"steps"`
 		Remaining []string `json:"remaining"`
 		Left      []string `json:"left"`

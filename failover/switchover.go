@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -107,6 +108,8 @@ type switchover struct {
 	// primary at once (replay paused, apply delay, not streaming), with why:
 	// they are repointed and verified, not waited for.
 	behind map[string]string
+	// silent are the other nodes that did not answer when planned.
+	silent []string
 	fence  string
 	opts   SwitchoverOptions
 	t      Timeouts
@@ -199,7 +202,19 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 	}
 	p := &plan.Plan{Kind: "switchover", Candidate: candidate.Name, Primary: primary.Name, Fence: sw.fence}
 	for _, n := range snap.Nodes {
-		if !n.Member() || n.Role != topology.RoleReplica || n.Name == candidate.Name {
+		if n.Name == candidate.Name || n.Name == primary.Name {
+			continue
+		}
+		if !n.Reachable {
+			// It may be hung with its stream still open: a clean shutdown
+			// would wait for it. It is not repointed: nothing can be
+			// changed on a node that does not answer.
+			sw.silent = append(sw.silent, n.Name)
+			p.Notes = append(p.Notes, fmt.Sprintf("%s does not answer: it is not repointed; its walsender on %s, if any, is terminated before the stop fence. Once it is back, repoint it at %s or run `replctl rejoin %s`",
+				n.Name, primary.Name, candidate.Name, n.Name))
+			continue
+		}
+		if !n.Member() || n.Role != topology.RoleReplica {
 			continue
 		}
 		if string(n.Upstream) != primary.Name {
@@ -239,9 +254,6 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		Description: fmt.Sprintf("etcd: save %s's synchronous_standby_names (%s) and synchronous_commit (%s) in the cluster record",
 			primary.Name, quoteOrEmpty(pn.Settings.SynchronousStandbyNames), orUnknown(pn.Settings.SynchronousCommit)),
 		Run: sw.saveSettings})
-	add(plan.Step{ID: StepCatchup, Node: candidate.Name, Timeout: t.Catchup,
-		Description: fmt.Sprintf("%s: wait until replay is within %s of %s (timeout %s)", candidate.Name, config.HumanBytes(nearlyCaughtUp), primary.Name, t.Catchup),
-		Run:         sw.catchup})
 	if len(sw.slots) > 0 {
 		add(sw.stepCreateSlots())
 	}
@@ -249,6 +261,10 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		add(plan.Step{ID: StepCheckpoint, Node: primary.Name, Mutates: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
 			Description: fmt.Sprintf("%s: CHECKPOINT while it still serves, so the shutdown checkpoint is quick", primary.Name),
 			Run:         func(ctx context.Context) error { return sw.env.Ctl.Checkpoint(ctx, primary.Name) }})
+		// Last before the fence: slot creation, the CHECKPOINT or the
+		// detaches may take long enough under load for the candidate to fall
+		// behind again.
+		add(sw.stepCatchup())
 		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name)))
 		undo := fmt.Sprintf("%s: no start command: start it by hand", primary.Name)
 		var undoFn func(context.Context) error
@@ -284,6 +300,10 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 				Undo:            func(ctx context.Context) error { return sw.reattach(ctx, o.Name, slot) }})
 		}
 		p.Notes = append(p.Notes, fmt.Sprintf("%s has no commands.stop: using the SQL fence. It stops every ordinary client, but a session that sets default_transaction_read_only = off and synchronous_commit = local can still commit; use --require-stop to refuse without a stop command.", primary.Name))
+		// Last before the fence: slot creation, the CHECKPOINT or the
+		// detaches may take long enough under load for the candidate to fall
+		// behind again.
+		add(sw.stepCatchup())
 		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name)))
 		add(plan.Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Call, Budget: sw.budget(2 * time.Second),
 			Description:     fmt.Sprintf("%s: SQL fence: capture default_transaction_read_only and synchronous_standby_names, then %s", primary.Name, strings.Join(pgctl.SQLFenceSQL, "; ")),
@@ -333,6 +353,12 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 const hungProbe = time.Second
 
 // The steps that switchover and emergency failover both make.
+
+func (sw *switchover) stepCatchup() plan.Step {
+	return plan.Step{ID: StepCatchup, Node: sw.candidate.Name, Timeout: sw.t.Catchup,
+		Description: fmt.Sprintf("%s: wait until replay is within %s of %s (timeout %s)", sw.candidate.Name, config.HumanBytes(nearlyCaughtUp), sw.primary.Name, sw.t.Catchup),
+		Run:         sw.catchup}
+}
 
 func (sw *switchover) stepCreateSlots() plan.Step {
 	return plan.Step{ID: StepCreateSlots, Node: sw.candidate.Name, Mutates: true, Timeout: sw.t.Call, Budget: sw.budget(2 * time.Second),
@@ -554,17 +580,28 @@ func (sw *switchover) fenceStop(ctx context.Context) error {
 // would hold the fence (and the write outage) for wal_sender_timeout. The
 // candidate is not among them: it answered the catch-up wait.
 func (sw *switchover) releaseHung(ctx context.Context) {
-	var wg sync.WaitGroup
+	slots := map[string]string{}
 	for _, o := range sw.others {
+		slots[o.Name] = slotFor(o)
+	}
+	for _, name := range sw.silent {
+		slots[name] = name // replctl names the slots it makes after the node
+	}
+	var wg sync.WaitGroup
+	for name, slot := range slots {
 		wg.Go(func() {
-			c, cancel := context.WithTimeout(ctx, hungProbe)
-			defer cancel()
-			if _, err := sw.env.Ctl.Setting(c, o.Name, "server_version"); err == nil || ctx.Err() != nil {
-				return
+			// A node silent when planned is not asked again: a second of
+			// probing would only delay the fence.
+			if !slices.Contains(sw.silent, name) {
+				c, cancel := context.WithTimeout(ctx, hungProbe)
+				defer cancel()
+				if _, err := sw.env.Ctl.Setting(c, name, "server_version"); err == nil || ctx.Err() != nil {
+					return
+				}
 			}
-			n, err := sw.env.Ctl.TerminateWALSenders(ctx, sw.primary.Name, slotFor(o), o.Name)
+			n, err := sw.env.Ctl.TerminateWALSenders(ctx, sw.primary.Name, slot, name)
 			if err == nil && n > 0 {
-				sw.env.progress(StepFence, "%s does not answer: terminated its walsender on %s so the shutdown does not wait for it", o.Name, sw.primary.Name)
+				sw.env.progress(StepFence, "%s does not answer: terminated its walsender on %s so the shutdown does not wait for it", name, sw.primary.Name)
 			}
 		})
 	}
