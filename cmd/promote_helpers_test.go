@@ -102,8 +102,8 @@ type promoteDoc struct {
 	Result *struct {
 		Outcome string `json:"outcome"`
 		Steps   []struct {
-			ID          string `json:"id"`
-			Description string `json:"description"`
+			ID          string    `json:"id"`
+			Description string    `json:"description"`
 			Outcome     string    `json:"outcome"`
 			Error       string    `json:"error"`
 			Start       time.Time `json:"start"`
