@@ -29,6 +29,10 @@ type engineCase struct {
 	// restorable is whether a failure before the point of no return puts
 	// every node back exactly as it was (an emergency fence never is lifted).
 	restorable bool
+	// snap, state and req are what the plan was built from, for a Driver.
+	snap  *topology.Snapshot
+	state *etcdlock.State
+	req   Request
 }
 
 func engineConfig(stop bool, nodes ...string) *config.Config {
@@ -59,7 +63,8 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 		c.cfg = engineConfig(kind == "switchover-stop", "pg1", "pg2", "pg3")
 		snap := topology.Classify(c.cfg, []topology.NodeStatus{
 			tt.Primary("pg1", lsn, "pg2", "pg3"), tt.Replica("pg2", 5432, lsn), tt.Replica("pg3", 5432, lsn)}, nil)
-		c.plan, err = BuildSwitchoverPlan(c.cfg, snap, SwitchoverOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond}, c.env)
+		c.snap, c.req = snap, Request{Kind: KindSwitchover, Switchover: SwitchoverOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond, MaxLag: 16 << 20}}
+		c.plan, err = BuildSwitchoverPlan(c.cfg, snap, c.req.Switchover, c.env)
 	case "emergency":
 		c.restorable = false
 		c.cfg = engineConfig(false, "pg1", "pg2", "pg3")
@@ -75,7 +80,8 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 		}
 		snap := topology.Classify(c.cfg, []topology.NodeStatus{{Name: "pg1", Error: "connection refused"}, dead("pg2"), dead("pg3")}, nil)
 		st := &etcdlock.State{Primary: "pg1", Sync: etcdlock.SyncSettings{Commit: "on"}}
-		c.plan, err = BuildEmergencyPlan(c.cfg, snap, st, "pg1", "pg2", EmergencyOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond}, c.env)
+		c.snap, c.state, c.req = snap, st, Request{Kind: KindFailover, Emergency: EmergencyOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond}}
+		c.plan, err = BuildEmergencyPlan(c.cfg, snap, st, "pg1", "pg2", c.req.Emergency, c.env)
 	case "rejoin":
 		c.cfg = engineConfig(true, "pg1", "pg2", "pg3")
 		f := c.ctl
@@ -95,6 +101,7 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 		primary.Timeline = tt.Ptr(uint32(2))
 		snap := topology.Classify(c.cfg, []topology.NodeStatus{fenced, primary, tt.Replica("pg3", 5433, lsn)}, &topology.Record{Primary: "pg2", Fenced: []string{"pg1"}})
 		var results []string
+		c.snap, c.req = snap, Request{Kind: KindRejoin, Node: "pg1"}
 		c.plan, results, err = planRejoinForTest(c.cfg, snap, c.env)
 		if len(results) > 0 {
 			t.Fatalf("rejoin refused: %v", results)
@@ -521,5 +528,60 @@ func TestDriverPinsCandidate(t *testing.T) {
 	}
 	if p != nil || !slices.Contains(failed, "most_advanced") {
 		t.Fatalf("rebuilt with pg3 ahead: plan %v, failed %v: want pg2 refused, not pg3 chosen", p != nil, failed)
+	}
+}
+
+// The driver runs whole operations on the fakes: switchover (both fences),
+// emergency failover and rejoin end to end through Prepare, Replan and Run
+// (lock, re-plan under the lock, execute, record), and, with the lease lost
+// while the old primary is fenced, the run stops, changes nothing more and
+// records the loss.
+func TestDriverRunsOperations(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"switchover-stop", "switchover-sql", "emergency", "rejoin"} {
+		for _, loseLock := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/lose=%v", kind, loseLock), func(t *testing.T) {
+				t.Parallel()
+				c := newEngineCase(t, kind)
+				obs := Observation{Snap: c.snap, State: c.state}
+				d := &Driver{Cfg: c.cfg, Observe: func(context.Context) Observation { return obs }}
+				prep := d.Prepare(t.Context(), c.req, nil)
+				if prep.Op.Plan == nil {
+					t.Fatalf("prepared: %+v", prep.Op)
+				}
+				env := &Env{Ctl: c.ctl}
+				op := d.Replan(prep, env)
+				if loseLock {
+					// The lease goes while the mark or the fence (a rejoin's
+					// rewind) is applied.
+					i := slices.IndexFunc(op.Plan.Steps, func(s plan.Step) bool { return s.Fences || s.ID == StepMarkFenced || s.ID == StepRejoin })
+					run := op.Plan.Steps[i].Run
+					op.Plan.Steps[i].Run = func(ctx context.Context) error {
+						err := run(ctx)
+						c.rec.lose()
+						return err
+					}
+				}
+				locker := &fakeLocker{rec: c.rec}
+				res := d.Run(t.Context(), prep, op, env, OperationSpec{Cfg: c.cfg, Locker: locker})
+				if len(c.ctl.violations) > 0 {
+					t.Errorf("changed without the lock: %v", c.ctl.violations)
+				}
+				if w := c.ctl.writable(); len(w) > 1 {
+					t.Errorf("writable: %v", w)
+				}
+				switch {
+				case !loseLock:
+					if res.Outcome != plan.OutcomeSucceeded || locker.end != plan.OutcomeSucceeded {
+						t.Fatalf("outcome %s (recorded %s): %v", res.Outcome, locker.end, res.Err)
+					}
+				default:
+					var lost *etcdlock.LockLostError
+					if res.Outcome == plan.OutcomeSucceeded || !errors.As(res.Err, &lost) || locker.end != etcdlock.OutcomeLockLost {
+						t.Fatalf("outcome %s (recorded %s): %v", res.Outcome, locker.end, res.Err)
+					}
+				}
+			})
+		}
 	}
 }

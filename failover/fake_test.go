@@ -13,6 +13,7 @@ import (
 
 	"github.com/replctl/replctl/failover/etcdlock"
 	"github.com/replctl/replctl/failover/pgctl"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 )
 
@@ -618,9 +619,42 @@ func (f *fakeCluster) dangling() []string {
 
 // fakeRecorder is the lock as plans use it: held until lose is called.
 type fakeRecorder struct {
-	mu   sync.Mutex
-	st   etcdlock.State
-	lost bool
+	mu     sync.Mutex
+	st     etcdlock.State
+	lost   bool
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (r *fakeRecorder) init() {
+	if r.ctx == nil {
+		r.ctx, r.cancel = context.WithCancel(context.Background())
+	}
+}
+
+// Context ends when the lock is lost or released, as a lease's does.
+func (r *fakeRecorder) Context() context.Context {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.init()
+	return r.ctx
+}
+
+func (r *fakeRecorder) Err() error {
+	if r.isLost() {
+		return &etcdlock.LockLostError{Cluster: "demo", Reason: "the lease was revoked"}
+	}
+	return nil
+}
+
+func (r *fakeRecorder) OperationID() string { return "42" }
+
+func (r *fakeRecorder) Release(context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.init()
+	r.cancel()
+	return nil
 }
 
 func (r *fakeRecorder) isLost() bool {
@@ -632,7 +666,37 @@ func (r *fakeRecorder) isLost() bool {
 func (r *fakeRecorder) lose() {
 	r.mu.Lock()
 	r.lost = true
+	r.init()
+	r.cancel()
 	r.mu.Unlock()
+}
+
+// fakeLocker hands out rec as the lock, with a history that keeps events.
+type fakeLocker struct {
+	rec    *fakeRecorder
+	mu     sync.Mutex
+	events []plan.Event
+	end    plan.Outcome
+}
+
+func (l *fakeLocker) Lock(context.Context, OperationSpec) (HeldLock, History, error) {
+	return l.rec, l, nil
+}
+
+func (l *fakeLocker) ID() string { return "42" }
+
+func (l *fakeLocker) Observe(_ context.Context, e plan.Event) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, e)
+	return nil
+}
+
+func (l *fakeLocker) Finish(_ context.Context, o plan.Outcome, _ error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.end = o
+	return nil
 }
 
 func (r *fakeRecorder) Check(context.Context, time.Duration) error {

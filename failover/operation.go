@@ -68,12 +68,57 @@ type OperationSpec struct {
 	// Held is a lock the caller already holds (a drill holds it for all its
 	// steps); the operation then neither takes nor releases it, nor starts
 	// a history record of its own: the caller records its steps.
-	Held *etcdlock.Lock
+	Held HeldLock
+	// Locker takes the lock when nothing is Held; nil is the etcd lock
+	// over Cli.
+	Locker Locker
 	// Rebuild re-plans from a fresh look at the cluster under the lock and
 	// returns the preflight results with it.
 	Rebuild func(ctx context.Context) (*plan.Plan, []checks.Result, error)
 	Sink    plan.Sink
 	Now     func() time.Time
+}
+
+// HeldLock is the cluster lock as an operation holds it: *etcdlock.Lock.
+type HeldLock interface {
+	Recorder
+	// Context ends when the lock is lost or released; Err says which.
+	Context() context.Context
+	Err() error
+	// OperationID is the history record the lock's holder named.
+	OperationID() string
+	Release(ctx context.Context) error
+}
+
+// History records one operation: *etcdlock.Operation.
+type History interface {
+	ID() string
+	Observe(ctx context.Context, e plan.Event) error
+	Finish(ctx context.Context, outcome plan.Outcome, err error) error
+}
+
+// Locker takes the cluster lock for an operation and starts its history
+// record.
+type Locker interface {
+	Lock(ctx context.Context, spec OperationSpec) (HeldLock, History, error)
+}
+
+// etcdLocker is the Locker over etcd.
+type etcdLocker struct{}
+
+func (etcdLocker) Lock(ctx context.Context, spec OperationSpec) (HeldLock, History, error) {
+	l, err := etcdlock.Acquire(ctx, spec.Cli, etcdlock.LockOptions{
+		Prefix: spec.Cfg.Etcd.Prefix, Cluster: spec.Cfg.Cluster, TTL: spec.Cfg.Lock.TTL, Wait: spec.LockWait,
+		HistoryKeep: spec.Cfg.History.Keep, Actor: etcdlock.CurrentActor(spec.Command), OnWait: spec.OnWait,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	op, err := l.StartOperation(ctx, spec.Kind, spec.Params)
+	if err != nil {
+		return l, nil, err
+	}
+	return l, op, nil
 }
 
 // RunOperation executes p, built with env, under the cluster lock. The
@@ -84,15 +129,19 @@ type OperationSpec struct {
 func RunOperation(ctx context.Context, spec OperationSpec, p *plan.Plan, env *Env) *plan.Result {
 	opCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var lock *etcdlock.Lock
-	var op *etcdlock.Operation
-	watch := func(l *etcdlock.Lock) {
+	var lock HeldLock
+	var op History
+	watch := func(l HeldLock) {
 		go func() {
 			<-l.Context().Done()
 			if err := l.Err(); err != nil && !errors.Is(err, etcdlock.ErrReleased) {
 				cancel(err)
 			}
 		}()
+	}
+	locker := spec.Locker
+	if locker == nil {
+		locker = etcdLocker{}
 	}
 	env.Acquire = func(actx context.Context) error {
 		if spec.Held != nil {
@@ -102,18 +151,15 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *plan.Plan, env *En
 			lock = spec.Held
 			watch(lock)
 		} else {
-			l, err := etcdlock.Acquire(actx, spec.Cli, etcdlock.LockOptions{
-				Prefix: spec.Cfg.Etcd.Prefix, Cluster: spec.Cfg.Cluster, TTL: spec.Cfg.Lock.TTL, Wait: spec.LockWait,
-				HistoryKeep: spec.Cfg.History.Keep, Actor: etcdlock.CurrentActor(spec.Command), OnWait: spec.OnWait,
-			})
+			l, h, err := locker.Lock(actx, spec)
+			if l != nil {
+				lock = l
+				watch(l)
+			}
 			if err != nil {
 				return err
 			}
-			lock = l
-			watch(l)
-			if op, err = l.StartOperation(actx, spec.Kind, spec.Params); err != nil {
-				return err
-			}
+			op = h
 		}
 		env.Lock = lock
 		p2, results, err := spec.Rebuild(actx)
