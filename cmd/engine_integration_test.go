@@ -544,3 +544,53 @@ func TestIntegrationSwitchoverHungReplica(t *testing.T) {
 		t.Errorf("pg2 should be the primary: %s", s)
 	}
 }
+
+// TestIntegrationSwitchoverHungCandidate hangs the candidate (SIGSTOP on
+// its postmaster and children) right after the fence: the promote step has
+// its own deadline (failover.promote_timeout) instead of holding the lock
+// and the write outage for ever. pg_promote() never reached it, so the
+// fence is undone and pg1 serves again.
+func TestIntegrationSwitchoverHungCandidate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs PostgreSQL and etcd")
+	}
+	t.Parallel()
+	ctx := t.Context()
+	c := testenv.Start(t, testenv.Options{Replicas: 2})
+	cfg, _ := switchoverConfig(t, c, fenceStop)
+	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteString("failover:\n  promote_timeout: 2s\n")
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrap := atPoint(pointBeforePromote, func(ctx context.Context, node string) { emHang(t, c, node) })
+	start := time.Now()
+	run := replctl(ctx, wrap, "--config", cfg, "--timeout", "1s", "-o", "json", "promote", "pg2", "--yes")
+	took := time.Since(start)
+	t.Logf("%s", run)
+	t.Logf("the switchover gave up after %s", took)
+	d := run.doc(t)
+	if run.Code != ExitFailed || d.Result == nil || d.Result.Outcome != "failed" {
+		t.Fatalf("want a failed switchover: exit %d", run.Code)
+	}
+	if took > 60*time.Second {
+		t.Errorf("took %s: the promote step has no deadline", took)
+	}
+	var undone bool
+	for _, s := range d.Result.Steps {
+		undone = undone || s.ID == "undo-fence" && s.Outcome == "undone"
+	}
+	if !undone {
+		t.Errorf("the fence was not undone: %+v", d.Result.Steps)
+	}
+	if d.Final == nil || d.Final.Primary != "pg1" {
+		t.Errorf("final %+v: want pg1 the primary again", d.Final)
+	}
+	if s := readPG(ctx, c, "pg1"); s.Err != nil || s.InRecovery || s.ReadOnly != "off" {
+		t.Errorf("pg1 should serve again: %s", s)
+	}
+}

@@ -210,8 +210,12 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 			// would wait for it. It is not repointed: nothing can be
 			// changed on a node that does not answer.
 			sw.silent = append(sw.silent, n.Name)
-			p.Notes = append(p.Notes, fmt.Sprintf("%s does not answer: it is not repointed; its walsender on %s, if any, is terminated before the stop fence. Once it is back, repoint it at %s or run `replctl rejoin %s`",
-				n.Name, primary.Name, candidate.Name, n.Name))
+			cut := ""
+			if sw.fence == FenceStop {
+				cut = fmt.Sprintf("; its walsender on %s, if any, is terminated before the stop fence", primary.Name)
+			}
+			p.Notes = append(p.Notes, fmt.Sprintf("%s does not answer: it is not repointed%s. Once it is back, repoint it at %s or run `replctl rejoin %s`",
+				n.Name, cut, candidate.Name, n.Name))
 			continue
 		}
 		if !n.Member() || n.Role != topology.RoleReplica {

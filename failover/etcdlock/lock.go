@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/plan"
 )
 
 // ErrReleased is the cause of a lock's context once Release was called, and
@@ -231,6 +232,10 @@ type LockLostError struct {
 func (e *LockLostError) Error() string {
 	return fmt.Sprintf("lost the lock on cluster %s (token %d): %s", e.Cluster, e.Token, e.Reason)
 }
+
+// Is makes a lost lock match plan.ErrLockLost, which the executor tells
+// apart from a lock it could not confirm.
+func (e *LockLostError) Is(target error) bool { return target == plan.ErrLockLost }
 
 // LockOptions configure Acquire.
 type LockOptions struct {

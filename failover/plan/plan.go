@@ -94,6 +94,10 @@ type Event struct {
 // Sink receives events; it must not block for long.
 type Sink func(Event)
 
+// ErrLockLost is what a Guard's error matches (errors.Is) when the lock is
+// certainly gone, rather than only unconfirmed for now.
+var ErrLockLost = errors.New("the lock was lost")
+
 // Guard is the fencing lock as the executor sees it: Check confirms
 // ownership with enough lease left for the next step.
 type Guard interface {
@@ -297,9 +301,13 @@ func undo(ctx context.Context, p *Plan, touched []int, guard Guard, res *Result,
 		ev := Event{Type: StepUndone, StepID: sr.ID, Node: s.Node, Description: desc, Time: end, Duration: sr.Duration}
 		switch {
 		case lockErr != nil:
-			left := "left as it is because the lock was lost"
+			why := "the lock could not be confirmed"
+			if errors.Is(lockErr, ErrLockLost) {
+				why = "the lock was lost"
+			}
+			left := "left as it is because " + why
 			if s.Fences {
-				left = fmt.Sprintf("%s left fenced because the lock was lost", s.Node)
+				left = fmt.Sprintf("%s left fenced because %s", s.Node, why)
 			}
 			sr.Outcome, sr.Error = "undo_skipped", fmt.Sprintf("%s (%v); to undo it by hand, once you are sure no other operation is running: %s", left, lockErr, desc)
 			ev.Type, ev.Error = StepUndoSkipped, sr.Error
