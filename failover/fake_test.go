@@ -476,7 +476,7 @@ func (f *fakeCluster) Repoint(ctx context.Context, node, conninfo, slot string) 
 }
 
 func (f *fakeCluster) WaitStreaming(ctx context.Context, node string, timeline uint32) error {
-	return pgctl.PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, nil, time.Millisecond, func(ctx context.Context) (bool, error) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		n, err := f.node(ctx, node)
@@ -716,4 +716,29 @@ func (r *fakeRecorder) UpdateState(_ context.Context, fn func(*etcdlock.State) e
 	defer r.mu.Unlock()
 	err := fn(&r.st)
 	return &r.st, 1, err
+}
+
+// virtualClock is a pgctl.Clock on which every wait passes at once: After
+// moves the clock on by d and fires. Waits then take no real time, and
+// what depends on elapsed time (a stall, a grace period) happens after a
+// known number of polls.
+type virtualClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *virtualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *virtualClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	t := c.now
+	c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	ch <- t
+	return ch
 }

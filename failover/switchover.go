@@ -68,6 +68,8 @@ type Env struct {
 	OperationID func() string
 	// Progress reports waits (bytes left); may be nil.
 	Progress func(step, msg string)
+	// Clock is what the steps' waits poll on; nil is the wall clock.
+	Clock pgctl.Clock
 }
 
 func (e *Env) progress(step, format string, a ...any) {
@@ -534,7 +536,7 @@ func (sw *switchover) saveSettings(ctx context.Context) error {
 }
 
 func (sw *switchover) catchup(ctx context.Context) error {
-	return pgctl.PollUntil(ctx, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, sw.env.Clock, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
 		cur, err := sw.env.Ctl.CurrentLSN(ctx, sw.primary.Name)
 		if err != nil {
 			return false, err
@@ -702,8 +704,9 @@ func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string) e
 	if err := sw.waitSetting(ctx, node, "primary_conninfo", conninfo); err != nil {
 		return err
 	}
-	start, terminated := time.Now(), time.Time{}
-	return pgctl.PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+	clock := pgctl.ClockOr(sw.env.Clock)
+	start, terminated := clock.Now(), time.Time{}
+	return pgctl.PollUntil(ctx, sw.env.Clock, time.Millisecond, func(ctx context.Context) (bool, error) {
 		pid, h, p, err := sw.env.Ctl.ReceiverUpstream(ctx, node)
 		if err != nil {
 			return false, err
@@ -713,7 +716,7 @@ func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string) e
 		}
 		// Still on the old primary: give the startup process a moment to
 		// restart it by itself, then cut the stream from the other side.
-		if now := time.Now(); now.Sub(start) > detachGrace && now.Sub(terminated) > detachGrace {
+		if now := clock.Now(); now.Sub(start) > detachGrace && now.Sub(terminated) > detachGrace {
 			terminated = now
 			if _, err := sw.env.Ctl.TerminateWALSenders(ctx, sw.primary.Name, slot, node); err != nil {
 				return false, err
@@ -745,7 +748,7 @@ func (sw *switchover) reattach(ctx context.Context, node, slot string) error {
 	if err != nil {
 		return err
 	}
-	return pgctl.PollUntil(ctx, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, sw.env.Clock, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
 		pid, h, p, err := sw.env.Ctl.ReceiverUpstream(ctx, node)
 		if err != nil || pid != 0 && h == host && p == port {
 			if err == nil {
@@ -760,7 +763,7 @@ func (sw *switchover) reattach(ctx context.Context, node, slot string) error {
 // waitSetting waits until node's own session sees name = want: the reload
 // has reached the node.
 func (sw *switchover) waitSetting(ctx context.Context, node, name, want string) error {
-	return pgctl.PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+	return pgctl.PollUntil(ctx, sw.env.Clock, time.Millisecond, func(ctx context.Context) (bool, error) {
 		v, err := sw.env.Ctl.Setting(ctx, node, name)
 		return v == want, err
 	}, fmt.Sprintf("%s: %s did not take the new value after pg_reload_conf() (is its postgresql.conf valid?)", node, name))
@@ -782,8 +785,9 @@ const replayStall = 20 * time.Millisecond
 
 func (sw *switchover) waitReplay(ctx context.Context) error {
 	var last topology.LSN
-	moved, nudged := time.Now(), time.Time{}
-	return pgctl.PollUntil(ctx, 2*time.Millisecond, func(ctx context.Context) (bool, error) {
+	clock := pgctl.ClockOr(sw.env.Clock)
+	moved, nudged := clock.Now(), time.Time{}
+	return pgctl.PollUntil(ctx, sw.env.Clock, 2*time.Millisecond, func(ctx context.Context) (bool, error) {
 		recv, replay, err := sw.env.Ctl.ReceiveReplay(ctx, sw.candidate.Name)
 		if err != nil {
 			return false, err
@@ -791,7 +795,7 @@ func (sw *switchover) waitReplay(ctx context.Context) error {
 		if replay >= sw.finalLSN {
 			return true, nil
 		}
-		now := time.Now()
+		now := clock.Now()
 		if replay != last {
 			last, moved = replay, now
 		}
@@ -914,7 +918,7 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 
 func (sw *switchover) applySync(ctx context.Context) error {
 	want := sw.sync
-	err := pgctl.PollUntil(ctx, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+	err := pgctl.PollUntil(ctx, sw.env.Clock, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
 		n, err := sw.env.Ctl.StreamingStandbys(ctx, sw.candidate.Name, want.Names)
 		return n >= want.Num, err
 	}, fmt.Sprintf("fewer than %d of %s stream from %s: left asynchronous rather than let commits hang", want.Num, strings.Join(want.Names, ", "), sw.candidate.Name))

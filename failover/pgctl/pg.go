@@ -26,6 +26,8 @@ type PG struct {
 	// Poll is how often waits look again. Short, since the write outage
 	// lasts as long as the slowest wait.
 	Poll time.Duration
+	// Clock is what the waits poll on; nil is the wall clock.
+	Clock Clock
 
 	mu    sync.Mutex
 	conns map[string]*pgx.Conn
@@ -322,7 +324,7 @@ func (p *PG) FenceSQL(ctx context.Context, node string) error {
 		// be among those terminated below. Once it has, it signals every
 		// backend, this one included: seeing the new value here proves
 		// that every later session starts read-only.
-		err := PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		err := PollUntil(ctx, p.Clock, time.Millisecond, func(ctx context.Context) (bool, error) {
 			var v string
 			err := c.QueryRow(ctx, "SELECT current_setting('synchronous_standby_names')").Scan(&v)
 			return v == fenceStandbyName, err
@@ -337,7 +339,7 @@ func (p *PG) FenceSQL(ctx context.Context, node string) error {
 		// pg_terminate_backend() only signals too, and a session busy
 		// committing can still acknowledge that commit: the final WAL
 		// position may be read only once every one of them is gone.
-		return PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		return PollUntil(ctx, p.Clock, time.Millisecond, func(ctx context.Context) (bool, error) {
 			var left int
 			err := c.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids).Scan(&left)
 			return left == 0, err
@@ -359,7 +361,7 @@ func (p *PG) FinalLSN(ctx context.Context, node string) (topology.LSN, error) {
 			return err
 		}
 		ins = recordEnd(l, block, segment).String()
-		return PollUntil(ctx, time.Millisecond, func(ctx context.Context) (bool, error) {
+		return PollUntil(ctx, p.Clock, time.Millisecond, func(ctx context.Context) (bool, error) {
 			var flushed bool
 			err := c.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn", ins).Scan(&flushed)
 			return flushed, err
@@ -517,8 +519,8 @@ func (p *PG) Promote(ctx context.Context, node string) error {
 	}
 	// Promotion takes a few milliseconds, all of them write outage: poll
 	// faster than Poll, which waits of seconds use.
-	nudged := time.Now()
-	return PollUntil(ctx, min(p.Poll, promotePoll), func(ctx context.Context) (bool, error) {
+	nudged := ClockOr(p.Clock).Now()
+	return PollUntil(ctx, p.Clock, min(p.Poll, promotePoll), func(ctx context.Context) (bool, error) {
 		var rec bool
 		err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
 			return c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
@@ -535,7 +537,7 @@ func (p *PG) Promote(ctx context.Context, node string) error {
 		// that interval, 5 s by default, before it ends recovery: the
 		// promote signal's wakeup is spent by then. The SIGHUP of a reload
 		// wakes it; after the promotion a reload changes nothing.
-		if now := time.Now(); now.Sub(nudged) > promoteStall {
+		if now := ClockOr(p.Clock).Now(); now.Sub(nudged) > promoteStall {
 			nudged = now
 			return false, p.Reload(ctx, node)
 		}
@@ -664,7 +666,7 @@ func (p *PG) RunCommand(ctx context.Context, node, action string, env map[string
 
 // poll calls cond every Poll until it reports true or ctx ends.
 func (p *PG) poll(ctx context.Context, cond func(context.Context) (bool, error)) error {
-	return PollUntil(ctx, p.Poll, cond, "timed out")
+	return PollUntil(ctx, p.Clock, p.Poll, cond, "timed out")
 }
 
 // StreamingStandbys counts the walsenders on node that stream to one of
@@ -716,28 +718,3 @@ func kvQuote(v string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
-// PollUntil calls cond every interval until it is true or ctx ends; on
-// timeout it fails with msg and the last error seen.
-func PollUntil(ctx context.Context, interval time.Duration, cond func(context.Context) (bool, error), msg string) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	var last error
-	for {
-		ok, err := cond(ctx)
-		if err == nil && ok {
-			return nil
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				if last != nil {
-					return fmt.Errorf("%s (last error: %v)", msg, last)
-				}
-				return errors.New(msg)
-			}
-			return context.Cause(ctx)
-		case <-t.C:
-		}
-	}
-}
