@@ -379,7 +379,7 @@ func runLockRun(ctx context.Context, o *LockRunOptions) (err error) {
 		// SIGTERM lets the command clean up; WaitDelay then kills it.
 		c.Cancel = func() error { return c.Process.Signal(syscall.SIGTERM) }
 		c.WaitDelay = lockRunGrace
-		runErr = c.Run()
+		runErr = runTiedToParent(c)
 	}
 
 	// The record is finished on a context that outlives ^C: an interrupted

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -491,6 +492,45 @@ func TestLockSeparateProcesses(t *testing.T) {
 		}
 	})
 
+	// The command must not outlive the lock holder: killed with SIGKILL
+	// (no chance to stop it), replctl takes its command down with it
+	// through the parent-death signal.
+	t.Run("the command dies with a killed holder", func(t *testing.T) {
+		cfgPath := lkConfig(t, e.Endpoint, "lock:\n  ttl: 60s\n")
+		cfg, err := config.Load(cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		holder := exec.Command(bin, "--config", cfgPath, "lock", "run", "--", "sleep", "60")
+		if err := holder.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lkWaitHolder(t, cli, cfg)
+		child := lkChild(t, holder.Process.Pid)
+		t.Cleanup(func() { _ = syscall.Kill(child, syscall.SIGKILL) })
+		if err := holder.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = holder.Wait()
+		deadline := time.Now().Add(5 * time.Second)
+		for syscall.Kill(child, 0) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("the command (pid %d) outlived its killed lock holder", child)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		// The lease outlives the process: break it for the next subtest.
+		c := exec.CommandContext(t.Context(), bin, "--config", cfgPath, "lock", "release", "--force", "--yes")
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("release --force: %v\n%s", err, out)
+		}
+	})
+
 	t.Run("release --force frees a killed holder's lock", func(t *testing.T) {
 		cfgPath := lkConfig(t, e.Endpoint, "lock:\n  ttl: 60s\n")
 		cfg, err := config.Load(cfgPath)
@@ -586,4 +626,28 @@ func TestLockRunInterruptedRecordsItsEnd(t *testing.T) {
 	if err != nil || rec == nil || rec.Outcome != plan.OutcomeFailed || !strings.Contains(rec.Error, "interrupted") {
 		t.Fatalf("record of the interrupted run: %+v %v", rec, err)
 	}
+}
+
+// lkChild is the pid of the one child process of pid, waiting for it to
+// appear.
+func lkChild(t *testing.T, pid int) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			if fields := strings.Fields(string(b)); len(fields) > 0 {
+				if c, err := strconv.Atoi(fields[0]); err == nil {
+					return c
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("process %d started no child", pid)
+	return 0
 }
