@@ -44,6 +44,7 @@ demo-down: build
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run 'go mod tidy'"; exit 1; }
 	$(GO) vet ./...
 
 # test runs the whole suite: unit tests and integration tests against real
