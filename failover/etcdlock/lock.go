@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"os/user"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -76,7 +77,7 @@ func ScrubCommand(args []string) string {
 			maskNext = false
 			continue
 		}
-		if name, val, ok := strings.Cut(a, "="); ok && secretName(name) {
+		if name, val, ok := strings.Cut(a, "="); ok && wholeName.MatchString(name) && secretName(name) {
 			out = append(out, name+"="+mask(val))
 			continue
 		}
@@ -84,11 +85,28 @@ func ScrubCommand(args []string) string {
 			maskNext = true
 		}
 		// Scrubbed before quoting: the patterns end at whitespace and
-		// would take a closing quote with them.
-		out = append(out, shellQuote(a, config.Scrub(a)))
+		// would take a closing quote with them. Within a longer argument
+		// (sh -c '...'), only each secret's value is masked.
+		scrubbed := inlineSecret.ReplaceAllStringFunc(config.Scrub(a), func(m string) string {
+			name, _, _ := strings.Cut(m, "=")
+			if !secretName(name) {
+				return m
+			}
+			return name + "=********"
+		})
+		out = append(out, shellQuote(a, scrubbed))
 	}
 	return strings.Join(out, " ")
 }
+
+// wholeName is an argument that is one name=value pair: a flag or a
+// variable, not a shell script that contains one.
+var wholeName = regexp.MustCompile(`^-{0,2}[A-Za-z_][A-Za-z0-9_.-]*$`)
+
+// inlineSecret is a name=value pair inside a longer argument whose name
+// may be a secret's (secretName decides); the value ends where a shell
+// word would.
+var inlineSecret = regexp.MustCompile(`(?i)[A-Za-z0-9_.-]*(?:password|passwd|secret|token|credential)[A-Za-z0-9_.-]*=[^\s;&|'"()<>]+`)
 
 func mask(v string) string {
 	if v == "" {

@@ -87,6 +87,11 @@ func TestScrubCommand(t *testing.T) {
 		{[]string{"x", "PGPASSWORD=hunter2"}, "x PGPASSWORD=********"},
 		{[]string{"x", "host=a password=hunter2"}, "x 'host=a password=********'"},
 		{[]string{"x", "postgres://u:hunter2@h/db"}, "x postgres://u:********@h/db"},
+		// A secret inside a longer argument: only its value is masked, and
+		// the argument stays whole and quoted as a shell needs it.
+		{[]string{"lock", "run", "--", "sh", "-c", "echo token=$REPLCTL_LOCK_TOKEN; sleep 3"}, "lock run -- sh -c 'echo token=********; sleep 3'"},
+		{[]string{"sh", "-c", "curl -H api_secret=hunter2 http://x && true"}, "sh -c 'curl -H api_secret=******** http://x && true'"},
+		{[]string{"sh", "-c", "echo fencing_token=7"}, "sh -c 'echo fencing_token=7'"},
 	}
 	for _, tt := range tests {
 		got := etcdlock.ScrubCommand(tt.args)
