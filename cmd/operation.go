@@ -241,14 +241,23 @@ func lockHeldError(cluster, holder string) error {
 
 // refusal is the exit of a planned operation that will not run: 4 when
 // preflight checks failed or the plan could not be built, nil otherwise.
-func refusal(failed []checks.Result, planErr error) error {
+func refusal(obs observation, dryRun bool, failed []checks.Result, planErr error) error {
 	switch {
+	case dryRun && lockHeld(obs):
+		// A held lock is exit 5 for every command, dry-runs included
+		// (runbook plan too): a cron job tells "busy" from "unsafe".
+		return &ExitError{Code: ExitLocked, Err: fmt.Errorf("a real run now would wait for the lock, held by %s (see the checks)", obs.Record.Lock.Holder)}
 	case len(failed) > 0:
 		return &ExitError{Code: ExitUnsafe, Err: &failover.RefusedError{Failed: failed}}
 	case planErr != nil:
 		return &ExitError{Code: ExitUnsafe, Err: planErr}
 	}
 	return nil
+}
+
+// lockHeld reports whether obs saw the lock held by another operation.
+func lockHeld(obs observation) bool {
+	return obs.RecordErr == nil && obs.Record != nil && obs.Record.Lock != nil
 }
 
 // lockGate turns the observed lock into a preflight result. For a real run
@@ -258,7 +267,7 @@ func refusal(failed []checks.Result, planErr error) error {
 // would make impossible. A dry-run only reports it.
 func lockGate(obs observation, cfg *config.Config, dryRun bool, lockWait time.Duration) (checks.Result, error) {
 	r := lockPreflight(obs, cfg)
-	if held := !dryRun && obs.RecordErr == nil && obs.Record != nil && obs.Record.Lock != nil; held {
+	if !dryRun && lockHeld(obs) {
 		if lockWait <= 0 {
 			return r, lockHeldError(cfg.Cluster, obs.Record.Lock.Holder)
 		}

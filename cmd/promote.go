@@ -54,7 +54,8 @@ lost acknowledged write, a short write outage and never two writable primaries.
 
 The plan is computed from the observed topology and printed; --dry-run runs
 every preflight check read-only, prints the checks and the plan, and exits 0
-when a real run would proceed, 4 when it would be refused. A dry-run changes
+when a real run would proceed, 4 when it would be refused, 5 when another
+operation holds the lock. A dry-run changes
 nothing: no etcd write, no SQL that writes, no node command.
 
 A real run takes the cluster lock, re-reads the topology under it and refuses
@@ -225,7 +226,7 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 		if err := o.render(rep); err != nil {
 			return err
 		}
-		return refusal(failed, perr)
+		return refusal(*last, o.DryRun, failed, perr)
 	}
 
 	// A real run: show the plan where someone can read it, then confirm.

@@ -121,7 +121,7 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 		if err := show(); err != nil {
 			return err
 		}
-		return refusal(failed, perr)
+		return refusal(*last, o.DryRun, failed, perr)
 	}
 	if o.Output == "table" {
 		fmt.Fprintf(o.IO.ErrOut, "Rejoin %s as a replica of %s:\n", o.Node, rep.Primary)

@@ -271,6 +271,13 @@ steps:
 	if code != ExitLocked {
 		t.Errorf("plan with the lock held: exit %d", code)
 	}
+	// One rule for every command: a held lock is exit 5, dry-runs too.
+	for _, args := range [][]string{{"promote", "--dry-run"}, {"promote", "--emergency", "--dry-run"}, {"rejoin", "pg2", "--dry-run"}} {
+		_, errOut, code := runIO(t, append([]string{"--config", c.ConfigPath}, args...)...)
+		if code != ExitLocked || !strings.Contains(errOut, "carol@ops2") {
+			t.Errorf("%v with the lock held: exit %d, want 5 naming the holder\n%s", args, code, errOut)
+		}
+	}
 }
 
 func ex2(name string) string { return filepath.Join("..", "runbooks", "examples", name+".yaml") }
