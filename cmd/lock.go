@@ -172,7 +172,7 @@ func lockStatusTable(s lockStatus, now time.Time) (header []string, rows [][]str
 		since = h.Since.In(now.Location()).Format("2006-01-02 15:04:05")
 		age = (time.Duration(h.AgeSeconds) * time.Second).String()
 	}
-	left := "?"
+	left := "-"
 	if h.LeaseLeftSeconds >= 0 {
 		left = (time.Duration(h.LeaseLeftSeconds) * time.Second).String()
 	}
@@ -213,6 +213,9 @@ type lockRelease struct {
 	Holder *lockHolderInfo `json:"holder"`
 	// HistoryID is the forced record of the break.
 	HistoryID string `json:"history_id,omitempty"`
+	// Reason says why nothing was broken: "free" (no holder) or
+	// "released" (the holder released it meanwhile).
+	Reason string `json:"reason,omitempty"`
 }
 
 func newCmdLockRelease(f *Factory, runF func(context.Context, *LockReleaseOptions) error) *cobra.Command {
@@ -264,7 +267,7 @@ func runLockRelease(ctx context.Context, o *LockReleaseOptions) error {
 	}
 	res := lockRelease{Cluster: cfg.Cluster}
 	if h == nil {
-		fmt.Fprintf(o.IO.ErrOut, "the lock on %s is free: nothing to release\n", cfg.Cluster)
+		res.Reason = "free"
 		return renderRelease(o, res)
 	}
 	now := o.Now()
@@ -278,7 +281,7 @@ func runLockRelease(ctx context.Context, o *LockReleaseOptions) error {
 	defer cancel()
 	rec, err := etcdlock.BreakLock(bctx, cli, cfg.Etcd.Prefix, cfg.Cluster, h, o.Actor, cfg.History.Keep)
 	if errors.Is(err, etcdlock.ErrNotHeld) {
-		fmt.Fprintf(o.IO.ErrOut, "%s released the lock meanwhile: nothing was broken (see 'replctl lock status')\n", h.Actor.String())
+		res.Reason = "released"
 		return renderRelease(o, res)
 	}
 	if err != nil {
@@ -295,8 +298,11 @@ func renderRelease(o *LockReleaseOptions, res lockRelease) error {
 			_, err := fmt.Fprintf(w, "lock on %s broken: revoked lease %s of %s@%s (pid %d); recorded as operation %s\n",
 				res.Cluster, res.Holder.LeaseID, res.Holder.User, res.Holder.Host, res.Holder.PID, res.HistoryID)
 			return err
+		case res.Reason == "released":
+			_, err := fmt.Fprintf(w, "lock on %s not broken: %s@%s released it meanwhile (see 'replctl lock status')\n", res.Cluster, res.Holder.User, res.Holder.Host)
+			return err
 		default:
-			_, err := fmt.Fprintf(w, "lock on %s not broken\n", res.Cluster)
+			_, err := fmt.Fprintf(w, "the lock on %s is free: nothing to release\n", res.Cluster)
 			return err
 		}
 	})

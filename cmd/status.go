@@ -251,13 +251,11 @@ func statusTable(s *topology.Snapshot) (header []string, rows [][]string) {
 		}
 		tl, lag, delay := "-", "-", "-"
 		if n.Reachable {
-			tl = "?"
 			if n.Timeline != nil {
 				tl = strconv.FormatUint(uint64(*n.Timeline), 10)
 			}
 		}
 		if n.Member() && n.Role == topology.RoleReplica {
-			lag, delay = "?", "?"
 			if n.LagBytes != nil {
 				lag = config.HumanBytes(*n.LagBytes)
 			}
@@ -268,8 +266,6 @@ func statusTable(s *topology.Snapshot) (header []string, rows [][]string) {
 		lsn := "-"
 		if p := n.Position(); p != nil {
 			lsn = p.String()
-		} else if n.Reachable {
-			lsn = "?"
 		}
 		sync := "-"
 		if n.SyncState != nil {
