@@ -101,12 +101,17 @@ func SwitchoverPreflight(s *topology.Snapshot, cfg *config.Config, o SwitchoverO
 		add("recovery_target_timeline", n.Name, rtt == "latest", "recovery_target_timeline = latest",
 			fmt.Sprintf("recovery_target_timeline = %q", rtt), "set recovery_target_timeline = 'latest' so it follows the new timeline")
 	}
+	// Every check shows in a dry-run with its result, passed or not, so
+	// that the operator sees what was verified.
 	for _, n := range involved {
-		if n.Reachable && n.VersionNum < MinPromoteVersion {
-			add("version", n.Name, false, "", fmt.Sprintf("PostgreSQL %s is older than 13", n.Version), "upgrade: replctl promotes PostgreSQL 13 or newer")
+		if !n.Reachable {
+			continue
 		}
-		if p != nil && n.Reachable && p.Reachable && n.Major() != p.Major() {
-			add("major_version", n.Name, false, "", fmt.Sprintf("major version %d differs from the primary's %d", n.Major(), p.Major()),
+		add("version", n.Name, n.VersionNum >= MinPromoteVersion, fmt.Sprintf("PostgreSQL %s (13 or newer)", n.Version),
+			fmt.Sprintf("PostgreSQL %s is older than 13", n.Version), "upgrade: replctl promotes PostgreSQL 13 or newer")
+		if p != nil && p.Reachable && n.Name != p.Name {
+			add("major_version", n.Name, n.Major() == p.Major(), fmt.Sprintf("major version %d, the primary's", n.Major()),
+				fmt.Sprintf("major version %d differs from the primary's %d", n.Major(), p.Major()),
 				"all nodes of a physical replication cluster must run the same major version")
 		}
 	}

@@ -24,6 +24,9 @@ func TestSwitchoverPreflightFences(t *testing.T) {
 			st[1].Timeline = ptr(uint32(2))
 			return st
 		}, want: map[string]string{"primary": "OK:pg3", "split_brain": "OK:no split brain"}},
+		// Every check shows with its result, passed ones too.
+		{name: "healthy: the version checks show as passed", candidate: "pg2", mutate: func(st []topology.NodeStatus) []topology.NodeStatus { return st },
+			want: map[string]string{"version": "OK:PostgreSQL", "major_version": "OK:the primary's"}},
 		{name: "the only node out of recovery fenced", candidate: "pg2", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
 			st[0] = sqlFence(st[0])
 			return st
