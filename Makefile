@@ -36,7 +36,7 @@ demo: deps build
 	@echo
 	REPLCTL_CONFIG=$(SANDBOX)/replctl.yaml ./$(BIN) status
 	@echo
-	@echo "Try: export REPLCTL_CONFIG=$(SANDBOX)/replctl.yaml; ./$(BIN) status; ./$(BIN) check"
+	@echo "Try: export REPLCTL_CONFIG=$(abspath $(SANDBOX))/replctl.yaml; $(abspath $(BIN)) status; $(abspath $(BIN)) check"
 	@echo "Stop it with: make demo-down"
 
 demo-down: build

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/olekukonko/tablewriter"
 	"github.com/olekukonko/tablewriter/renderer"
@@ -85,7 +86,12 @@ func writeTable(w io.Writer, tty bool, header []string, rows [][]string) error {
 			},
 		})
 	}
-	t := tablewriter.NewTable(w,
+	out := w
+	var buf bytes.Buffer
+	if !tty {
+		out = &buf
+	}
+	t := tablewriter.NewTable(out,
 		tablewriter.WithRenderer(rend),
 		tablewriter.WithHeaderAutoFormat(tw.Off),
 		tablewriter.WithRowAutoWrap(tw.WrapNone),
@@ -99,5 +105,30 @@ func writeTable(w io.Writer, tty bool, header []string, rows [][]string) error {
 			return err
 		}
 	}
-	return t.Render()
+	if err := t.Render(); err != nil || tty {
+		return err
+	}
+	_, err := io.WriteString(w, plainLines(buf.String()))
+	return err
+}
+
+// plainLines strips the cell padding tablewriter puts around a borderless
+// table: the one space every line starts with and the spaces that end each
+// line, so that piped rows are plain columns for grep and awk (a tree's
+// indentation in the first column stays).
+func plainLines(s string) string {
+	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
+	lead := true
+	for _, l := range lines {
+		if l != "" && !strings.HasPrefix(l, " ") {
+			lead = false
+		}
+	}
+	for i, l := range lines {
+		if lead {
+			l = strings.TrimPrefix(l, " ")
+		}
+		lines[i] = strings.TrimRight(l, " ")
+	}
+	return strings.Join(lines, "\n") + "\n"
 }
