@@ -79,6 +79,8 @@ type rejoinReport struct {
 	Commands []pgctl.CommandResult `json:"commands,omitempty"`
 	// Final is every node as probed after a rejoin that did not succeed.
 	Final *finalState `json:"final,omitempty"`
+	// NothingToDo is set when the node already is a healthy replica.
+	NothingToDo bool `json:"nothing_to_do,omitempty"`
 }
 
 func runRejoin(ctx context.Context, o *RejoinOptions) error {
@@ -106,6 +108,14 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	if prep.Op.Error != "" {
 		perr = errors.New(prep.Op.Error)
 	}
+	show := func() error {
+		return render(o.IO, o.Output, rep, func(w io.Writer) error { return writeRejoinText(w, o.IO.StdoutTTY, rep) })
+	}
+	if p := prep.Op.Plan; p != nil && len(p.Steps) == 0 && perr == nil {
+		// Already a healthy replica: nothing to run, no lock to take.
+		rep.Checks, rep.Plan, rep.Proceed, rep.NothingToDo = prep.Op.Checks, p, true, true
+		return show()
+	}
 	lockCheck, err := lockGate(*last, cfg, o.DryRun, o.LockWait)
 	if err != nil {
 		return err
@@ -114,9 +124,6 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	rep.Checks, rep.Plan = results, prep.Op.Plan
 	failed := checks.Failed(results)
 	rep.Proceed = len(failed) == 0 && perr == nil && rep.Plan != nil
-	show := func() error {
-		return render(o.IO, o.Output, rep, func(w io.Writer) error { return writeRejoinText(w, o.IO.StdoutTTY, rep) })
-	}
 	if o.DryRun || !rep.Proceed {
 		if err := show(); err != nil {
 			return err
@@ -156,6 +163,10 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 }
 
 func writeRejoinText(w io.Writer, tty bool, rep *rejoinReport) error {
+	if rep.NothingToDo {
+		fmt.Fprintf(w, "%s already streams from %s: nothing to do. Nothing was changed.\n", rep.Node, rep.Primary)
+		return nil
+	}
 	if rep.Result == nil {
 		fmt.Fprintln(w, "Checks:")
 		if err := writeChecks(w, tty, rep.Checks); err != nil {

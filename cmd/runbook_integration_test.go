@@ -272,10 +272,18 @@ steps:
 		t.Errorf("plan with the lock held: exit %d", code)
 	}
 	// One rule for every command: a held lock is exit 5, dry-runs too.
-	for _, args := range [][]string{{"promote", "--dry-run"}, {"promote", "--emergency", "--dry-run"}, {"rejoin", "pg2", "--dry-run"}} {
+	for _, args := range [][]string{{"promote", "--dry-run"}, {"promote", "--emergency", "--dry-run"}} {
 		_, errOut, code := runIO(t, append([]string{"--config", c.ConfigPath}, args...)...)
 		if code != ExitLocked || !strings.Contains(errOut, "carol@ops2") {
 			t.Errorf("%v with the lock held: exit %d, want 5 naming the holder\n%s", args, code, errOut)
+		}
+	}
+	// Except where there is nothing to do, and so no lock to take: a
+	// healthy replica needs no rejoin, dry-run or not.
+	for _, args := range [][]string{{"rejoin", "pg2", "--dry-run"}, {"rejoin", "pg2", "--yes"}} {
+		out, errOut, code := runIO(t, append([]string{"--config", c.ConfigPath}, args...)...)
+		if code != 0 || !strings.Contains(out, "pg2 already streams from pg1: nothing to do") {
+			t.Errorf("%v of a healthy replica: exit %d\n%s\n%s", args, code, out, errOut)
 		}
 	}
 }

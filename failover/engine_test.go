@@ -613,3 +613,31 @@ func TestEngineWaitsOnInjectedClock(t *testing.T) {
 	}
 	t.Logf("virtual %s in real %s", clock.Now().Sub(time.Unix(0, 0)), time.Since(start))
 }
+
+// Rejoin plans from what the node has: the slots it drops are its own
+// inactive physical ones, and a healthy replica has nothing to do.
+func TestPlanRejoinFromTheNode(t *testing.T) {
+	t.Parallel()
+	cfg := engineConfig(true, "pg1", "pg2", "pg3")
+	lsn := topology.LSN(0x3000060)
+	fenced := tt.Primary("pg1", lsn)
+	fenced.Settings.DefaultTransactionReadOnly = tt.Ptr("on")
+	fenced.Slots = []topology.Slot{{Name: "pg3", Type: "physical"}, {Name: "cdc", Type: "logical"}, {Name: "busy", Type: "physical", Active: true}}
+	primary := tt.Primary("pg2", lsn+0x1000, "pg3")
+	primary.Timeline = tt.Ptr(uint32(2))
+	pg3 := tt.Replica("pg3", 5433, lsn)
+	pg3.Timeline = tt.Ptr(uint32(2))
+	snap := topology.Classify(cfg, []topology.NodeStatus{fenced, primary, pg3}, &topology.Record{Primary: "pg2", Fenced: []string{"pg1"}})
+	p, _, err := PlanRejoin(cfg, snap, "pg1", nil)
+	if err != nil || p == nil {
+		t.Fatal(err)
+	}
+	d := strings.Join(p.Descriptions(), "\n")
+	if !strings.Contains(d, "drop the inactive slots it kept as a primary (pg3)") {
+		t.Errorf("plan:\n%s", d)
+	}
+	p, results, err := PlanRejoin(cfg, snap, "pg3", nil)
+	if err != nil || p == nil || len(p.Steps) != 0 || !strings.Contains(strings.Join(p.Notes, ""), "nothing to do") {
+		t.Fatalf("healthy replica: %v %+v %v", err, p, results)
+	}
+}

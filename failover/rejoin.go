@@ -60,6 +60,14 @@ func RejoinPreflight(cfg *config.Config, snap *topology.Snapshot, node string) [
 // of slots it kept from its time as primary, and the fence mark removed.
 // It is pure; nil plan with failed results means refused.
 func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *Env) (*plan.Plan, []checks.Result, error) {
+	if FollowsPrimary(snap, node) {
+		// A healthy replica: nothing to rewind, nothing to run, whatever
+		// commands it has.
+		p := snap.PrimaryNode()
+		msg := fmt.Sprintf("%s already streams from %s on timeline %d: nothing to do", node, p.Name, *p.Timeline)
+		return &plan.Plan{Kind: "rejoin", Primary: p.Name, Candidate: node, Notes: []string{msg}},
+			[]checks.Result{{Name: "already_replica", Node: node, Level: checks.OK, Code: "ok", Message: msg}}, nil
+	}
 	results := RejoinPreflight(cfg, snap, node)
 	if len(checks.Failed(results)) > 0 {
 		return nil, results, nil
@@ -75,13 +83,7 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 	if p.Timeline != nil {
 		tl = *p.Timeline
 	}
-	// Slots named after the other nodes are what it kept as a primary.
-	var stale []string
-	for _, n := range cfg.Nodes {
-		if n.Name != node {
-			stale = append(stale, n.Name)
-		}
-	}
+	stale, staleDesc := staleSlots(cfg, snap.Node(node))
 	t := TimeoutsFor(cfg, 0, 0)
 	r := &rejoin{env: env, primary: primary.Name, node: target.Name, conninfo: ci, timeline: tl, stale: stale, stream: t.Stream}
 	budget := min(5*time.Second, cfg.Lock.TTL/2)
@@ -116,7 +118,7 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 				node, primary.Name, target.Commands.Rejoin, pgctl.QuoteLiteral(ci), tl, t.Stream),
 			Run: r.run},
 		{ID: StepDropSlots, Node: node, Mutates: true, Timeout: t.Call, Budget: budget,
-			Description: fmt.Sprintf("%s: drop the inactive slots it kept as a primary (%s)", node, joinNames(stale)),
+			Description: fmt.Sprintf("%s: drop the inactive slots it kept as a primary (%s)", node, staleDesc),
 			Run:         func(ctx context.Context) error { return env.Ctl.DropSlots(ctx, node, stale) }},
 		{ID: StepUnfence, Mutates: true, Timeout: t.Etcd, Budget: min(budget, t.Etcd),
 			Description: fmt.Sprintf("etcd: unmark %s fenced in the cluster record", node),
@@ -128,7 +130,45 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 				return err
 			}},
 	}
+	if len(stale) == 0 {
+		rp.Steps = slices.DeleteFunc(rp.Steps, func(s plan.Step) bool { return s.ID == StepDropSlots })
+	}
 	return rp, results, nil
+}
+
+// FollowsPrimary reports whether node is a healthy replica of snap's
+// primary: a member, streaming from it (directly or through a cascade) on
+// its timeline, not fenced. Rejoining it has nothing to do.
+func FollowsPrimary(snap *topology.Snapshot, node string) bool {
+	n, p := snap.Node(node), snap.PrimaryNode()
+	return n != nil && p != nil && n.Member() && n.Streaming() && !n.Fenced && snap.Root(n) == p &&
+		n.Timeline != nil && p.Timeline != nil && *n.Timeline == *p.Timeline
+}
+
+// staleSlots are the slots a rejoined node kept from its time as primary,
+// as the node has them: its inactive physical slots. When it cannot be
+// read (stopped, say), the slots replctl would have made there, one per
+// other node, dropped only if they exist.
+func staleSlots(cfg *config.Config, n *topology.Node) ([]string, string) {
+	if n != nil && n.Reachable && n.Slots != nil {
+		var out []string
+		for _, sl := range n.Slots {
+			if sl.Type == "physical" && !sl.Active && !sl.Temporary {
+				out = append(out, sl.Name)
+			}
+		}
+		if len(out) == 0 {
+			return nil, "it has none"
+		}
+		return out, joinNames(out)
+	}
+	var out []string
+	for _, c := range cfg.Nodes {
+		if n == nil || c.Name != n.Name {
+			out = append(out, c.Name)
+		}
+	}
+	return out, joinNames(out) + ", those of them that exist: it could not be read"
 }
 
 type rejoin struct {

@@ -176,7 +176,7 @@ func (e *Engine) planNow(ctx context.Context, ps *PlannedStep, s *Step, rb *Runb
 			return
 		}
 		ps.Node = node
-		if streamsFromPrimary(snap, node) {
+		if failover.FollowsPrimary(snap, node) {
 			ps.Detail = node + " already streams from " + string(snap.Primary) + ": a run skips this step"
 			return
 		}
@@ -397,14 +397,6 @@ func resolveCandidate(r Ref, initial string, snap *topology.Snapshot) (string, e
 
 func alreadyPrimary(snap *topology.Snapshot, node string) bool {
 	return string(snap.Primary) == node && len(snap.SplitBrain) <= 1
-}
-
-// streamsFromPrimary reports whether node is already a healthy replica of
-// the primary, which makes a rejoin a no-op.
-func streamsFromPrimary(snap *topology.Snapshot, node string) bool {
-	n, p := snap.Node(node), snap.PrimaryNode()
-	return n != nil && p != nil && n.Member() && n.Streaming() && !n.Fenced && snap.Root(n) == p &&
-		n.Timeline != nil && p.Timeline != nil && *n.Timeline == *p.Timeline
 }
 
 // failing returns the results that fail a check step at level failOn.

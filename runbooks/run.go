@@ -380,7 +380,7 @@ func (d *drill) rejoin(ctx context.Context, s *Step, sr *StepReport) error {
 		return err
 	}
 	sr.Node = node
-	if streamsFromPrimary(obs.Snap, node) {
+	if failover.FollowsPrimary(obs.Snap, node) {
 		sr.Outcome = Skipped
 		sr.measure("skipped", node+" already streams from "+string(obs.Snap.Primary))
 		return nil
