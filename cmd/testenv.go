@@ -131,6 +131,10 @@ func runTestenvUp(ctx context.Context, o *TestenvOptions) error {
 		return err
 	}
 	fmt.Fprintf(o.IO.ErrOut, "sandbox up in %s (%s)\n", dir, time.Since(start).Round(10*time.Millisecond))
+	// The same table (and JSON) as testenv status: the PIDs just started.
+	if rep, err := testenv.Status(dir); err == nil {
+		return renderTestenv(o, rep.State, rep)
+	}
 	return renderTestenv(o, st, nil)
 }
 

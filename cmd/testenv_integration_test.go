@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,8 +71,15 @@ func TestTestenvCommand(t *testing.T) {
 	})
 
 	start := time.Now()
-	if out, errs, code := run("testenv", "up", "--dir", dir); code != 0 {
-		t.Fatalf("testenv up: exit %d\n%s%s", code, out, errs)
+	upOut, errs, code := run("testenv", "up", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("testenv up: exit %d\n%s%s", code, upOut, errs)
+	}
+	// up shows the table status shows: every node running, with its PID.
+	for _, name := range []string{"pg1", "pg2", "pg3", "etcd"} {
+		if !regexp.MustCompile(`(?m)^` + name + ` .* running +[0-9]+( |$)`).MatchString(upOut) {
+			t.Errorf("testenv up does not show %s running with a PID:\n%s", name, upOut)
+		}
 	}
 	t.Logf("testenv up (3 nodes + etcd) took %s", time.Since(start))
 	if _, errs, code := run("testenv", "up", "--dir", dir); code != 0 || !strings.Contains(errs, "already up") {
