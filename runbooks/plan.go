@@ -3,6 +3,7 @@ package runbooks
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -101,6 +102,7 @@ func (e *Engine) Plan(ctx context.Context, rb *Runbook, etcdErr error) *PlanRepo
 		e.planLater(ps, s, rb, initial)
 		rep.Steps = append(rep.Steps, ps)
 	}
+	noteLossBound(rb, snap, rep.Steps)
 	rep.WouldProceed = lockRes.Level == checks.OK
 	for _, ps := range rep.Steps {
 		if ps.Status == PlanRefused || ps.Status == PlanFails {
@@ -108,6 +110,41 @@ func (e *Engine) Plan(ctx context.Context, rb *Runbook, etcdErr error) *PlanRepo
 		}
 	}
 	return rep
+}
+
+// noteLossBound warns on a `lost_writes` assertion that an emergency
+// failover in the runbook cannot be held to on this cluster: without
+// synchronous replication (synchronous_standby_names set, synchronous_commit
+// on or remote_apply) acknowledged writes may be missing from every replica
+// when the primary dies, so the assertion may fail through no fault of the
+// drill.
+func noteLossBound(rb *Runbook, snap *topology.Snapshot, steps []*PlannedStep) {
+	emergency := slices.ContainsFunc(rb.Steps, func(s *Step) bool { return s.Kind == KindPromote && s.Promote == PromoteEmergency })
+	if !emergency {
+		return
+	}
+	why := "the primary cannot be read now"
+	if p := snap.PrimaryNode(); p != nil {
+		ss, commit := p.Settings.SyncStandbys, p.Settings.SynchronousCommit
+		if ss != nil && ss.Enabled() && commit != nil && (*commit == "on" || *commit == "remote_apply") {
+			return
+		}
+		why = p.Name + " replicates asynchronously"
+	}
+	for i, s := range rb.Steps {
+		if s.Kind != KindAssert || i >= len(steps) {
+			continue
+		}
+		for _, a := range s.Assertions {
+			if a.Metric == MetricLostWrites {
+				note := fmt.Sprintf("%s cannot be guaranteed: %s, so an emergency failover may lose acknowledged writes", a.Expr, why)
+				if steps[i].Detail != "" {
+					note = steps[i].Detail + "; " + note
+				}
+				steps[i].Detail = note
+			}
+		}
+	}
 }
 
 // lockResult is the lock line of promote --dry-run's preflight.
