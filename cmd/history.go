@@ -107,13 +107,15 @@ func runHistory(ctx context.Context, o *HistoryOptions) error {
 			_, err := fmt.Fprintf(w, "no operations recorded for %s\n", cfg.Cluster)
 			return err
 		}
-		header, rows := historyTable(ops, now)
+		header, rows := historyTable(ops, now, o.IO.StdoutTTY)
 		return writeTable(w, o.IO.StdoutTTY, header, rows)
 	})
 }
 
-// historyTable lists operations one per row, in the order given.
-func historyTable(ops []etcdlock.OpRecord, now time.Time) (header []string, rows [][]string) {
+// historyTable lists operations one per row, in the order given. On a
+// terminal a long detail is shortened (the whole of it is in -o json and
+// in replctl history ID); piped, nothing is cut: grep and awk see it all.
+func historyTable(ops []etcdlock.OpRecord, now time.Time, tty bool) (header []string, rows [][]string) {
 	header = []string{"ID", "STARTED", "KIND", "BY", "OUTCOME", "DURATION", "DETAIL"}
 	for _, r := range ops {
 		detail := r.Error
@@ -124,7 +126,7 @@ func historyTable(ops []etcdlock.OpRecord, now time.Time) (header []string, rows
 			detail = strings.TrimSpace("forced: " + detail)
 		}
 		rows = append(rows, []string{r.ID, fmtTime(r.Started, now), orDash(r.Kind), fmt.Sprintf("%s@%s", r.By.User, r.By.Host),
-			string(r.Outcome), fmtDuration(r, now), orDash(truncate(detail, 80))})
+			string(r.Outcome), fmtDuration(r, now), orDash(cell(detail, 80, tty))})
 	}
 	return header, rows
 }
@@ -167,19 +169,29 @@ func writeOperation(w io.Writer, tty bool, r etcdlock.OpRecord, now time.Time) e
 	if _, err := io.WriteString(w, "\n"); err != nil {
 		return err
 	}
-	header, rows := operationStepsTable(r, now)
-	return writeTable(w, tty, header, rows)
+	header, rows := operationStepsTable(r, now, tty)
+	if err := writeTable(w, tty, header, rows); err != nil {
+		return err
+	}
+	if tty && slices.ContainsFunc(r.Steps, func(s etcdlock.StepRecord) bool { return len([]rune(s.Description)) > stepCell }) {
+		_, err := fmt.Fprintf(w, "(descriptions shortened; the full text: replctl history %s -o json, or piped)\n", r.ID)
+		return err
+	}
+	return nil
 }
 
+// stepCell is the widest a step's description is shown on a terminal.
+const stepCell = 72
+
 // operationStepsTable lists an operation's steps in the order they ran.
-func operationStepsTable(r etcdlock.OpRecord, now time.Time) (header []string, rows [][]string) {
+func operationStepsTable(r etcdlock.OpRecord, now time.Time, tty bool) (header []string, rows [][]string) {
 	header = []string{"STEP", "DESCRIPTION", "STARTED", "DURATION", "OUTCOME", "ERROR"}
 	for _, s := range r.Steps {
 		d := "-"
 		if s.Finished != nil {
 			d = s.Finished.Sub(s.Started).Round(time.Millisecond).String()
 		}
-		rows = append(rows, []string{s.ID, s.Description, fmtTime(s.Started, now), d, s.Outcome, orDash(s.Error)})
+		rows = append(rows, []string{s.ID, cell(s.Description, stepCell, tty), fmtTime(s.Started, now), d, s.Outcome, orDash(s.Error)})
 	}
 	return header, rows
 }
@@ -216,8 +228,10 @@ func formatParams(p map[string]string) string {
 	return strings.Join(parts, " ")
 }
 
-func truncate(s string, n int) string {
-	if r := []rune(s); len(r) > n {
+// cell shortens s to n characters on a terminal; piped output is never
+// cut.
+func cell(s string, n int, tty bool) string {
+	if r := []rune(s); tty && len(r) > n {
 		return string(r[:n-1]) + "…"
 	}
 	return s

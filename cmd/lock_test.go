@@ -167,7 +167,16 @@ func TestHistoryTables(t *testing.T) {
 		{ID: "7", Kind: "switchover", By: etcdlock.Actor{User: "alice", Host: "h"}, Started: at, Outcome: etcdlock.OutcomeRunning},
 		{ID: "6", Kind: "failover", By: etcdlock.Actor{User: "bob", Host: "h"}, Started: at, Finished: &end, Outcome: plan.OutcomeFailed, Error: "promote pg2: timeout"},
 	}
-	_, rows := historyTable(ops, now)
+	// Piped, nothing is cut; on a terminal a long detail is shortened.
+	long := ops[2]
+	long.Error = strings.Repeat("x", 200)
+	if _, rows := historyTable([]etcdlock.OpRecord{long}, now, false); rows[0][6] != long.Error {
+		t.Errorf("piped detail cut: %q", rows[0][6])
+	}
+	if _, rows := historyTable([]etcdlock.OpRecord{long}, now, true); len([]rune(rows[0][6])) != 80 || !strings.HasSuffix(rows[0][6], "…") {
+		t.Errorf("terminal detail not shortened: %q", rows[0][6])
+	}
+	_, rows := historyTable(ops, now, false)
 	want := [][]string{
 		{"8", "2026-03-04 11:00:00", "lock-break", "ops@admin", "succeeded", "2.5s", "forced: holder=alice@h (pid 1) lease=694d"},
 		{"7", "2026-03-04 11:00:00", "switchover", "alice@h", "running", "running 1h0m0s", "-"},
