@@ -120,7 +120,11 @@ func writeCommands(w io.Writer, runs []pgctl.CommandResult) {
 	}
 	fmt.Fprintln(w, "Node commands:")
 	for _, r := range runs {
-		fmt.Fprintf(w, "  %s %s (exit %d, %s): %s\n", r.Node, r.Action, r.ExitCode, roundDur(r.Duration), r.Command)
+		shown := r.Command
+		if len(shown) > longCommand {
+			shown = "commands." + r.Action + ", in full in the plan (and in -o json)"
+		}
+		fmt.Fprintf(w, "  %s %s (exit %d, %s): %s\n", r.Node, r.Action, r.ExitCode, roundDur(r.Duration), shown)
 		for _, line := range strings.Split(strings.TrimRight(r.Output, "\n"), "\n") {
 			if line != "" {
 				fmt.Fprintf(w, "    | %s\n", line)
@@ -129,11 +133,32 @@ func writeCommands(w io.Writer, runs []pgctl.CommandResult) {
 	}
 }
 
+// longCommand is the length past which a node command is shown in full
+// once, in the plan, and referred to after that.
+const longCommand = 60
+
+// referToCommands replaces the long node commands in a step's description
+// with a reference: the plan printed just before shows them in full.
+func referToCommands(cfg *config.Config, desc string) string {
+	if cfg == nil {
+		return desc
+	}
+	for _, n := range cfg.Nodes {
+		c := n.Commands
+		for _, cmd := range []string{c.Stop, c.Start, c.Kill, c.Fence, c.Rejoin} {
+			if len(cmd) > longCommand {
+				desc = strings.ReplaceAll(desc, cmd, "as in the plan")
+			}
+		}
+	}
+	return desc
+}
+
 func (o *operation) printEvent(e plan.Event, i, total int) {
 	w := o.f.IO.ErrOut
 	switch e.Type {
 	case plan.StepStarted:
-		fmt.Fprintf(w, "[%d/%d] %s\n", i, total, e.Description)
+		fmt.Fprintf(w, "[%d/%d] %s\n", i, total, referToCommands(o.spec.Cfg, e.Description))
 	case plan.StepDone:
 		fmt.Fprintf(w, "      done in %s\n", roundDur(e.Duration))
 	case plan.StepFailed:

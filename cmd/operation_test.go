@@ -3,10 +3,13 @@ package cmd
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
 	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/failover/plan"
 )
 
@@ -31,5 +34,22 @@ func TestResultCode(t *testing.T) {
 		if got := exitCode(resultCode(c.res)); got != c.code {
 			t.Errorf("%s: exit %d, want %d", c.name, got, c.code)
 		}
+	}
+}
+
+// A long node command is said once in full, in the plan: the progress
+// lines and the "Node commands" section refer to it.
+func TestLongCommandsSaidOnce(t *testing.T) {
+	t.Parallel()
+	long := "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D /var/lib/postgresql/15/main -W stop -m fast"
+	cfg := &config.Config{Nodes: []config.Node{{Name: "pg1", Commands: config.NodeCommands{Stop: long, Start: "start"}}}}
+	got := referToCommands(cfg, "pg1: stop fence: stop it cleanly with commands.stop ("+long+"); then start")
+	if strings.Contains(got, long) || !strings.Contains(got, "commands.stop (as in the plan)") {
+		t.Errorf("progress line %q", got)
+	}
+	var b strings.Builder
+	writeCommands(&b, []pgctl.CommandResult{{Node: "pg1", Action: "stop", Command: long}, {Node: "pg1", Action: "start", Command: "start"}})
+	if strings.Contains(b.String(), long) || !strings.Contains(b.String(), "commands.stop, in full in the plan") || !strings.Contains(b.String(), "): start") {
+		t.Errorf("node commands:\n%s", b.String())
 	}
 }
