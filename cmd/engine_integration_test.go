@@ -508,15 +508,7 @@ func TestIntegrationSwitchoverHungReplica(t *testing.T) {
 	ctx := t.Context()
 	c := testenv.Start(t, testenv.Options{Replicas: 2})
 	cfg, _ := switchoverConfig(t, c, fenceStop)
-	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.WriteString("failover:\n  stream_timeout: 3s\n")
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	appendConfig(t, cfg, "failover:\n  stream_timeout: 3s\n")
 	emHang(t, c, "pg3")
 	run := replctl(ctx, nil, "--config", cfg, "--timeout", "1s", "-o", "json", "promote", "pg2", "--yes")
 	t.Logf("%s", run)
@@ -558,15 +550,7 @@ func TestIntegrationSwitchoverHungCandidate(t *testing.T) {
 	ctx := t.Context()
 	c := testenv.Start(t, testenv.Options{Replicas: 2})
 	cfg, _ := switchoverConfig(t, c, fenceStop)
-	f, err := os.OpenFile(cfg, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.WriteString("failover:\n  promote_timeout: 2s\n")
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	appendConfig(t, cfg, "failover:\n  promote_timeout: 2s\n")
 	wrap := atPoint(pointBeforePromote, func(ctx context.Context, node string) { emHang(t, c, node) })
 	start := time.Now()
 	run := replctl(ctx, wrap, "--config", cfg, "--timeout", "1s", "-o", "json", "promote", "pg2", "--yes")
@@ -592,5 +576,21 @@ func TestIntegrationSwitchoverHungCandidate(t *testing.T) {
 	}
 	if s := readPG(ctx, c, "pg1"); s.Err != nil || s.InRecovery || s.ReadOnly != "off" {
 		t.Errorf("pg1 should serve again: %s", s)
+	}
+}
+
+// appendConfig adds text to the configuration file at path.
+func appendConfig(t *testing.T, path, text string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteString(text)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }
