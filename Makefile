@@ -50,8 +50,12 @@ vet:
 # test runs the whole suite: unit tests and integration tests against real
 # PostgreSQL servers and a real etcd. The reaper runs even when tests fail, so
 # a test binary killed by its timeout leaves no server behind.
+# The log shows a line per package with its passed/failed/skipped counts,
+# the output of each failed test, the slowest tests and a closing count
+# (replctl testenv report reads go test -json); the exit code is go test's.
 test: deps vet
-	$(GO) test -count=1 -timeout 13m ./... ; rc=$$?; $(GO) run . testenv reap; exit $$rc
+	@{ $(GO) test -count=1 -timeout 13m -json ./... ; echo $$? > .test-rc; } | $(GO) run . testenv report; \
+	  rc=$$(cat .test-rc 2>/dev/null || echo 1); rm -f .test-rc; $(GO) run . testenv reap; exit $$rc
 
 test-short:
 	$(GO) test -short ./...

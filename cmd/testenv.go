@@ -98,7 +98,17 @@ servers run as the unprivileged "postgres" OS user (created when missing).`,
 			return testenv.RunEtcdServe(cmd.Context(), args)
 		},
 	}
-	c.AddCommand(up, down, status, reap, serve)
+	report := &cobra.Command{
+		Use:    "report",
+		Hidden: true,
+		Short:  "Summarise `go test -json` from stdin for a CI log (make test uses it)",
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := testenv.Report(cmd.InOrStdin(), f.IO.Out)
+			return err
+		},
+	}
+	c.AddCommand(up, down, status, reap, serve, report)
 	return c
 }
 
