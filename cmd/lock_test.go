@@ -388,15 +388,7 @@ func TestLockRunStopsWhenLockLost(t *testing.T) {
 	t.Parallel()
 	e := testenv.StartEtcd(t)
 	cfgPath := lkConfig(t, e.Endpoint, "lock:\n  ttl: 30s\n")
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cfg, cli := lkEtcd(t, cfgPath)
 
 	type result struct {
 		stderr string
@@ -508,15 +500,7 @@ func TestLockSeparateProcesses(t *testing.T) {
 	// through the parent-death signal.
 	t.Run("the command dies with a killed holder", func(t *testing.T) {
 		cfgPath := lkConfig(t, e.Endpoint, "lock:\n  ttl: 60s\n")
-		cfg, err := config.Load(cfgPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cli.Close()
+		cfg, cli := lkEtcd(t, cfgPath)
 		holder := exec.Command(bin, "--config", cfgPath, "lock", "run", "--", "sleep", "60")
 		if err := holder.Start(); err != nil {
 			t.Fatal(err)
@@ -544,15 +528,7 @@ func TestLockSeparateProcesses(t *testing.T) {
 
 	t.Run("release --force frees a killed holder's lock", func(t *testing.T) {
 		cfgPath := lkConfig(t, e.Endpoint, "lock:\n  ttl: 60s\n")
-		cfg, err := config.Load(cfgPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cli.Close()
+		cfg, cli := lkEtcd(t, cfgPath)
 		holder := exec.Command(bin, "--config", cfgPath, "lock", "run", "--", "sleep", "60")
 		// Its own process group, so that the sleep dies with it.
 		holder.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -608,15 +584,7 @@ func TestLockRunInterruptedRecordsItsEnd(t *testing.T) {
 	t.Parallel()
 	e := testenv.StartEtcd(t)
 	cfgPath := lkConfig(t, e.Endpoint, "")
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cfg, cli := lkEtcd(t, cfgPath)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
 	go func() {
@@ -677,4 +645,19 @@ func lkAlive(pid int) bool {
 		return false
 	}
 	return true
+}
+
+// lkEtcd loads cfgPath and connects to its etcd, closed when t ends.
+func lkEtcd(t *testing.T, cfgPath string) (*config.Config, *clientv3.Client) {
+	t.Helper()
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := etcdlock.Connect(t.Context(), cfg.Etcd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cfg, cli
 }

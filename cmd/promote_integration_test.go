@@ -149,7 +149,6 @@ func TestIntegrationSwitchoverSQLFenceNoCommands(t *testing.T) {
 // faultCase is a fault injected during a switchover from pg1 to pg2, which
 // must then end as it began: pg1 the one writable primary, not fenced.
 type faultCase struct {
-	name  string
 	point string
 	fault func(ctx context.Context, t *testing.T, c *testenv.Cluster, node string)
 	// heal puts the cluster back for the next case.
@@ -206,8 +205,6 @@ func runFaults(t *testing.T, fc faultCase) {
 		})
 	}
 }
-
-func noHeal(context.Context, *testing.T, *testenv.Cluster) {}
 
 // TestIntegrationSwitchoverCandidateDies kills the candidate just before
 // it would be promoted: the fence is lifted and pg1 serves again.

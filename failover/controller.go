@@ -15,8 +15,6 @@ type Controller interface {
 	ReceiveReplay(ctx context.Context, node string) (recv, replay topology.LSN, err error)
 	// Reload makes node re-read its configuration (pg_reload_conf()).
 	Reload(ctx context.Context, node string) error
-	// WALReceiverPID is the pid of node's WAL receiver, 0 without one.
-	WALReceiverPID(ctx context.Context, node string) (int, error)
 	// CaptureSettings reads how node has the named settings: what
 	// RestoreSettings puts back.
 	CaptureSettings(ctx context.Context, node string, names ...string) (*pgctl.SettingsSnapshot, error)

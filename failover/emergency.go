@@ -530,8 +530,7 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *etcdloc
 	} else {
 		// The mark comes first: if replctl dies while fencing, etcd already
 		// says the old primary must not take writes.
-		add(sw.stepMarkFenced("failed primary, replaced by emergency failover"))
-		p.Steps[len(p.Steps)-1].Undo, p.Steps[len(p.Steps)-1].UndoDescription = nil, ""
+		add(sw.stepMarkFenced("failed primary, replaced by emergency failover", true))
 		p.Fence = "record"
 		if oldNode.Commands.Fence != "" {
 			p.Fence = "command"

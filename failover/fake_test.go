@@ -280,11 +280,6 @@ func (f *fakeCluster) Reload(ctx context.Context, node string) error {
 	return nil
 }
 
-func (f *fakeCluster) WALReceiverPID(ctx context.Context, node string) (int, error) {
-	pid, _, _, err := f.ReceiverUpstream(ctx, node)
-	return pid, err
-}
-
 func (f *fakeCluster) ReceiverUpstream(ctx context.Context, node string) (int, string, int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -271,7 +271,7 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		// detaches may take long enough under load for the candidate to fall
 		// behind again.
 		add(sw.stepCatchup())
-		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name)))
+		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name), false))
 		undo := fmt.Sprintf("%s: no start command: start it by hand", primary.Name)
 		var undoFn func(context.Context) error
 		if primary.Commands.Start != "" {
@@ -310,7 +310,7 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		// detaches may take long enough under load for the candidate to fall
 		// behind again.
 		add(sw.stepCatchup())
-		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name)))
+		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name), false))
 		add(plan.Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Call, Budget: sw.budget(2 * time.Second),
 			Description:     fmt.Sprintf("%s: SQL fence: capture default_transaction_read_only and synchronous_standby_names, then %s", primary.Name, strings.Join(pgctl.SQLFenceSQL, "; ")),
 			UndoDescription: fmt.Sprintf("%s: restore default_transaction_read_only and synchronous_standby_names as captured (ALTER SYSTEM), SELECT pg_reload_conf()", primary.Name),
@@ -376,9 +376,11 @@ func (sw *switchover) stepCreateSlots() plan.Step {
 // stepMarkFenced records the intent before the fence: should replctl die
 // between the fence and the record, etcd already names the old primary as
 // fenced, and starting it by hand shows up as a fenced node writable again.
-func (sw *switchover) stepMarkFenced(reason string) plan.Step {
+// keep is set for an emergency failover, whose fence is never lifted: the
+// mark then has no undo either.
+func (sw *switchover) stepMarkFenced(reason string, keep bool) plan.Step {
 	old := sw.primary.Name
-	return plan.Step{ID: StepMarkFenced, Node: old, Mutates: true, Timeout: sw.t.Etcd, Budget: sw.budget(sw.t.Etcd),
+	st := plan.Step{ID: StepMarkFenced, Node: old, Mutates: true, Timeout: sw.t.Etcd, Budget: sw.budget(sw.t.Etcd),
 		Description:     fmt.Sprintf("etcd: mark %s fenced in the cluster record before fencing it, so status flags it if it comes back writable", old),
 		UndoDescription: fmt.Sprintf("etcd: unmark %s fenced", old),
 		Run: func(ctx context.Context) error {
@@ -402,6 +404,10 @@ func (sw *switchover) stepMarkFenced(reason string) plan.Step {
 			}
 			return err
 		}}
+	if keep {
+		st.Undo, st.UndoDescription = nil, ""
+	}
+	return st
 }
 
 func (sw *switchover) stepPromote() plan.Step {

@@ -187,24 +187,6 @@ func (p *PG) Reload(ctx context.Context, node string) error {
 	return p.exec(ctx, node, "SELECT pg_reload_conf()")
 }
 
-// WALReceiverPID reads the pid of a replica's WAL receiver, 0 when it has
-// none: a new pid after a change of primary_conninfo means the receiver
-// restarted with it.
-func (p *PG) WALReceiverPID(ctx context.Context, node string) (int, error) {
-	var pid *int32
-	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
-		err := c.QueryRow(ctx, "SELECT pid FROM pg_stat_wal_receiver").Scan(&pid)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		return err
-	})
-	if err != nil || pid == nil {
-		return 0, err
-	}
-	return int(*pid), nil
-}
-
 // fenceStandbyName is a synchronous standby name no standby has: a commit
 // that slips past the read-only fence waits for it, unacknowledged.
 const fenceStandbyName = topology.FenceStandbyName
