@@ -134,6 +134,9 @@ func runCheck(ctx context.Context, o *CheckOptions) error {
 	} else if r.Results, err = checks.Run(obs.Snap, cfg, o.Names...); err != nil {
 		return unknownErr(usageError("%v", err))
 	}
+	if len(o.Names) == 0 {
+		r.Results = append(r.Results, interruptedChecks(obs)...)
+	}
 	r.Status = checks.Worst(r.Results)
 	r.ExitCode = int(r.Status)
 	var werr error

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover"
 	"github.com/replctl/replctl/failover/etcdlock"
 	"github.com/replctl/replctl/failover/plan"
 )
@@ -53,6 +54,15 @@ func takeLock(ctx context.Context, cli *clientv3.Client, cfg *config.Config, s *
 	})
 	if err != nil {
 		return nil, lockError(err)
+	}
+	ir, _, err := etcdlock.FindInterrupted(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
+	if err == nil && len(ir) > 0 {
+		_ = lk.Release(context.WithoutCancel(ctx))
+		c := failover.InterruptedCheck(ir[0])
+		err = fmt.Errorf("refused: %s: %s", c.Message, c.Hint)
+	}
+	if err != nil {
+		return nil, &ExitError{Code: ExitUnsafe, Err: err}
 	}
 	return lk, nil
 }

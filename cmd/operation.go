@@ -36,10 +36,11 @@ func readRecord(ctx context.Context, cfg *config.Config) (*recordInfo, error) {
 
 func readRecordWith(ctx context.Context, cli *clientv3.Client, cfg *config.Config) (*recordInfo, error) {
 	info := &recordInfo{}
-	h, err := etcdlock.ReadLockHolder(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
+	ir, h, err := etcdlock.FindInterrupted(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
 	if err != nil {
 		return nil, err
 	}
+	info.Interrupted, info.Holder = ir, h
 	if h != nil {
 		info.Lock = &lockInfo{Held: true, Holder: h.Describe(time.Now()), Token: h.Token}
 	}
@@ -55,6 +56,26 @@ func readRecordWith(ctx context.Context, cli *clientv3.Client, cfg *config.Confi
 		info.State = st
 	}
 	return info, nil
+}
+
+// interruptedChecks are the critical findings of the interrupted
+// operations obs read.
+func interruptedChecks(obs observation) []checks.Result {
+	var out []checks.Result
+	if obs.Record != nil {
+		for _, r := range obs.Record.Interrupted {
+			out = append(out, failover.InterruptedCheck(r))
+		}
+	}
+	return out
+}
+
+// interruptedOf is the interrupted operations obs read.
+func interruptedOf(obs observation) []etcdlock.OpRecord {
+	if obs.Record == nil {
+		return nil
+	}
+	return obs.Record.Interrupted
 }
 
 // operation runs a plan under the cluster lock and prints its progress on

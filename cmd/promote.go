@@ -286,7 +286,7 @@ func newDriver(cfg *config.Config, timeout time.Duration, recordFn func(context.
 		Cfg: cfg,
 		Observe: func(ctx context.Context) failover.Observation {
 			*last = observe(ctx, cfg, timeout, nil, recordFn)
-			return failover.Observation{Snap: last.Snap, State: stateOf(*last)}
+			return failover.Observation{Snap: last.Snap, State: stateOf(*last), Interrupted: interruptedOf(*last)}
 		},
 		Confirm: func(ctx context.Context, obs failover.Observation) []failover.ProbeAttempt {
 			return failover.ConfirmDown(ctx, cfg, obs.Snap, obs.State, timeout, func(old string) {

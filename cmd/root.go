@@ -86,6 +86,7 @@ fencing lock. Dry-runs print exactly the steps a real run would execute.`,
 		newCmdHistory(f, nil),
 		newCmdPromote(f, nil),
 		newCmdRejoin(f, nil),
+		newCmdRecover(f, nil),
 		newCmdRunbook(f),
 		newCmdTestenv(f),
 	)

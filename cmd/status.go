@@ -41,6 +41,11 @@ type recordInfo struct {
 	Fenced          []string
 	// State is the whole cluster record, nil when none was written yet.
 	State *etcdlock.State
+	// Holder is the lock's holder as read, nil when free.
+	Holder *etcdlock.LockHolder
+	// Interrupted are operations that began and never finished, oldest
+	// first (etcdlock.FindInterrupted).
+	Interrupted []etcdlock.OpRecord
 }
 
 // lockInfo describes who holds the fencing lock.
@@ -197,6 +202,7 @@ func buildStatusReport(cfg *config.Config, obs observation) (*statusReport, erro
 		return nil, err
 	}
 	r.Warnings = append(r.Warnings, checks.Problems(results)...)
+	r.Warnings = append(r.Warnings, interruptedChecks(obs)...)
 	r.Summary = statusSummary(obs.Snap, len(r.Warnings))
 	return r, nil
 }

@@ -24,6 +24,10 @@ const (
 type Observation struct {
 	Snap  *topology.Snapshot
 	State *etcdlock.State
+	// Interrupted are the operations whose journal says they began and
+	// never finished (etcdlock.FindInterrupted), oldest first: every
+	// operation but recover refuses while there is one.
+	Interrupted []etcdlock.OpRecord
 }
 
 // Request is an operation to plan: its kind and the options of that kind.
@@ -31,6 +35,7 @@ type Request struct {
 	Kind       string
 	Switchover SwitchoverOptions
 	Emergency  EmergencyOptions
+	Recover    RecoverOptions
 	// Node is the node a rejoin makes a replica.
 	Node string
 }
@@ -139,8 +144,19 @@ func PlanFrom(cfg *config.Config, req Request, obs Observation, probes []ProbeAt
 	if obs.Snap != nil {
 		op.Primary = string(obs.Snap.Primary)
 	}
+	if len(obs.Interrupted) > 0 && req.Kind != KindRecover {
+		for _, r := range obs.Interrupted {
+			op.Checks = append(op.Checks, InterruptedCheck(r))
+		}
+		return op
+	}
 	var err error
 	switch req.Kind {
+	case KindRecover:
+		op.Plan, op.Checks, err = PlanRecover(cfg, obs, req.Recover, env)
+		if op.Plan != nil {
+			op.Primary, op.Candidate = op.Plan.Primary, op.Plan.Candidate
+		}
 	case KindSwitchover:
 		var rank *Ranking
 		op.Plan, rank, op.Checks, err = PlanSwitchover(cfg, obs.Snap, req.Switchover, env)

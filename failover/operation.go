@@ -76,6 +76,9 @@ type OperationSpec struct {
 	// returns the preflight results with it.
 	Rebuild func(ctx context.Context) (*plan.Plan, []checks.Result, error)
 	Sink    plan.Sink
+	// Journal receives the journal when the caller holds the lock and
+	// the record (Held: a drill journals its promotion in its own record).
+	Journal func(ctx context.Context, e plan.Event) error
 	Now     func() time.Time
 }
 
@@ -162,6 +165,12 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *plan.Plan, env *En
 			op = h
 		}
 		env.Lock = lock
+		if op != nil {
+			// The journal starts with the plan, before any change.
+			if err := op.Observe(actx, plan.Event{Type: plan.PlanStarted, Time: time.Now(), Plan: p.Summary()}); err != nil {
+				return fmt.Errorf("journal the plan in history record %s: %w", op.ID(), err)
+			}
+		}
 		p2, results, err := spec.Rebuild(actx)
 		if failed := checks.Failed(results); len(failed) > 0 {
 			return &RefusedError{Failed: failed, UnderLock: true}
@@ -184,22 +193,20 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *plan.Plan, env *En
 		return ""
 	}
 	var histErr error
-	sink := func(e plan.Event) {
-		if spec.Sink != nil {
-			spec.Sink(e)
+	env.JournalTo = func(ctx context.Context, e plan.Event) error {
+		switch {
+		case spec.Journal != nil:
+			return spec.Journal(ctx, e)
+		case op != nil:
+			return op.Observe(ctx, e)
 		}
-		if op != nil && e.Type != plan.StepProgress {
-			// Undo events come after the lock may be lost; their record
-			// is written by Finish, which can still write then.
-			if err := op.Observe(context.WithoutCancel(opCtx), e); err != nil && histErr == nil {
-				var lost *etcdlock.LockLostError
-				if !errors.As(err, &lost) {
-					histErr = err
-				}
-			}
-		}
+		return nil
 	}
-	res := plan.Execute(opCtx, p, env, sink, spec.Now)
+	res := plan.Execute(opCtx, p, env, spec.Sink, spec.Now)
+	if len(res.Warnings) > 0 && op != nil {
+		histErr = errors.New(strings.Join(res.Warnings, "; "))
+		res.Warnings = nil
+	}
 	if res.Err != nil && res.Outcome == plan.OutcomeFailed {
 		if cause := context.Cause(opCtx); cause != nil && !errors.Is(res.Err, cause) {
 			res.Err = errors.Join(res.Err, cause)

@@ -99,6 +99,9 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 			Description:     fmt.Sprintf("%s: create physical replication slot %s for it, if missing", primary.Name, node),
 			UndoDescription: fmt.Sprintf("%s: drop slot %s if this operation created it and it is inactive", primary.Name, node),
 			Run: func(ctx context.Context) error {
+				if err := captureSlots(ctx, []string{node}, p); err != nil {
+					return err
+				}
 				made, err := env.Ctl.CreateSlots(ctx, primary.Name, []string{node})
 				r.created = append(r.created, made...)
 				return err
@@ -189,6 +192,7 @@ func (r *rejoin) run(ctx context.Context) error {
 		"REPLCTL_PRIMARY_CONNINFO": r.conninfo,
 		"REPLCTL_PRIMARY_SLOT":     r.node,
 	})
+	plan.Changed(ctx)
 	if err != nil {
 		return err
 	}

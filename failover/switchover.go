@@ -70,6 +70,17 @@ type Env struct {
 	Progress func(step, msg string)
 	// Clock is what the steps' waits poll on; nil is the wall clock.
 	Clock pgctl.Clock
+	// JournalTo writes the operation's journal (its history record, under
+	// the lock); nil keeps none. Set by RunOperation.
+	JournalTo func(ctx context.Context, e plan.Event) error
+}
+
+// Journal lets Env be the executor's plan.Journaler.
+func (e *Env) Journal(ctx context.Context, ev plan.Event) error {
+	if e == nil || e.JournalTo == nil {
+		return nil
+	}
+	return e.JournalTo(ctx, ev)
 }
 
 func (e *Env) progress(step, format string, a ...any) {
@@ -103,6 +114,7 @@ type switchover struct {
 	env       *Env
 	cfg       *config.Config
 	pn        *topology.Node // the primary as observed
+	cn        *topology.Node // the candidate as observed
 	primary   config.Node
 	candidate config.Node
 	others    []*topology.Node
@@ -137,7 +149,7 @@ type switchover struct {
 }
 
 func newSwitchover(env *Env, cfg *config.Config, primary, candidate config.Node, opts SwitchoverOptions, cn *topology.Node) *switchover {
-	return &switchover{env: env, cfg: cfg, primary: primary, candidate: candidate, opts: opts,
+	return &switchover{env: env, cfg: cfg, primary: primary, candidate: candidate, opts: opts, cn: cn,
 		t: TimeoutsFor(cfg, opts.CallTimeout, opts.CatchupTimeout), candSync: syncSettingsOf(cn),
 		behind: map[string]string{}, detached: map[string]*pgctl.SettingsSnapshot{}}
 }
@@ -558,7 +570,11 @@ func (sw *switchover) catchup(ctx context.Context) error {
 }
 
 func (sw *switchover) createSlots(ctx context.Context) error {
+	if err := captureSlots(ctx, sw.slots, sw.cn); err != nil {
+		return err
+	}
 	created, err := sw.env.Ctl.CreateSlots(ctx, sw.candidate.Name, sw.slots)
+	plan.Changed(ctx)
 	// A partial failure still created some: the undo drops exactly those.
 	sw.created = append(sw.created, created...)
 	return err
@@ -583,6 +599,7 @@ func (sw *switchover) fenceStop(ctx context.Context) error {
 	sw.preStopLSN = lsn
 	sw.releaseHung(ctx)
 	_, err = sw.env.Ctl.RunCommand(ctx, sw.primary.Name, pgctl.ActionStop, nil)
+	plan.Changed(ctx)
 	return err
 }
 
@@ -663,7 +680,12 @@ func (sw *switchover) fenceSQL(ctx context.Context) error {
 		}
 		sw.fenceCapture = c
 	}
-	return sw.env.Ctl.FenceSQL(ctx, sw.primary.Name)
+	if err := captureSettings(ctx, sw.fenceCapture); err != nil {
+		return err
+	}
+	err := sw.env.Ctl.FenceSQL(ctx, sw.primary.Name)
+	plan.Changed(ctx)
+	return err
 }
 
 func (sw *switchover) unfenceSQL(ctx context.Context) error {
@@ -700,6 +722,9 @@ func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string) e
 		}
 		sw.detached[node] = c
 	}
+	if err := captureSettings(ctx, sw.detached[node]); err != nil {
+		return err
+	}
 	host, port, err := hostPort(sw.candidate)
 	if err != nil {
 		return err
@@ -707,6 +732,7 @@ func (sw *switchover) detach(ctx context.Context, node, conninfo, slot string) e
 	if err := sw.env.Ctl.Repoint(ctx, node, conninfo, slot); err != nil {
 		return err
 	}
+	plan.Changed(ctx)
 	if err := sw.waitSetting(ctx, node, "primary_conninfo", conninfo); err != nil {
 		return err
 	}
@@ -825,6 +851,7 @@ func (sw *switchover) waitReplay(ctx context.Context) error {
 
 func (sw *switchover) promote(ctx context.Context) error {
 	err := sw.env.Ctl.Promote(ctx, sw.candidate.Name)
+	plan.Changed(ctx)
 	// Unless pg_promote() certainly never reached the candidate, it may be
 	// promoted yet: the undo must then leave the old primary fenced.
 	sw.promoteSent = !errors.Is(err, pgctl.ErrPromoteNotSent)
@@ -882,6 +909,7 @@ func (sw *switchover) repoint(ctx context.Context, node, conninfo, slot string) 
 	if err := sw.env.Ctl.Repoint(ctx, node, conninfo, slot); err != nil {
 		return err
 	}
+	plan.Changed(ctx)
 	if err := sw.waitSetting(ctx, node, "primary_conninfo", conninfo); err != nil {
 		return err
 	}
@@ -953,6 +981,15 @@ func SaveSyncSettings(ctx context.Context, l Recorder, primary *topology.Node) e
 	}
 	sync := syncSettingsOf(primary)
 	sync.SeenAt = time.Now()
+	if err := plan.Captured(ctx, sync); err != nil {
+		return err
+	}
+	if primary.SyncFenced() {
+		// The SQL fence's own setting (an interrupted switchover left it)
+		// is not the cluster's: saving it would make the next operation
+		// carry "wait for replctl_fenced" over to the new primary.
+		return fmt.Errorf("%s runs under the SQL fence (synchronous_standby_names = %s): not saving that as its setting; run `replctl recover` or lift the fence by hand", primary.Name, topology.FenceStandbyName)
+	}
 	_, _, err := l.UpdateState(ctx, func(s *etcdlock.State) error {
 		if s.Primary == "" {
 			s.Primary = primary.Name

@@ -88,6 +88,17 @@ func (e *Engine) Run(ctx context.Context, rb *Runbook) (*Report, error) {
 		return rep, err
 	}
 	defer func() { _ = lock.Release(context.WithoutCancel(ctx)) }()
+	if ir, _, err := etcdlock.FindInterrupted(ctx, e.Cli, e.Cfg.Etcd.Prefix, e.Cfg.Cluster); err != nil || len(ir) > 0 {
+		rep.Outcome, rep.Refused = Failed, true
+		if err != nil {
+			rep.Error = "cannot tell whether an operation was interrupted: " + err.Error()
+		} else {
+			c := failover.InterruptedCheck(ir[0])
+			rep.Error = c.Message + ": " + c.Hint
+		}
+		finish()
+		return rep, nil
+	}
 	op, err := lock.StartOperation(ctx, KindDrill, map[string]string{"runbook": rb.Name, "file": rb.File})
 	if err != nil {
 		rep.Outcome, rep.Error = Failed, err.Error()
@@ -282,15 +293,21 @@ func (d *drill) env(sr *StepReport) *failover.Env {
 	}}
 }
 
-// sink forwards a plan's events as the drill step's, to the caller and to
-// the drill's history record.
-func (d *drill) sink(ctx context.Context, s *Step, sr *StepReport) plan.Sink {
+// sink forwards a plan's events as the drill step's to the caller.
+func (d *drill) sink(s *Step, sr *StepReport) plan.Sink {
 	return func(ev plan.Event) {
 		ev.StepID = s.ID + "/" + ev.StepID
 		d.e.emit(Event{Type: EventPlanStep, Step: sr, Plan: &ev})
-		if ev.Type != plan.StepProgress {
-			_ = d.op.Observe(ctx, ev)
-		}
+	}
+}
+
+// journal writes a plan's journal into the drill's history record, its
+// step IDs prefixed with the drill step's (the plan's own prefix is then
+// "<step>/"), so that recover finds the promotion inside the drill.
+func (d *drill) journal(s *Step) func(ctx context.Context, ev plan.Event) error {
+	return func(ctx context.Context, ev plan.Event) error {
+		ev.StepID = s.ID + "/" + ev.StepID
+		return d.op.Observe(ctx, ev)
 	}
 }
 
@@ -301,7 +318,7 @@ func (d *drill) execute(ctx context.Context, s *Step, sr *StepReport, drv *failo
 		return err
 	}
 	res := drv.Run(ctx, prep, op, env, failover.OperationSpec{Cfg: d.e.Cfg, Cli: d.e.Cli, Held: d.lock,
-		Sink: d.sink(ctx, s, sr), Now: d.e.Now})
+		Sink: d.sink(s, sr), Journal: d.journal(s), Now: d.e.Now})
 	sr.Plan = res
 	switch res.Outcome {
 	case plan.OutcomeSucceeded:

@@ -64,16 +64,28 @@ type OpRecord struct {
 	Error    string       `json:"error,omitempty"`
 	// AfterLockLost marks a final update written after the lock was lost,
 	// conditional only on the record itself being unchanged.
-	AfterLockLost bool         `json:"after_lock_lost,omitempty"`
-	Steps         []StepRecord `json:"steps"`
+	AfterLockLost bool `json:"after_lock_lost,omitempty"`
+	// Plan is the journal's account of the plan the operation ran (for a
+	// drill, its latest promotion or rejoin, whose step IDs in Steps carry
+	// PlanPrefix): what `replctl recover` reads with Steps.
+	Plan       *plan.Summary `json:"plan,omitempty"`
+	PlanPrefix string        `json:"plan_prefix,omitempty"`
+	// RecoveredBy names the `replctl recover` operation that dealt with
+	// this one after it was interrupted.
+	RecoveredBy string       `json:"recovered_by,omitempty"`
+	Steps       []StepRecord `json:"steps"`
 }
 
 // StepRecord is one step of an operation.
 type StepRecord struct {
-	ID          string     `json:"id"`
-	Description string     `json:"description"`
-	Started     time.Time  `json:"started"`
-	Finished    *time.Time `json:"finished,omitempty"`
+	ID          string `json:"id"`
+	Node        string `json:"node,omitempty"`
+	Description string `json:"description"`
+	// Captured is the node's state the step captured before changing it
+	// (its journal entry): what recover restores when it rolls back.
+	Captured json.RawMessage `json:"captured,omitempty"`
+	Started  time.Time       `json:"started"`
+	Finished *time.Time      `json:"finished,omitempty"`
 	// Outcome is running, done, failed, skipped, undone or undo_failed.
 	Outcome string `json:"outcome"`
 	Error   string `json:"error,omitempty"`
@@ -100,6 +112,18 @@ func scrubErr(err error) string {
 		return ""
 	}
 	return config.Scrub(err.Error())
+}
+
+// scrubJSON masks passwords in a journaled capture (a primary_conninfo
+// may carry one). Masking happens on the text, inside JSON strings; should
+// that ever break the JSON, the capture is replaced by a note rather than
+// stored half-masked.
+func scrubJSON(raw json.RawMessage) json.RawMessage {
+	out := json.RawMessage(config.Scrub(string(raw)))
+	if !json.Valid(out) {
+		return json.RawMessage(`{"unreadable":"the capture could not be stored without its secrets"}`)
+	}
+	return out
 }
 
 func scrubParams(p map[string]string) map[string]string {
@@ -196,9 +220,24 @@ func (o *Operation) Observe(ctx context.Context, e plan.Event) error {
 		at = time.Now()
 	}
 	switch e.Type {
+	case plan.PlanStarted:
+		return o.update(ctx, func(r *OpRecord) {
+			r.Plan, r.PlanPrefix = e.Plan, e.StepID
+		})
 	case plan.StepStarted:
 		return o.update(ctx, func(r *OpRecord) {
-			r.Steps = append(r.Steps, StepRecord{ID: e.StepID, Description: config.Scrub(e.Description), Started: at, Outcome: stepRunning})
+			r.Steps = append(r.Steps, StepRecord{ID: e.StepID, Node: e.Node, Description: config.Scrub(e.Description), Started: at, Outcome: stepRunning})
+		})
+	case plan.StepCaptured:
+		e.Data = scrubJSON(e.Data)
+		return o.update(ctx, func(r *OpRecord) {
+			for i := len(r.Steps) - 1; i >= 0; i-- {
+				if r.Steps[i].ID == e.StepID && r.Steps[i].Outcome == stepRunning {
+					r.Steps[i].Captured = e.Data
+					return
+				}
+			}
+			r.Steps = append(r.Steps, StepRecord{ID: e.StepID, Node: e.Node, Description: config.Scrub(e.Description), Started: at, Outcome: stepRunning, Captured: e.Data})
 		})
 	case plan.StepDone, plan.StepFailed, plan.StepSkipped, plan.StepUndone, plan.StepUndoFailed, plan.StepUndoSkipped:
 		return o.endStep(ctx, e.StepID, e.Description, string(e.Type), config.Scrub(e.Error), at, e.Duration)

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -206,6 +207,17 @@ func (h *LockHolder) Describe(now time.Time) string {
 		fmt.Fprintf(&b, ", lease %d s", int64(h.LeaseLeft/time.Second))
 	}
 	return b.String()
+}
+
+// Dead reports whether the holder is a process of this host that no longer
+// exists: its lease outlives it by up to the TTL, but nothing holds the
+// lock any more. A holder on another host is never known dead.
+func (h *LockHolder) Dead() bool {
+	host, err := os.Hostname()
+	if err != nil || h.Host != host || h.PID <= 0 {
+		return false
+	}
+	return errors.Is(syscall.Kill(h.PID, 0), syscall.ESRCH)
 }
 
 // LockHeldError is returned by Acquire when another process holds the lock.

@@ -65,10 +65,22 @@ func (s *State) IsFenced(node string) bool {
 	return slices.ContainsFunc(s.Fenced, func(f FencedNode) bool { return f.Node == node })
 }
 
-// Fence marks node as fenced, replacing any earlier entry for it.
+// Fence marks node as fenced. An earlier entry for it keeps the token,
+// operation and time of the operation that fenced it first (recover unmarks
+// only what the interrupted operation marked) and takes the new reason.
 func (s *State) Fence(node, reason string) {
-	s.Unfence(node)
+	for i := range s.Fenced {
+		if s.Fenced[i].Node == node {
+			s.Fenced[i].Reason = reason
+			return
+		}
+	}
 	s.Fenced = append(s.Fenced, FencedNode{Node: node, Reason: reason})
+}
+
+// FencedBy is node's fenced entry when the operation opID made it.
+func (s *State) FencedBy(node, opID string) bool {
+	return slices.ContainsFunc(s.Fenced, func(f FencedNode) bool { return f.Node == node && f.OperationID == opID })
 }
 
 // Unfence removes node's fenced mark and reports whether it had one.

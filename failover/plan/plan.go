@@ -2,6 +2,7 @@ package plan
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -78,6 +79,12 @@ const (
 	// StepUndoSkipped is an undo not run because the lock was lost.
 	StepUndoSkipped EventType = "undo_skipped"
 	StepProgress    EventType = "progress"
+	// StepCaptured carries, in Data, what a step captured before its
+	// change (see Captured); only the journal receives it.
+	StepCaptured EventType = "captured"
+	// PlanStarted carries, in Plan, the plan about to run; only the
+	// journal receives it.
+	PlanStarted EventType = "plan"
 )
 
 // Event reports a step's progress to a sink; engines never print.
@@ -89,6 +96,10 @@ type Event struct {
 	Time        time.Time     `json:"time"`
 	Duration    time.Duration `json:"duration_ns,omitempty"`
 	Error       string        `json:"error,omitempty"`
+	// Data is what a StepCaptured event carries.
+	Data json.RawMessage `json:"data,omitempty"`
+	// Plan is what a PlanStarted event carries.
+	Plan *Summary `json:"plan,omitempty"`
 }
 
 // Sink receives events; it must not block for long.
@@ -167,6 +178,24 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 		now = time.Now
 	}
 	res := &Result{Outcome: OutcomeSucceeded}
+	journal, _ := guard.(Journaler)
+	if journal != nil {
+		if err := journal.Journal(ctx, Event{Type: PlanStarted, Time: now(), Plan: p.Summary()}); err != nil {
+			res.Outcome, res.Err = OutcomeFailed, fmt.Errorf("journal the plan before running it: %w", err)
+			return res
+		}
+	}
+	// jot journals an event that does not gate a change (a step's end, an
+	// undo's start): a failure is a warning, the step already ran; record
+	// also shows it.
+	jot := func(e Event) {
+		if journal != nil {
+			if err := journal.Journal(context.WithoutCancel(ctx), e); err != nil && !errors.Is(err, ErrLockLost) {
+				res.Warnings = append(res.Warnings, fmt.Sprintf("journal %s %s: %v", e.StepID, e.Type, err))
+			}
+		}
+	}
+	record := func(e Event) { sink(e); jot(e) }
 	committed := false
 	// touched are the steps whose Run was called, done or failed: each may
 	// have changed something its undo must restore.
@@ -183,7 +212,8 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 			return res
 		}
 		start := now()
-		sink(Event{Type: StepStarted, StepID: s.ID, Node: s.Node, Description: s.Description, Time: start})
+		started := Event{Type: StepStarted, StepID: s.ID, Node: s.Node, Description: s.Description, Time: start}
+		sink(started)
 		var err error
 		if ctx.Err() != nil {
 			// The cause says why (the lock was lost), where Err says only
@@ -195,16 +225,29 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 				err = fmt.Errorf("lock check before %q: %w", s.ID, gerr)
 			}
 		}
+		switch {
+		case err == nil && s.Mutates && journal != nil:
+			// The intent is on record before anything changes.
+			if jerr := journal.Journal(ctx, started); jerr != nil {
+				err = fmt.Errorf("journal the start of %q: %w", s.ID, jerr)
+			}
+		case err == nil:
+			jot(started)
+		}
 		if err == nil && s.Run != nil {
+			fire(s.ID, PhaseBefore)
 			touched = append(touched, i)
-			err = runStep(ctx, s)
+			err = runStep(withStep(ctx, s, journal), s)
+			if err == nil {
+				fire(s.ID, PhaseAfter)
+			}
 		}
 		end := now()
 		sr := StepResult{ID: s.ID, Node: s.Node, Description: s.Description, Start: start, End: end, Duration: end.Sub(start), Outcome: "done"}
 		if err != nil {
 			sr.Outcome, sr.Error = "failed", err.Error()
 			res.Steps = append(res.Steps, sr)
-			sink(Event{Type: StepFailed, StepID: s.ID, Node: s.Node, Description: s.Description, Time: end, Duration: sr.Duration, Error: err.Error()})
+			record(Event{Type: StepFailed, StepID: s.ID, Node: s.Node, Description: s.Description, Time: end, Duration: sr.Duration, Error: err.Error()})
 			if s.Optional {
 				continue
 			}
@@ -217,11 +260,11 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 				continue
 			}
 			res.Outcome = OutcomeFailed
-			undo(ctx, p, touched, guard, res, sink, now)
+			undo(ctx, p, touched, guard, res, record, jot, now)
 			return res
 		}
 		res.Steps = append(res.Steps, sr)
-		sink(Event{Type: StepDone, StepID: s.ID, Node: s.Node, Description: s.Description, Time: end, Duration: sr.Duration})
+		record(Event{Type: StepDone, StepID: s.ID, Node: s.Node, Description: s.Description, Time: end, Duration: sr.Duration})
 		if s.PointOfNoReturn {
 			committed = true
 		}
@@ -265,7 +308,7 @@ func (e *StepTimeoutError) Unwrap() error { return e.Err }
 // first. Each undo of a mutating step re-checks the lock: once it is lost,
 // this undo and every later one is skipped and reported, since the cluster
 // may now be another operation's.
-func undo(ctx context.Context, p *Plan, touched []int, guard Guard, res *Result, sink Sink, now func() time.Time) {
+func undo(ctx context.Context, p *Plan, touched []int, guard Guard, res *Result, sink, jot Sink, now func() time.Time) {
 	uctx := context.WithoutCancel(ctx)
 	var lockErr error
 	for j := len(touched) - 1; j >= 0; j-- {
@@ -288,6 +331,11 @@ func undo(ctx context.Context, p *Plan, touched []int, guard Guard, res *Result,
 		}
 		var err error
 		if lockErr == nil {
+			// Journaled like a step, so that recover knows an undo may have
+			// begun; a journal that cannot be written does not stop the
+			// way back.
+			jot(Event{Type: StepStarted, StepID: sr.ID, Node: s.Node, Description: desc, Time: start})
+			fire(s.ID, PhaseUndo)
 			d := undoTimeout
 			if s.Timeout > 0 {
 				d = s.Timeout
