@@ -204,14 +204,17 @@ func began(r *etcdlock.OpRecord) bool {
 	return false
 }
 
-// committed reports whether r began its point of no return.
+// committed reports whether r began its point of no return and did not
+// then lift its fence: a failed promote whose fence was undone left the old
+// primary in charge (the undo refuses to lift it once pg_promote may have
+// reached the candidate).
 func committed(r *etcdlock.OpRecord) bool {
+	var begun, lifted bool
 	for _, s := range r.Journal() {
-		if s.Began && s.PointOfNoReturn {
-			return true
-		}
+		begun = begun || s.Began && s.PointOfNoReturn
+		lifted = lifted || s.Fences && s.Undo == string(plan.StepUndone)
 	}
-	return false
+	return begun && !lifted
 }
 
 func ambiguous(node, msg, hint string) checks.Result {

@@ -43,11 +43,15 @@ func (r *OpRecord) Interrupted(holder *LockHolder) bool {
 	case OutcomeLockLost, OutcomeLockBroken:
 		return r.changedAndNotUndone()
 	case plan.OutcomeFailed:
-		// Failed, and an undo failed or was skipped: as half done as a
-		// process that died.
-		return slices.ContainsFunc(r.Steps, func(s StepRecord) bool {
-			return s.Outcome == string(plan.StepUndoFailed) || s.Outcome == string(plan.StepUndoSkipped)
-		})
+		// Failed, and the undo of a fence failed or was skipped: a node
+		// is left fenced, possibly without a primary, as after a process
+		// that died. Other failed undos (a slot on a node that is down)
+		// are reported by the operation itself and block nothing.
+		for _, js := range r.Journal() {
+			if js.Fences && (js.Undo == string(plan.StepUndoFailed) || js.Undo == string(plan.StepUndoSkipped)) {
+				return true
+			}
+		}
 	}
 	return false
 }
