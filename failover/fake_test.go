@@ -710,6 +710,12 @@ func (r *fakeRecorder) UpdateState(_ context.Context, fn func(*etcdlock.State) e
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	err := fn(&r.st)
+	// As the etcd lock does: a new fence mark names the operation.
+	for i := range r.st.Fenced {
+		if f := &r.st.Fenced[i]; f.Token == 0 {
+			f.Token, f.OperationID = r.Token(), r.OperationID()
+		}
+	}
 	return &r.st, 1, err
 }
 

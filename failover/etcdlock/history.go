@@ -198,51 +198,60 @@ func (o *Operation) EndStep(ctx context.Context, id, outcome string, stepErr err
 }
 
 func (o *Operation) endStep(ctx context.Context, id, description, outcome, errText string, end time.Time, d time.Duration) error {
-	return o.update(ctx, func(r *OpRecord) {
-		for i := len(r.Steps) - 1; i >= 0; i-- {
-			s := &r.Steps[i]
-			if s.ID == id && s.Outcome == stepRunning {
-				s.Finished, s.Outcome, s.Error = &end, outcome, errText
-				return
-			}
+	return o.update(ctx, func(r *OpRecord) { r.endStep(id, description, outcome, errText, end, d) })
+}
+
+// endStep closes the newest running entry of step id, or adds the step
+// whole when it never started (an undo, a skip).
+func (r *OpRecord) endStep(id, description, outcome, errText string, end time.Time, d time.Duration) {
+	for i := len(r.Steps) - 1; i >= 0; i-- {
+		s := &r.Steps[i]
+		if s.ID == id && s.Outcome == stepRunning {
+			s.Finished, s.Outcome, s.Error = &end, outcome, errText
+			return
 		}
-		r.Steps = append(r.Steps, StepRecord{ID: id, Description: config.Scrub(description), Started: end.Add(-d),
-			Finished: &end, Outcome: outcome, Error: errText})
-	})
+	}
+	r.Steps = append(r.Steps, StepRecord{ID: id, Description: config.Scrub(description), Started: end.Add(-d),
+		Finished: &end, Outcome: outcome, Error: errText})
 }
 
 // Observe records an executor event, so that a Sink can feed the history:
 //
 //	sink := func(e plan.Event) { _ = op.Observe(ctx, e); show(e) }
 func (o *Operation) Observe(ctx context.Context, e plan.Event) error {
+	switch e.Type {
+	case plan.PlanStarted, plan.StepStarted, plan.StepCaptured,
+		plan.StepDone, plan.StepFailed, plan.StepSkipped, plan.StepUndone, plan.StepUndoFailed, plan.StepUndoSkipped:
+		return o.update(ctx, func(r *OpRecord) { r.Apply(e) })
+	}
+	return nil
+}
+
+// Apply records an executor event in r, as Observe writes it: the journal's
+// one definition, also for tests that keep a record without etcd. Secrets
+// in descriptions, errors and captures are masked.
+func (r *OpRecord) Apply(e plan.Event) {
 	at := e.Time
 	if at.IsZero() {
 		at = time.Now()
 	}
 	switch e.Type {
 	case plan.PlanStarted:
-		return o.update(ctx, func(r *OpRecord) {
-			r.Plan, r.PlanPrefix = e.Plan, e.StepID
-		})
+		r.Plan, r.PlanPrefix = e.Plan, e.StepID
 	case plan.StepStarted:
-		return o.update(ctx, func(r *OpRecord) {
-			r.Steps = append(r.Steps, StepRecord{ID: e.StepID, Node: e.Node, Description: config.Scrub(e.Description), Started: at, Outcome: stepRunning})
-		})
+		r.Steps = append(r.Steps, StepRecord{ID: e.StepID, Node: e.Node, Description: config.Scrub(e.Description), Started: at, Outcome: stepRunning})
 	case plan.StepCaptured:
-		e.Data = scrubJSON(e.Data)
-		return o.update(ctx, func(r *OpRecord) {
-			for i := len(r.Steps) - 1; i >= 0; i-- {
-				if r.Steps[i].ID == e.StepID && r.Steps[i].Outcome == stepRunning {
-					r.Steps[i].Captured = e.Data
-					return
-				}
+		data := scrubJSON(e.Data)
+		for i := len(r.Steps) - 1; i >= 0; i-- {
+			if r.Steps[i].ID == e.StepID && r.Steps[i].Outcome == stepRunning {
+				r.Steps[i].Captured = data
+				return
 			}
-			r.Steps = append(r.Steps, StepRecord{ID: e.StepID, Node: e.Node, Description: config.Scrub(e.Description), Started: at, Outcome: stepRunning, Captured: e.Data})
-		})
+		}
+		r.Steps = append(r.Steps, StepRecord{ID: e.StepID, Node: e.Node, Description: config.Scrub(e.Description), Started: at, Outcome: stepRunning, Captured: data})
 	case plan.StepDone, plan.StepFailed, plan.StepSkipped, plan.StepUndone, plan.StepUndoFailed, plan.StepUndoSkipped:
-		return o.endStep(ctx, e.StepID, e.Description, string(e.Type), config.Scrub(e.Error), at, e.Duration)
+		r.endStep(e.StepID, e.Description, string(e.Type), config.Scrub(e.Error), at, e.Duration)
 	}
-	return nil
 }
 
 // Finish records how the operation ended. If the lock was lost, the record
