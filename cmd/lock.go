@@ -17,6 +17,7 @@ import (
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
 	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/failover/plan"
 )
 
@@ -395,7 +396,7 @@ func runLockRun(ctx context.Context, o *LockRunOptions) (err error) {
 		// SIGTERM lets the command clean up; WaitDelay then kills it.
 		c.Cancel = func() error { return c.Process.Signal(syscall.SIGTERM) }
 		c.WaitDelay = lockRunGrace
-		runErr = runTiedToParent(c)
+		runErr = pgctl.RunTied(c)
 	}
 
 	// The record is finished on a context that outlives ^C: an interrupted

@@ -78,7 +78,12 @@ func RunNodeCommand(ctx context.Context, n config.Node, action string, timeout t
 	cmd.Stdout = &out
 	cmd.Stderr = &out
 	start := time.Now()
-	err := cmd.Run()
+	// Killed with replctl (RunTied): a node command must not act on the
+	// cluster unsupervised after the operation died. What it already set
+	// off inside PostgreSQL (a shutdown, a promotion) completes; the
+	// journal shows its step as begun, and recover treats it as possibly
+	// done.
+	err := RunTied(cmd)
 	res.Duration = time.Since(start)
 	res.Output = tail(config.Scrub(out.String(), n.DSN), maxOutput)
 	if cmd.ProcessState != nil {
