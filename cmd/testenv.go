@@ -34,7 +34,9 @@ func newCmdTestenv(f *Factory) *cobra.Command {
 		Short: "Run a local sandbox cluster (PostgreSQL + etcd) for tests and demos",
 		Long: `A real local cluster on 127.0.0.1: one primary and N streaming replicas, plus an
 etcd, with a ready replctl.yaml in its directory. As root, the PostgreSQL
-servers run as the unprivileged "postgres" OS user (created when missing).`,
+servers run as the unprivileged "postgres" OS user (created when missing).
+With up --tls every connection, replication and etcd included, is TLS with
+certificates from a throwaway CA in DIR/tls.`,
 	}
 	c.PersistentFlags().StringVar(&o.Dir, "dir", defaultSandboxDir, "sandbox `DIR`ectory (data, logs, state, replctl.yaml)")
 
@@ -58,6 +60,7 @@ servers run as the unprivileged "postgres" OS user (created when missing).`,
 	uf.BoolVar(&o.Options.NoEtcd, "no-etcd", false, "do not start etcd")
 	uf.BoolVar(&o.Options.NoCommands, "no-commands", false, "write no node commands to replctl.yaml (SQL-only mode)")
 	uf.BoolVar(&o.Options.Zones, "zones", false, "give the nodes zones z1/z2 in replctl.yaml")
+	uf.BoolVar(&o.Options.TLS, "tls", false, "TLS everywhere: a throwaway CA, server and client certificates, PostgreSQL with hostssl/cert only, etcd with client-certificate auth, sslmode=verify-full DSNs")
 
 	down := &cobra.Command{
 		Use:   "down",
@@ -222,6 +225,9 @@ func renderTestenv(o *TestenvOptions, st *testenv.State, rep *testenv.StatusRepo
 			return err
 		}
 		fmt.Fprintf(w, "PostgreSQL %s (%s), servers run as OS user %s\n", st.PGVersion, st.BinDir, st.OSUser)
+		if st.TLS != nil {
+			fmt.Fprintf(w, "TLS: CA %s, client certificate %s (user postgres)\n", st.TLS.CAFile, st.TLS.ClientCert)
+		}
 		fmt.Fprintf(w, "config: %s\n  export REPLCTL_CONFIG=%s\n", st.Config, st.Config)
 		return nil
 	})

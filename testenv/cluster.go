@@ -62,6 +62,13 @@ type Options struct {
 	NoCommands bool
 	// Zones gives node i (from 0) the zone z1 or z2 alternately in replctl.yaml.
 	Zones bool
+	// TLS makes a throwaway CA (Cluster.TLS) and runs every server with
+	// TLS only: PostgreSQL with ssl = on and hostssl rules that demand a
+	// client certificate (replication too), etcd with client-certificate
+	// auth. Every DSN, primary_conninfo and replctl.yaml then uses
+	// sslmode=verify-full with the CA and the client certificate, and
+	// replctl.yaml gets an etcd tls block.
+	TLS bool
 }
 
 // Node is one PostgreSQL server of the cluster.
@@ -71,7 +78,8 @@ type Node struct {
 	DataDir string // PGDATA
 	LogPath string // server log, next to DataDir
 	// DSN is a keyword/value connection string:
-	// "host=127.0.0.1 port=N user=postgres dbname=postgres".
+	// "host=127.0.0.1 port=N user=postgres dbname=postgres sslmode=disable",
+	// or with Options.TLS sslmode=verify-full and the TLS files.
 	DSN      string
 	Role     Role
 	Upstream string // the node it was cloned from and streams from at creation
@@ -87,6 +95,9 @@ type Cluster struct {
 	ConfigPath   string  // DIR/replctl.yaml
 	BinDir       string  // PostgreSQL server binaries
 	PGVersion    string  // e.g. "15.18"
+	// TLS is the cluster's CA and certificate files; nil without
+	// Options.TLS.
+	TLS *TLSFiles
 
 	opts     Options
 	in       *install
@@ -193,6 +204,11 @@ func up(ctx context.Context, o Options, detached bool, self []string) (_ *Cluste
 	// Written first so that ReapStale knows the directory's owner.
 	if err := writeState(c.Dir, c.state()); err != nil {
 		return nil, fmt.Errorf("testenv: %w", err)
+	}
+	if o.TLS {
+		if err := c.setupTLS(); err != nil {
+			return nil, err
+		}
 	}
 
 	// Ports are handed out before anything runs in parallel so that
@@ -360,6 +376,21 @@ func dsn(port int) string {
 	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", port)
 }
 
+// nodeDSN is the DSN of the node on port: dsn, or with TLS the same
+// verifying the server and presenting the client certificate.
+func (c *Cluster) nodeDSN(port int) string {
+	if c.TLS == nil {
+		return dsn(port)
+	}
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres", port) + c.TLS.conninfo()
+}
+
+// conninfo is how the cluster's own PostgreSQL programs (pg_basebackup, a
+// replica's WAL receiver) reach the node on port.
+func (c *Cluster) conninfo(port int) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres", port) + c.TLS.conninfo()
+}
+
 // Node names become slot names, application names and directory names.
 var nodeName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
@@ -375,7 +406,7 @@ func (c *Cluster) newNode(name string, role Role, upstream string, managed bool)
 	}
 	nodeDir := filepath.Join(c.Dir, name)
 	n := &Node{
-		Name: name, Port: port, DSN: dsn(port), Role: role, Upstream: upstream, Managed: managed,
+		Name: name, Port: port, DSN: c.nodeDSN(port), Role: role, Upstream: upstream, Managed: managed,
 		DataDir: filepath.Join(nodeDir, "data"), LogPath: filepath.Join(nodeDir, "server.log"),
 	}
 	c.mu.Lock()
@@ -390,6 +421,11 @@ func (c *Cluster) newNode(name string, role Role, upstream string, managed bool)
 	}
 	if err := c.in.mkdirOwned(nodeDir); err != nil {
 		return nil, fmt.Errorf("testenv: %s: %w", name, err)
+	}
+	if c.TLS != nil {
+		if err := c.writeServerCert(n, nil, nil); err != nil {
+			return nil, err
+		}
 	}
 	c.all = append(c.all, n)
 	if managed {
@@ -411,7 +447,7 @@ func (c *Cluster) startNew(ctx context.Context, n *Node) error {
 			return errors.Join(err, perr)
 		}
 		c.mu.Lock()
-		n.Port, n.DSN = port, dsn(port)
+		n.Port, n.DSN = port, c.nodeDSN(port)
 		c.mu.Unlock()
 		if err := c.in.setAutoConf(n.DataDir, []setting{{"port", strconv.Itoa(port)}}); err != nil {
 			return err
@@ -426,7 +462,7 @@ func (c *Cluster) createPrimary(ctx context.Context, n *Node, tmpl string) error
 	if err := c.in.own(n.DataDir, 0o700); err != nil {
 		return err
 	}
-	if err := c.in.configureServer(n.DataDir, n); err != nil {
+	if err := c.in.configureServer(n.DataDir, n, c.TLS); err != nil {
 		return fmt.Errorf("testenv: configure %s: %w", n.Name, err)
 	}
 	return c.startNew(ctx, n)
@@ -435,12 +471,13 @@ func (c *Cluster) createPrimary(ctx context.Context, n *Node, tmpl string) error
 // createReplica clones upstream with pg_basebackup, creating the node's
 // slot there, and starts it as a standby streaming from upstream.
 func (c *Cluster) createReplica(ctx context.Context, n, upstream *Node) error {
-	err := c.in.run(ctx, "pg_basebackup", "-h", "127.0.0.1", "-p", strconv.Itoa(upstream.Port), "-U", "postgres",
+	up := c.conninfo(upstream.Port)
+	err := c.in.run(ctx, "pg_basebackup", "-d", up,
 		"-D", n.DataDir, "-X", "stream", "-c", "fast", "--no-sync", "-C", "-S", n.Name)
 	if err != nil {
 		return fmt.Errorf("testenv: clone %s from %s: %w", n.Name, upstream.Name, err)
 	}
-	if err := c.in.configureStandby(n.DataDir, n, upstream.Port); err != nil {
+	if err := c.in.configureStandby(n.DataDir, n, up); err != nil {
 		return fmt.Errorf("testenv: configure %s: %w", n.Name, err)
 	}
 	if err := c.startNew(ctx, n); err != nil {
@@ -512,7 +549,7 @@ func (c *Cluster) startEtcd(ctx context.Context, fresh bool) error {
 		if c.detached {
 			var pid int
 			var start uint64
-			pid, start, err = spawnEtcd(ctx, c.self, c.etcdDir, filepath.Join(c.Dir, "etcd.log"), c.etcdCP, c.etcdPP)
+			pid, start, err = spawnEtcd(ctx, c.self, c.etcdDir, filepath.Join(c.Dir, "etcd.log"), c.etcdCP, c.etcdPP, c.TLS)
 			if err == nil {
 				c.mu.Lock()
 				c.etcdProc = &Process{PID: pid, Start: start}
@@ -520,7 +557,7 @@ func (c *Cluster) startEtcd(ctx context.Context, fresh bool) error {
 			}
 		} else {
 			var e *embeddedEtcd
-			e, err = startEmbedded(c.etcdDir, c.etcdCP, c.etcdPP)
+			e, err = startEmbedded(c.etcdDir, c.etcdCP, c.etcdPP, c.TLS)
 			if err == nil {
 				c.mu.Lock()
 				c.etcd = e
@@ -571,7 +608,7 @@ func (c *Cluster) RenderConfig(commands bool) []byte {
 	c.mu.Unlock()
 	return renderConfig(configInput{
 		cluster: c.Name, dir: c.Dir, etcd: c.EtcdEndpoint, nodes: nodes,
-		zones: c.opts.Zones, commands: commands, in: c.in,
+		zones: c.opts.Zones, commands: commands, in: c.in, tls: c.TLS,
 	})
 }
 
@@ -580,7 +617,7 @@ func (c *Cluster) state() *State {
 	defer c.mu.Unlock()
 	st := &State{
 		Cluster: c.Name, Dir: c.Dir, Config: c.ConfigPath, BinDir: c.BinDir, PGVersion: c.PGVersion,
-		OSUser: c.in.userName(), CreatedAt: c.created,
+		OSUser: c.in.userName(), CreatedAt: c.created, TLS: c.TLS,
 	}
 	if !c.detached {
 		st.Owner = &Process{PID: os.Getpid(), Start: procStart(os.Getpid())}
@@ -1043,7 +1080,7 @@ func (c *Cluster) AddStandalone(ctx context.Context, name string, opts ...AddOpt
 	if err := c.in.initdb(ctx, n.DataDir); err != nil {
 		return nil, err
 	}
-	if err := c.in.configureServer(n.DataDir, n); err != nil {
+	if err := c.in.configureServer(n.DataDir, n, c.TLS); err != nil {
 		return nil, fmt.Errorf("testenv: configure %s: %w", name, err)
 	}
 	if err := c.startNew(ctx, n); err != nil {

@@ -59,6 +59,7 @@ type configInput struct {
 	zones    bool
 	commands bool
 	in       *install
+	tls      *TLSFiles // nil: no etcd tls block (the DSNs carry their own settings)
 }
 
 // renderConfig writes replctl.yaml by hand rather than through a YAML
@@ -70,6 +71,10 @@ func renderConfig(ci configInput) []byte {
 	fmt.Fprintf(&b, "cluster: %s\n", yamlScalar(ci.cluster))
 	if ci.etcd != "" {
 		fmt.Fprintf(&b, "etcd:\n  endpoints: [%s]\n  prefix: /replctl\n", yamlString(ci.etcd))
+		if t := ci.tls; t != nil {
+			fmt.Fprintf(&b, "  tls:\n    ca_file: %s\n    cert_file: %s\n    key_file: %s\n",
+				yamlString(t.CAFile), yamlString(t.ClientCert), yamlString(t.ClientKey))
+		}
 		b.WriteString("lock:\n  ttl: 10s\n")
 	}
 	b.WriteString("nodes:\n")

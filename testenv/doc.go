@@ -15,6 +15,13 @@
 // pg_basebackup and pg_rewind copy every file of the source data directory,
 // which would mix one node's log into another's.
 //
+// With Options.TLS every connection is TLS: a throwaway CA (Go's crypto,
+// no openssl) signs a server certificate per node (DIR/<name>/server.crt)
+// and for etcd, and a client certificate for the database user postgres
+// (DIR/tls); PostgreSQL accepts only hostssl connections with a client
+// certificate, etcd only clients with one, and every DSN, primary_conninfo
+// and replctl.yaml verifies the server (sslmode=verify-full).
+//
 // PostgreSQL refuses to run as root, so when the process runs as root every
 // PostgreSQL program runs as the OS user postgres (created when missing).
 //

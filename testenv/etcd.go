@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -57,8 +58,10 @@ func (m mutableCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.C
 }
 
 // startEmbedded starts a single-member etcd in this process and waits until
-// it serves. It logs errors only, to stderr.
-func startEmbedded(dataDir string, clientPort, peerPort int) (*embeddedEtcd, error) {
+// it serves. It logs errors only, to stderr. With TLS files, clients must
+// speak TLS and present a certificate signed by the CA; the peer port, which
+// a single member never uses, stays plain.
+func startEmbedded(dataDir string, clientPort, peerPort int, tf *TLSFiles) (*embeddedEtcd, error) {
 	closing := new(atomic.Bool)
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stderr), zapcore.ErrorLevel)
 	cfg := embed.NewConfig()
@@ -67,6 +70,12 @@ func startEmbedded(dataDir string, clientPort, peerPort int) (*embeddedEtcd, err
 	cfg.Dir = dataDir
 	cu := url.URL{Scheme: "http", Host: etcdEndpoint(clientPort)}
 	pu := url.URL{Scheme: "http", Host: etcdEndpoint(peerPort)}
+	if tf != nil {
+		cu.Scheme = "https"
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile: tf.EtcdCert, KeyFile: tf.EtcdKey, TrustedCAFile: tf.CAFile, ClientCertAuth: true,
+		}
+	}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
@@ -93,9 +102,11 @@ func startEmbedded(dataDir string, clientPort, peerPort int) (*embeddedEtcd, err
 
 // ServeEtcd runs an embedded single-member etcd on 127.0.0.1 until ctx is
 // done. It is what `replctl testenv etcd-serve` runs in the detached child
-// that UpDetached starts, so that etcd outlives the command.
-func ServeEtcd(ctx context.Context, dataDir string, clientPort, peerPort int) error {
-	x, err := startEmbedded(dataDir, clientPort, peerPort)
+// that UpDetached starts, so that etcd outlives the command. With tf (its
+// CAFile, EtcdCert and EtcdKey), clients must present a certificate signed
+// by the CA.
+func ServeEtcd(ctx context.Context, dataDir string, clientPort, peerPort int, tf *TLSFiles) error {
+	x, err := startEmbedded(dataDir, clientPort, peerPort, tf)
 	if err != nil {
 		return err
 	}
@@ -109,26 +120,39 @@ func ServeEtcd(ctx context.Context, dataDir string, clientPort, peerPort int) er
 }
 
 // RunEtcdServe parses the arguments UpDetached appends to its self command
-// (--dir D --client-port P --peer-port Q) and runs ServeEtcd. A CLI may use
-// it as is, or parse the same flags itself.
+// (--dir D --client-port P --peer-port Q, and for a TLS cluster --ca-file,
+// --cert-file and --key-file) and runs ServeEtcd. A CLI may use it as is, or
+// parse the same flags itself.
 func RunEtcdServe(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("etcd-serve", flag.ContinueOnError)
 	dir := fs.String("dir", "", "etcd data directory")
 	cp := fs.Int("client-port", 0, "client port on 127.0.0.1")
 	pp := fs.Int("peer-port", 0, "peer port on 127.0.0.1")
+	var tf TLSFiles
+	fs.StringVar(&tf.CAFile, "ca-file", "", "CA that client certificates must be signed by")
+	fs.StringVar(&tf.EtcdCert, "cert-file", "", "server certificate")
+	fs.StringVar(&tf.EtcdKey, "key-file", "", "server key")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *dir == "" || *cp == 0 || *pp == 0 {
 		return errors.New("etcd-serve: --dir, --client-port and --peer-port are required")
 	}
-	return ServeEtcd(ctx, *dir, *cp, *pp)
+	var withTLS *TLSFiles
+	switch {
+	case tf.CAFile != "" && tf.EtcdCert != "" && tf.EtcdKey != "":
+		withTLS = &tf
+	case tf.CAFile != "" || tf.EtcdCert != "" || tf.EtcdKey != "":
+		// Half a TLS configuration must not become a plain etcd.
+		return errors.New("etcd-serve: --ca-file, --cert-file and --key-file go together")
+	}
+	return ServeEtcd(ctx, *dir, *cp, *pp, withTLS)
 }
 
 // spawnEtcd starts `self... --dir D --client-port P --peer-port Q` in its own
 // session, so that it survives the command that started it and the
 // terminal's signals, and waits until etcd answers.
-func spawnEtcd(ctx context.Context, self []string, dataDir, logPath string, clientPort, peerPort int) (pid int, start uint64, err error) {
+func spawnEtcd(ctx context.Context, self []string, dataDir, logPath string, clientPort, peerPort int, tf *TLSFiles) (pid int, start uint64, err error) {
 	if len(self) == 0 {
 		return 0, 0, errors.New("testenv: no command to start etcd with")
 	}
@@ -143,6 +167,9 @@ func spawnEtcd(ctx context.Context, self []string, dataDir, logPath string, clie
 	}
 	args := append(append([]string{}, self[1:]...),
 		"--dir", dataDir, "--client-port", strconv.Itoa(clientPort), "--peer-port", strconv.Itoa(peerPort))
+	if tf != nil {
+		args = append(args, "--ca-file", tf.CAFile, "--cert-file", tf.EtcdCert, "--key-file", tf.EtcdKey)
+	}
 	// Not CommandContext: the child must outlive ctx.
 	cmd := exec.Command(self[0], args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -172,18 +199,24 @@ func spawnEtcd(ctx context.Context, self []string, dataDir, logPath string, clie
 			return 0, 0, fmt.Errorf("testenv: etcd on %s did not answer: %w\n%s", endpoint, ctx.Err(), fileTail(logPath, 20))
 		case <-time.After(100 * time.Millisecond):
 		}
-		if pingEtcd(ctx, endpoint) == nil {
+		if pingEtcd(ctx, endpoint, tf) == nil {
 			return pid, start, nil
 		}
 	}
 }
 
-// pingEtcd reads a key, which only succeeds on a serving etcd.
-func pingEtcd(ctx context.Context, endpoint string) error {
+// pingEtcd reads a key, which only succeeds on a serving etcd; with TLS
+// files, as a client with the cluster's client certificate.
+func pingEtcd(ctx context.Context, endpoint string, tf *TLSFiles) error {
+	tc, err := tf.clientConfig()
+	if err != nil {
+		return err
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{endpoint},
 		DialTimeout: time.Second,
 		Logger:      zap.NewNop(),
+		TLS:         tc,
 	})
 	if err != nil {
 		return err

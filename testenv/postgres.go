@@ -46,6 +46,32 @@ host	all		all	127.0.0.1/32	trust
 host	replication	all	127.0.0.1/32	trust
 `
 
+// hbaTLSConf replaces hbaConf with Options.TLS: TCP connections must use
+// TLS and present a client certificate whose common name is the user (the
+// cert method), replication included. No plain host rule is left, so a
+// client that falls back to plain text is refused rather than served.
+const hbaTLSConf = `# replctl testenv: TLS with client certificates on loopback only
+local	all		all			trust
+local	replication	all			trust
+hostssl	all		all	127.0.0.1/32	cert
+hostssl	replication	all	127.0.0.1/32	cert
+`
+
+// tlsServerConf is appended to postgresql.conf with Options.TLS. The
+// certificate paths are relative to the data directory and lead out of it,
+// to the node's own files: pg_basebackup and pg_rewind copy postgresql.conf
+// from node to node, and each must go on serving its own certificate.
+func tlsServerConf(caFile string) string {
+	return `
+# replctl testenv: TLS
+ssl = on
+ssl_cert_file = '../` + serverCertFile + `'
+ssl_key_file = '../` + serverKeyFile + `'
+ssl_ca_file = '` + strings.ReplaceAll(caFile, "'", "''") + `'	# verifies client certificates
+ssl_min_protocol_version = 'TLSv1.2'
+`
+}
+
 // initdbArgs are the initdb options; change templateVersion with them.
 var initdbArgs = []string{"--auth=trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"}
 
@@ -126,31 +152,38 @@ func copyTree(ctx context.Context, src, dst string) error {
 	return nil
 }
 
-// configureServer adds the testenv settings to a new data directory.
-func (in *install) configureServer(data string, n *Node) error {
+// configureServer adds the testenv settings to a new data directory; with
+// TLS files, the server speaks TLS only (see hbaTLSConf).
+func (in *install) configureServer(data string, n *Node, tf *TLSFiles) error {
+	conf, hba := serverConf, hbaConf
+	if tf != nil {
+		conf, hba = serverConf+tlsServerConf(tf.CAFile), hbaTLSConf
+	}
 	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
-	_, err = f.WriteString(serverConf)
+	_, err = f.WriteString(conf)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return err
 	}
-	if err := in.writeFile(filepath.Join(data, "pg_hba.conf"), []byte(hbaConf)); err != nil {
+	if err := in.writeFile(filepath.Join(data, "pg_hba.conf"), []byte(hba)); err != nil {
 		return err
 	}
 	return in.setAutoConf(data, []setting{{"port", strconv.Itoa(n.Port)}, {"cluster_name", n.Name}})
 }
 
-// configureStandby makes data a standby of upstream with its own port.
-func (in *install) configureStandby(data string, n *Node, upstreamPort int) error {
+// configureStandby makes data a standby of upstream with its own port;
+// upstream is the libpq connection string of the upstream (see
+// Cluster.conninfo).
+func (in *install) configureStandby(data string, n *Node, upstream string) error {
 	err := in.setAutoConf(data, []setting{
 		{"port", strconv.Itoa(n.Port)},
 		{"cluster_name", n.Name},
-		{"primary_conninfo", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres application_name=%s", upstreamPort, n.Name)},
+		{"primary_conninfo", upstream + " application_name=" + n.Name},
 		{"primary_slot_name", n.Name},
 		{"recovery_target_timeline", "latest"},
 	}, "synchronous_standby_names", "default_transaction_read_only")

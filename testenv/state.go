@@ -42,6 +42,9 @@ type State struct {
 	Owner     *Process    `json:"owner,omitempty"`
 	Nodes     []NodeState `json:"nodes"`
 	Etcd      *EtcdState  `json:"etcd,omitempty"`
+	// TLS lists the certificate files of a cluster built with
+	// Options.TLS (never the CA's key, which is not kept).
+	TLS *TLSFiles `json:"tls,omitempty"`
 }
 
 // Process names one process for good: a PID and its start time (clock

@@ -164,7 +164,7 @@ func TestCluster(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
-	if err := pingEtcd(ctx, c.EtcdEndpoint); err == nil {
+	if err := pingEtcd(ctx, c.EtcdEndpoint, nil); err == nil {
 		t.Error("etcd still answers after Close")
 	}
 }
@@ -426,7 +426,7 @@ func TestDetached(t *testing.T) {
 	if st.Etcd == nil || st.Etcd.InProcess || st.Etcd.Process.PID == os.Getpid() || len(st.Nodes) != 2 {
 		t.Fatalf("state: %+v", st)
 	}
-	if err := pingEtcd(ctx, st.Etcd.Endpoint); err != nil {
+	if err := pingEtcd(ctx, st.Etcd.Endpoint, nil); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := Status(dir)
@@ -566,7 +566,7 @@ func TestEtcdRestart(t *testing.T) {
 	if err := c.StopEtcd(); err != nil {
 		t.Fatal(err)
 	}
-	if err := pingEtcd(ctx, c.EtcdEndpoint); err == nil {
+	if err := pingEtcd(ctx, c.EtcdEndpoint, nil); err == nil {
 		t.Fatal("etcd answers after StopEtcd")
 	}
 	if err := c.StartEtcd(); err != nil {

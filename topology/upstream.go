@@ -1,7 +1,9 @@
 package topology
 
 import (
+	"net/url"
 	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -16,7 +18,7 @@ func IntendedUpstream(cfg *config.Config, n *Node) string {
 	if n.Settings.PrimaryConninfo == nil || *n.Settings.PrimaryConninfo == "" {
 		return ""
 	}
-	pc, err := pgconn.ParseConfig(*n.Settings.PrimaryConninfo)
+	pc, err := parseAddress(*n.Settings.PrimaryConninfo)
 	if err != nil {
 		return ""
 	}
@@ -36,4 +38,27 @@ func UpstreamOf(cfg *config.Config, n *Node) string {
 		return string(n.Upstream)
 	}
 	return IntendedUpstream(cfg, n)
+}
+
+// parseAddress parses where a connection string leads without reading the
+// files it names. A replica's primary_conninfo names certificates and keys
+// on the replica's host (sslrootcert, sslcert, sslkey), which replctl's host
+// may not have, and pgconn.ParseConfig fails when it cannot read them: the
+// TLS keywords are overridden so that it never tries.
+func parseAddress(conninfo string) (*pgconn.Config, error) {
+	if strings.HasPrefix(conninfo, "postgres://") || strings.HasPrefix(conninfo, "postgresql://") {
+		if u, err := url.Parse(conninfo); err == nil {
+			q := u.Query()
+			for _, k := range append([]string{"sslpassword"}, config.TLSKeywords...) {
+				q.Del(k)
+			}
+			q.Set("sslmode", "disable")
+			u.RawQuery = q.Encode()
+			return pgconn.ParseConfig(u.String())
+		}
+		return pgconn.ParseConfig(conninfo)
+	}
+	// Later keywords win; sslmode=disable returns before the client
+	// certificate is read, the empty sslrootcert stops the CA file's read.
+	return pgconn.ParseConfig(conninfo + " sslmode=disable sslrootcert='' sslcert='' sslkey=''")
 }

@@ -676,8 +676,15 @@ func QuoteLiteral(s string) string {
 }
 
 // ReplicaConninfo is how a replica reaches a primary: the primary's host,
-// port and user from its DSN, plus the replica's application_name, without
-// password (replicas authenticate with their own .pgpass).
+// port and user from its DSN, the TLS settings written in that DSN
+// (config.TLSSettings: sslmode, sslrootcert, sslcert, sslkey, ...), plus the
+// replica's application_name. It carries no secret, neither password nor
+// sslpassword: replicas authenticate with their own .pgpass or certificate,
+// and the result ends up in primary_conninfo, in plans and in node
+// commands' environment. The TLS settings are carried so that a cluster
+// whose DSNs demand verify-full does not get replicas that stream in plain
+// text, or trust any certificate; their file paths must therefore be valid
+// on the replicas' hosts too.
 func ReplicaConninfo(primary config.Node, appName string) (string, error) {
 	pc, err := pgconn.ParseConfig(primary.DSN)
 	if err != nil {
@@ -686,6 +693,9 @@ func ReplicaConninfo(primary config.Node, appName string) (string, error) {
 	parts := []string{"host=" + kvQuote(pc.Host), fmt.Sprintf("port=%d", pc.Port)}
 	if pc.User != "" {
 		parts = append(parts, "user="+kvQuote(pc.User))
+	}
+	for _, kv := range config.TLSSettings(primary.DSN) {
+		parts = append(parts, kv[0]+"="+kvQuote(kv[1]))
 	}
 	if appName != "" {
 		parts = append(parts, "application_name="+kvQuote(appName))

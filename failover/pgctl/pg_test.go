@@ -1,7 +1,22 @@
 package pgctl
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/replctl/replctl/config"
 
 	"github.com/replctl/replctl/topology"
 )
@@ -22,4 +37,58 @@ func TestRecordEnd(t *testing.T) {
 			t.Errorf("recordEnd(%s) = %s, want %s", c.in, got, c.want)
 		}
 	}
+}
+
+// A replica reaches the primary secured as replctl does, and no secret of
+// the DSN reaches primary_conninfo.
+func TestReplicaConninfoTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "my ca.crt")
+	if err := os.WriteFile(ca, testCA(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ dsn, want string }{
+		{"host=10.0.0.1 port=5433 user=replctl password=hunter22 dbname=postgres",
+			"host=10.0.0.1 port=5433 user=replctl application_name=pg2"},
+		{"host=db1 port=5432 user=replctl sslmode=verify-full sslrootcert='" + ca + "' sslpassword=hunter22 sslcrl=/etc/crl.pem",
+			"host=db1 port=5432 user=replctl sslmode=verify-full sslrootcert='" + ca + "' sslcrl=/etc/crl.pem application_name=pg2"},
+		{"postgres://replctl:hunter22@db1:5432/postgres?sslmode=require",
+			"host=db1 port=5432 user=replctl sslmode=require application_name=pg2"},
+	} {
+		got, err := ReplicaConninfo(config.Node{Name: "pg1", DSN: tc.dsn}, "pg2")
+		if err != nil {
+			t.Fatalf("%s: %v", tc.dsn, err)
+		}
+		if got != tc.want {
+			t.Errorf("ReplicaConninfo(%q)\n got %s\nwant %s", tc.dsn, got, tc.want)
+		}
+		if strings.Contains(got, "hunter22") {
+			t.Errorf("a secret in %s", got)
+		}
+		// libpq must read it back as written.
+		if _, err := pgconn.ParseConfig(got); err != nil {
+			t.Errorf("%s: %v", got, err)
+		}
+	}
+}
+
+// testCA returns a self-signed certificate in PEM, which
+// pgconn.ParseConfig accepts as sslrootcert.
+func testCA(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

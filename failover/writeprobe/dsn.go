@@ -3,7 +3,6 @@ package writeprobe
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 
@@ -14,8 +13,9 @@ import (
 
 // DSNFromConfig builds the connection string a client of the cluster would
 // use: every configured node's host and port in configuration order, the
-// first node's user, database and (when its DSN has one) password and
-// sslmode, and target_session_attrs=read-write so that a connection lands
+// first node's user, database and (when its DSN has them) password and TLS
+// settings (config.TLSSettings, plus sslpassword), and
+// target_session_attrs=read-write so that a connection lands
 // on the node that accepts writes. Show it only through config.RedactDSN.
 func DSNFromConfig(cfg *config.Config) (string, error) {
 	if len(cfg.Nodes) == 0 {
@@ -56,74 +56,22 @@ func DSNFromConfig(cfg *config.Config) (string, error) {
 	}
 	// Only a password written in the DSN is carried over: one found in
 	// .pgpass or PGPASSWORD is found again by the driver, per host.
-	set := dsnSettings(cfg.Nodes[0].DSN)
+	set := config.DSNSettings(cfg.Nodes[0].DSN)
 	if pw, ok := set["password"]; ok && pw != "" {
 		parts = append(parts, "password="+kvQuote(pw))
 	}
-	if m := set["sslmode"]; m != "" {
-		parts = append(parts, "sslmode="+kvQuote(m))
+	// The probe is a client like the operator's own: it connects the way
+	// the first node's DSN does (a verify-full DSN must not become a probe
+	// that trusts any certificate), and its key's password stays in this
+	// process like the password above.
+	for _, kv := range config.TLSSettings(cfg.Nodes[0].DSN) {
+		parts = append(parts, kv[0]+"="+kvQuote(kv[1]))
+	}
+	if pw := set["sslpassword"]; pw != "" {
+		parts = append(parts, "sslpassword="+kvQuote(pw))
 	}
 	parts = append(parts, "target_session_attrs=read-write")
 	return strings.Join(parts, " "), nil
-}
-
-// dsnSettings returns the keywords written in a libpq connection string,
-// keyword/value or URL, without defaults or environment.
-func dsnSettings(dsn string) map[string]string {
-	out := map[string]string{}
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			return out
-		}
-		for k, v := range u.Query() {
-			if len(v) > 0 {
-				out[k] = v[0]
-			}
-		}
-		if u.User != nil {
-			if pw, ok := u.User.Password(); ok {
-				out["password"] = pw
-			}
-		}
-		return out
-	}
-	s := dsn
-	for {
-		s = strings.TrimLeft(s, " \t\n\r")
-		if s == "" {
-			return out
-		}
-		eq := strings.IndexByte(s, '=')
-		if eq < 0 {
-			return out
-		}
-		key := strings.TrimSpace(s[:eq])
-		s = strings.TrimLeft(s[eq+1:], " \t\n\r")
-		var val strings.Builder
-		if strings.HasPrefix(s, "'") {
-			s = s[1:]
-			for len(s) > 0 && s[0] != '\'' {
-				if s[0] == '\\' && len(s) > 1 {
-					s = s[1:]
-				}
-				val.WriteByte(s[0])
-				s = s[1:]
-			}
-			if len(s) > 0 {
-				s = s[1:]
-			}
-		} else {
-			for len(s) > 0 && !strings.ContainsRune(" \t\n\r", rune(s[0])) {
-				if s[0] == '\\' && len(s) > 1 {
-					s = s[1:]
-				}
-				val.WriteByte(s[0])
-				s = s[1:]
-			}
-		}
-		out[key] = val.String()
-	}
 }
 
 // kvQuote quotes a keyword/value connection string value when it needs it.
