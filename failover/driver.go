@@ -180,9 +180,31 @@ func PlanFrom(cfg *config.Config, req Request, obs Observation, probes []ProbeAt
 	if err != nil {
 		op.Error = err.Error()
 	}
+	if req.Kind == KindSwitchover || req.Kind == KindFailover {
+		if r := timelineReuse(obs, op.Candidate); r != nil {
+			op.Checks = append(op.Checks, *r)
+		}
+	}
 	if len(checks.Failed(op.Checks)) > 0 {
 		op.Plan = nil
 	}
 	op.Proceed = len(checks.Failed(op.Checks)) == 0 && err == nil && op.Plan != nil
 	return op
+}
+
+// timelineReuse refuses a candidate whose promotion would reuse a timeline
+// ID the record says a primary already had: PostgreSQL picks the next ID
+// from the history files the candidate has, and a candidate behind a lost
+// promotion lacks that promotion's. Nil when the record says nothing.
+func timelineReuse(obs Observation, candidate string) *checks.Result {
+	n := obs.Snap.Node(candidate)
+	if obs.State == nil || n == nil || n.Timeline == nil || *n.Timeline+1 > obs.State.MaxTimeline {
+		return nil
+	}
+	next := *n.Timeline + 1
+	return &checks.Result{Name: "timeline_reuse", Level: checks.Critical, Code: "timeline_reuse", Node: candidate,
+		Message: fmt.Sprintf("%s is on timeline %d and would promote onto timeline %d, but the cluster record says a primary already ran on timeline %d: two histories with one timeline ID diverge where pg_rewind cannot see it",
+			candidate, *n.Timeline, next, obs.State.MaxTimeline),
+		Hint: fmt.Sprintf("promote a node on timeline %d or later, or rebuild %s from the current primary (pg_basebackup); copying the history files %08X.history to %08X.history from a node that has them into %s's pg_wal also makes PostgreSQL choose timeline %d",
+			obs.State.MaxTimeline, candidate, next, obs.State.MaxTimeline, candidate, obs.State.MaxTimeline+1)}
 }

@@ -49,6 +49,13 @@ func RejoinPreflight(cfg *config.Config, snap *topology.Snapshot, node string) [
 	} else {
 		ok("rejoin_command", "has commands.rejoin")
 	}
+	if n := snap.Node(node); p != nil && n != nil && n.Reachable && !n.InRecovery && n.Timeline != nil && p.Timeline != nil && *n.Timeline == *p.Timeline {
+		// Two primaries on one timeline ID: a promotion reused the ID.
+		// pg_rewind compares timeline histories by ID and would find
+		// nothing to rewind, and the node could never stream.
+		fail("timeline_reused", fmt.Sprintf("%s and the primary %s both run as primary on timeline %d: their histories diverged under one timeline ID", node, p.Name, *n.Timeline),
+			fmt.Sprintf("pg_rewind cannot repair that: rebuild %s from %s with pg_basebackup", node, p.Name))
+	}
 	if n := snap.Node(node); n != nil && n.Reachable && n.Foreign {
 		fail("system_identifier", "a foreign node (different system identifier)", "pg_rewind cannot rejoin a node of another cluster: rebuild it with pg_basebackup")
 	}

@@ -878,6 +878,7 @@ func (sw *switchover) record(ctx context.Context) error {
 	_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
 		s.Primary = sw.candidate.Name
 		s.Timeline = sw.newTimeline
+		s.MaxTimeline = max(s.MaxTimeline, sw.newTimeline)
 		s.LSN = sw.newLSN
 		// The record's settings must be the primary's that is now in
 		// charge: an emergency failover proves its quorum with them, and
@@ -993,6 +994,9 @@ func SaveSyncSettings(ctx context.Context, l Recorder, primary *topology.Node) e
 	_, _, err := l.UpdateState(ctx, func(s *etcdlock.State) error {
 		if s.Primary == "" {
 			s.Primary = primary.Name
+		}
+		if primary.Timeline != nil {
+			s.MaxTimeline = max(s.MaxTimeline, *primary.Timeline)
 		}
 		s.Sync = sync
 		return nil

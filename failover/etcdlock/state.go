@@ -31,6 +31,12 @@ type State struct {
 	// Sync is the primary's synchronous replication settings as last seen
 	// by an operation holding the lock.
 	Sync SyncSettings `json:"sync"`
+	// MaxTimeline is the highest timeline any primary was seen on by an
+	// operation under the lock (promotions included): PostgreSQL picks a
+	// promoted node's new timeline ID from the history files it has, so a
+	// candidate behind a lost promotion would reuse an ID, and two
+	// histories with one ID cannot be told apart by pg_rewind.
+	MaxTimeline uint32 `json:"max_timeline,omitempty"`
 	// Fenced lists nodes an operation fenced, which must not be written to
 	// or promoted until rejoined.
 	Fenced []FencedNode `json:"fenced"`
