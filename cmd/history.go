@@ -35,6 +35,10 @@ type HistoryOptions struct {
 type historyList struct {
 	Cluster    string              `json:"cluster"`
 	Operations []etcdlock.OpRecord `json:"operations"`
+	// Interrupted are the IDs of listed operations that began and never
+	// finished and are not recovered yet; they are listed with outcome
+	// interrupted.
+	Interrupted []string `json:"interrupted"`
 }
 
 func newCmdHistory(f *Factory, runF func(context.Context, *HistoryOptions) error) *cobra.Command {
@@ -95,13 +99,28 @@ func runHistory(ctx context.Context, o *HistoryOptions) error {
 		if rec == nil {
 			return fmt.Errorf("operation %s is not in the history of %s: see 'replctl history' (only the newest %d are kept)", o.ID, cfg.Cluster, cfg.History.Keep)
 		}
+		if h, err := etcdlock.ReadLockHolder(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster); err == nil && rec.Interrupted(h) {
+			rec.Outcome = etcdlock.OutcomeInterrupted
+			rec.Error = strings.TrimPrefix(rec.Error+"; not recovered: run `replctl recover`", "; ")
+		}
 		return render(o.IO, o.Output, rec, func(w io.Writer) error { return writeOperation(w, o.IO.StdoutTTY, *rec, now) })
 	}
 	ops, err := etcdlock.ListHistory(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster, o.Limit)
 	if err != nil {
 		return err
 	}
-	res := historyList{Cluster: cfg.Cluster, Operations: ops}
+	res := historyList{Cluster: cfg.Cluster, Operations: ops, Interrupted: []string{}}
+	if h, err := etcdlock.ReadLockHolder(rctx, cli, cfg.Etcd.Prefix, cfg.Cluster); err == nil {
+		for i := range ops {
+			if ops[i].Interrupted(h) {
+				// A killed run's record says running for ever: say what
+				// it is and what to do, without rewriting the record.
+				res.Interrupted = append(res.Interrupted, ops[i].ID)
+				ops[i].Outcome = etcdlock.OutcomeInterrupted
+				ops[i].Error = strings.TrimPrefix(ops[i].Error+"; not recovered: run `replctl recover`", "; ")
+			}
+		}
+	}
 	return render(o.IO, o.Output, res, func(w io.Writer) error {
 		if len(ops) == 0 {
 			_, err := fmt.Fprintf(w, "no operations recorded for %s\n", cfg.Cluster)
