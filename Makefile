@@ -7,7 +7,7 @@ SANDBOX ?= .replctl-testenv
 # PostgreSQL server binaries: Debian/Ubuntu keep them under /usr/lib/postgresql/N/bin.
 HAVE_PG := $(shell ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -n 1)$(PG_BINDIR)
 
-.PHONY: all build deps demo demo-down test test-short bench vet fmt clean reap
+.PHONY: all build deps demo demo-down test test-short bench faults vet fmt clean reap
 
 all: build
 
@@ -63,6 +63,12 @@ test-short:
 # bench measures the speed targets (status wall time, switchover write outage).
 bench: deps
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 5x -timeout 30m ./... ; rc=$$?; $(GO) run . testenv reap; exit $$rc
+
+# faults runs the whole fault matrix (make test runs a slice of it) and
+# prints its table; see README, Development.
+faults: deps
+	@{ REPLCTL_FAULTS=full $(GO) test -count=1 -v -timeout 85m -run TestIntegrationFaultMatrix ./cmd/ ; echo $$? > .faults-rc; } | grep -v '^=== '; \
+	  rc=$$(cat .faults-rc 2>/dev/null || echo 1); rm -f .faults-rc; $(GO) run . testenv reap; exit $$rc
 
 reap:
 	$(GO) run . testenv reap
