@@ -175,7 +175,10 @@ func runFaults(t *testing.T, fc faultCase) {
 			run := replctl(ctx, wrap, append([]string{"--config", cfg, "-o", "json", "promote", "pg2", "--yes"}, fc.extra...)...)
 			t.Logf("%s", run)
 			d := run.doc(t)
-			if run.Code != ExitFailed || d.Result == nil || d.Result.Outcome != "failed" || !strings.Contains(d.Error, fc.want) {
+			if d.Result == nil {
+				t.Fatalf("want a failed switchover (exit 1) saying %q: exit %d, not run", fc.want, run.Code)
+			}
+			if run.Code != ExitFailed || d.Result.Outcome != "failed" || !strings.Contains(d.Error, fc.want) {
 				t.Errorf("want a failed switchover (exit 1) saying %q: exit %d, error %q", fc.want, run.Code, d.Error)
 			}
 			if !strings.Contains(run.Err, "Switchover failed") && !strings.Contains(run.Err, "FAILED") {
