@@ -12,9 +12,14 @@ func TestInterrupted(t *testing.T) {
 	host, _ := os.Hostname()
 	sum := &plan.Summary{Kind: "switchover", Steps: []plan.StepSummary{{ID: "lock"}, {ID: "fence", Node: "pg1", Mutates: true, Fences: true}, {ID: "promote", Mutates: true, PointOfNoReturn: true}}}
 	began := []StepRecord{{ID: "lock", Outcome: "done"}, {ID: "fence", Outcome: stepRunning}}
-	live := &LockHolder{Actor: Actor{Host: host, PID: os.Getpid()}, Token: 5}
-	dead := &LockHolder{Actor: Actor{Host: host, PID: 1 << 30}, Token: 5}
-	elsewhere := &LockHolder{Actor: Actor{Host: "db-admin-9", PID: 1 << 30}, Token: 5}
+	boot := bootID()
+	if boot == "" {
+		t.Skip("no boot ID on this system")
+	}
+	live := &LockHolder{Actor: Actor{Host: host, PID: os.Getpid(), BootID: boot}, Token: 5}
+	dead := &LockHolder{Actor: Actor{Host: host, PID: 1 << 30, BootID: boot}, Token: 5}
+	elsewhere := &LockHolder{Actor: Actor{Host: "db-admin-9", PID: 1 << 30, BootID: boot}, Token: 5}
+	namesake := &LockHolder{Actor: Actor{Host: host, PID: 1 << 30, BootID: "another-host"}, Token: 5}
 	for _, tc := range []struct {
 		name   string
 		rec    OpRecord
@@ -25,6 +30,7 @@ func TestInterrupted(t *testing.T) {
 		{"running under its own live lock", OpRecord{Plan: sum, Token: 5, Outcome: OutcomeRunning, Steps: began}, live, false},
 		{"running, its holder died on this host", OpRecord{Plan: sum, Token: 5, Outcome: OutcomeRunning, Steps: began}, dead, true},
 		{"running, its holder on another host (lease still alive)", OpRecord{Plan: sum, Token: 5, Outcome: OutcomeRunning, Steps: began}, elsewhere, false},
+		{"running, its holder on a host of the same name", OpRecord{Plan: sum, Token: 5, Outcome: OutcomeRunning, Steps: began}, namesake, false},
 		{"running, another operation holds the lock", OpRecord{Plan: sum, Token: 4, Outcome: OutcomeRunning, Steps: began}, live, true},
 		{"lock lost with the fence up", OpRecord{Plan: sum, Token: 5, Outcome: OutcomeLockLost, Steps: began}, nil, true},
 		{"lock lost, fence undone", OpRecord{Plan: sum, Token: 5, Outcome: OutcomeLockLost, Steps: append(began, StepRecord{ID: "undo-fence", Outcome: "undone"})}, nil, false},

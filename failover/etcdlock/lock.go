@@ -39,6 +39,10 @@ type Actor struct {
 	// Command is the replctl command line, without the program name and
 	// with anything that looks like a password masked.
 	Command string `json:"command"`
+	// BootID is the kernel's boot ID (Linux), which tells this host and
+	// boot apart from any other with the same name: only then can a
+	// vanished PID mean a dead holder.
+	BootID string `json:"boot_id,omitempty"`
 }
 
 // CurrentActor describes this process running command (the arguments after
@@ -54,7 +58,17 @@ func CurrentActor(command []string) Actor {
 	if h, err := os.Hostname(); err == nil && h != "" {
 		a.Host = h
 	}
+	a.BootID = bootID()
 	return a
+}
+
+// bootID is this boot's ID, "" where the kernel has none.
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // String is "alice@db-admin-1 (pid 4242)".
@@ -209,12 +223,13 @@ func (h *LockHolder) Describe(now time.Time) string {
 	return b.String()
 }
 
-// Dead reports whether the holder is a process of this host that no longer
-// exists: its lease outlives it by up to the TTL, but nothing holds the
-// lock any more. A holder on another host is never known dead.
+// Dead reports whether the holder is a process of this host, in this boot,
+// that no longer exists: its lease outlives it by up to the TTL, but
+// nothing holds the lock any more. A holder on another host (or one that
+// shares this host's name) is never known dead.
 func (h *LockHolder) Dead() bool {
 	host, err := os.Hostname()
-	if err != nil || h.Host != host || h.PID <= 0 {
+	if err != nil || h.Host != host || h.PID <= 0 || h.BootID == "" || h.BootID != bootID() {
 		return false
 	}
 	return errors.Is(syscall.Kill(h.PID, 0), syscall.ESRCH)
