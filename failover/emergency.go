@@ -538,6 +538,7 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *etcdloc
 				Description: fmt.Sprintf("%s: fence (STONITH) with commands.fence (%s); its failure aborts the failover", old, oldNode.Commands.Fence),
 				Run: func(ctx context.Context) error {
 					_, err := env.Ctl.RunCommand(ctx, old, pgctl.ActionFence, nil)
+					plan.Changed(ctx)
 					return err
 				}})
 		}
@@ -584,6 +585,7 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *etcdloc
 // writes, and promoting beside it is what the fence is there to prevent.
 func (sw *switchover) fenceDeadSQL(ctx context.Context) error {
 	err := sw.env.Ctl.FenceSQL(ctx, sw.primary.Name)
+	plan.Changed(ctx)
 	if errors.Is(err, pgctl.ErrConnect) {
 		sw.env.progress(StepFenceSQL, "%s is unreachable, as expected: %v", sw.primary.Name, err)
 		return nil

@@ -401,6 +401,7 @@ func (sw *switchover) stepMarkFenced(reason string, keep bool) plan.Step {
 				s.Fence(old, reason)
 				return nil
 			})
+			plan.Changed(ctx)
 			return err
 		},
 		Undo: func(ctx context.Context) error {
