@@ -7,7 +7,7 @@ SANDBOX ?= .replctl-testenv
 # PostgreSQL server binaries: Debian/Ubuntu keep them under /usr/lib/postgresql/N/bin.
 HAVE_PG := $(shell ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -n 1)$(PG_BINDIR)
 
-.PHONY: all build deps demo demo-down test test-short bench faults vet fmt clean reap
+.PHONY: all build deps demo demo-down test test-short bench faults soak vet fmt clean reap
 
 all: build
 
@@ -69,6 +69,12 @@ bench: deps
 faults: deps
 	@{ REPLCTL_FAULTS=full $(GO) test -count=1 -v -timeout 85m -run TestIntegrationFaultMatrix ./cmd/ ; echo $$? > .faults-rc; } | grep -v '^=== '; \
 	  rc=$$(cat .faults-rc 2>/dev/null || echo 1); rm -f .faults-rc; $(GO) run . testenv reap; exit $$rc
+
+# soak runs 100 planned switchovers back and forth and 20 emergency failovers
+# with rejoin (synchronous sandbox) under the independent checker's writer
+# (cmd/soak_integration_test.go; REPLCTL_SOAK_ROUNDS=N for a short run).
+soak: deps
+	REPLCTL_SOAK=1 $(GO) test -count=1 -timeout 80m -run TestSoak -v ./cmd/ ; rc=$$?; $(GO) run . testenv reap; exit $$rc
 
 reap:
 	$(GO) run . testenv reap
