@@ -143,6 +143,29 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 	if len(stale) == 0 {
 		rp.Steps = slices.DeleteFunc(rp.Steps, func(s plan.Step) bool { return s.ID == StepDropSlots })
 	}
+	if st := syncBack(snap, p, node); st != nil {
+		want := st.String()
+		rp.Steps = append(rp.Steps, plan.Step{ID: StepSync, Node: primary.Name, Mutates: true, Timeout: t.Stream, Budget: budget,
+			Description: fmt.Sprintf("%s: once %s streams (timeout %s), put it back among its synchronous standbys: ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf() (a name added to the list never makes a commit wait longer)",
+				primary.Name, node, t.Stream, pgctl.QuoteLiteral(want)),
+			Run: func(ctx context.Context) error {
+				err := pgctl.PollUntil(ctx, env.Clock, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+					n, err := env.Ctl.StreamingStandbys(ctx, primary.Name, []string{node})
+					return n >= 1, err
+				}, fmt.Sprintf("%s does not stream from %s: not adding it to synchronous_standby_names", node, primary.Name))
+				if err != nil {
+					return err
+				}
+				if err := env.Ctl.SetSyncStandbys(ctx, primary.Name, want); err != nil {
+					return err
+				}
+				_, _, err = env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
+					s.Sync.StandbyNames, s.Sync.SeenAt = want, time.Now()
+					return nil
+				})
+				return err
+			}})
+	}
 	return rp, results, nil
 }
 
@@ -222,4 +245,20 @@ func joinNames(n []string) string {
 		out += x
 	}
 	return out
+}
+
+// syncBack is the primary's synchronous standby list with node added back,
+// when a replctl operation fenced node (a former primary that an emergency
+// failover, or a switchover without rejoin, left out of the list) and the
+// primary names its standbys: nil otherwise. The number stays the same,
+// so adding the name can only make quorum easier to reach.
+func syncBack(snap *topology.Snapshot, primary *topology.Node, node string) *topology.SyncStandbys {
+	ss := primary.Settings.SyncStandbys
+	if ss == nil || !ss.Enabled() || containsFold(ss.Names, node) || slices.Contains(ss.Names, "*") ||
+		snap.Record == nil || !slices.Contains(snap.Record.Fenced, node) {
+		return nil
+	}
+	out := *ss
+	out.Names = append(slices.Clone(ss.Names), node)
+	return &out
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 	tt "github.com/replctl/replctl/topology/topologytest"
 )
@@ -46,5 +47,35 @@ func TestRejoinRefusesAReusedTimeline(t *testing.T) {
 		return r.Code == "timeline_reused" && strings.Contains(r.Hint, "pg_basebackup")
 	}) {
 		t.Fatalf("want timeline_reused: %+v", failed)
+	}
+}
+
+// A former primary that an emergency failover left out of the quorum list
+// is put back in it once it streams again: the cluster does not run on one
+// synchronous standby for ever.
+func TestRejoinPutsTheNodeBackInTheQuorum(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "rejoin")
+	pn := c.snap.PrimaryNode()
+	ss, err := topology.ParseSyncStandbyNames("ANY 1 (pg3)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pn.Settings.SynchronousStandbyNames, pn.Settings.SyncStandbys = tt.Ptr("ANY 1 (pg3)"), &ss
+	p, results, err := PlanRejoin(c.cfg, c.snap, "pg1", c.env)
+	if err != nil || p == nil {
+		t.Fatalf("plan: %v %+v", err, results)
+	}
+	if ids := stepIDs(p); ids[len(ids)-1] != StepSync || !strings.Contains(p.Steps[len(ids)-1].Description, "'ANY 1 (pg3, pg1)'") {
+		t.Fatalf("steps %v: %s", ids, p.Steps[len(ids)-1].Description)
+	}
+	if res := plan.Execute(t.Context(), p, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("%s: %v", res.Outcome, res.Err)
+	}
+	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 1 (pg3, pg1)" {
+		t.Errorf("pg2's synchronous_standby_names %q", got)
+	}
+	if c.rec.st.Sync.StandbyNames != "ANY 1 (pg3, pg1)" {
+		t.Errorf("recorded %q", c.rec.st.Sync.StandbyNames)
 	}
 }
