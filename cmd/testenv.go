@@ -58,8 +58,10 @@ certificates from a throwaway CA in DIR/tls.`,
 	uf.IntVar(&o.Options.BasePort, "base-port", 0, "use ports from `PORT` up instead of free ports")
 	uf.StringVar(&o.Options.Cluster, "cluster", "demo", "cluster name written to replctl.yaml")
 	uf.BoolVar(&o.Options.NoEtcd, "no-etcd", false, "do not start etcd")
+	uf.IntVar(&o.Options.EtcdMembers, "etcd-members", 1, "number of etcd members, each a detached process with its own ports and DIR/etcd-N (3: a cluster whose leader can be killed)")
 	uf.BoolVar(&o.Options.NoCommands, "no-commands", false, "write no node commands to replctl.yaml (SQL-only mode)")
 	uf.BoolVar(&o.Options.Zones, "zones", false, "give the nodes zones z1/z2 in replctl.yaml")
+	uf.StringVar(&o.Options.PGBinDir, "pg-bindir", "", "PostgreSQL server binaries `DIR` (default $PG_BINDIR, else the OS packages'); server binaries alone will do, e.g. from make deps PG=17")
 	uf.BoolVar(&o.Options.TLS, "tls", false, "TLS everywhere: a throwaway CA, server and client certificates, PostgreSQL with hostssl/cert only, etcd with client-certificate auth, sslmode=verify-full DSNs")
 
 	down := &cobra.Command{
@@ -111,7 +113,7 @@ certificates from a throwaway CA in DIR/tls.`,
 			return err
 		},
 	}
-	c.AddCommand(up, down, status, reap, serve, report)
+	c.AddCommand(up, down, status, reap, serve, report, newCmdTestenvFetchPG(f), newCmdTestenvClone(), newCmdTestenvMatrix(f))
 	return c
 }
 
@@ -121,6 +123,9 @@ func runTestenvUp(ctx context.Context, o *TestenvOptions) error {
 	}
 	if o.Options.Replicas == 0 {
 		o.Options.Replicas = -1 // testenv reads 0 as "default"
+	}
+	if o.Options.EtcdMembers < 1 {
+		return usageError("--etcd-members must be 1 or more")
 	}
 	dir, err := filepath.Abs(o.Dir)
 	if err != nil {
@@ -211,15 +216,32 @@ func renderTestenv(o *TestenvOptions, st *testenv.State, rep *testenv.StatusRepo
 			}
 			rows = append(rows, []string{n.Name, string(n.Role), "127.0.0.1:" + strconv.Itoa(n.Port), state, pid, n.DataDir})
 		}
-		if st.Etcd != nil {
+		etcdRow := func(name, endpoint, dataDir string, p *testenv.ProcessStatus) {
 			state, pid := "started", ""
-			if rep != nil && rep.Etcd != nil {
+			if p != nil {
 				state = "stopped"
-				if rep.Etcd.Running {
-					state, pid = "running", strconv.Itoa(rep.Etcd.PID)
+				if p.Running {
+					state, pid = "running", strconv.Itoa(p.PID)
 				}
 			}
-			rows = append(rows, []string{"etcd", "etcd", st.Etcd.Endpoint, state, pid, ""})
+			rows = append(rows, []string{name, "etcd", endpoint, state, pid, dataDir})
+		}
+		switch {
+		case st.Etcd != nil && len(st.Etcd.Members) > 0:
+			// One row per member: a fault test may have killed any of them.
+			for i, m := range st.Etcd.Members {
+				var p *testenv.ProcessStatus
+				if rep != nil && i < len(rep.EtcdMembers) {
+					p = &rep.EtcdMembers[i]
+				}
+				etcdRow(m.Name, m.Endpoint, m.DataDir, p)
+			}
+		case st.Etcd != nil:
+			var p *testenv.ProcessStatus
+			if rep != nil {
+				p = rep.Etcd
+			}
+			etcdRow("etcd", st.Etcd.Endpoint, "", p)
 		}
 		if err := writeTable(w, o.IO.StdoutTTY, []string{"NAME", "ROLE", "ADDRESS", "STATE", "PID", "DATA"}, rows); err != nil {
 			return err

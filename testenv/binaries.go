@@ -40,8 +40,17 @@ type osUser struct {
 }
 
 // findInstall locates the server binaries and, when root, the OS user.
-func findInstall(ctx context.Context) (*install, error) {
-	dir, err := findBinDir(ctx)
+func findInstall(ctx context.Context) (*install, error) { return findInstallIn(ctx, "") }
+
+// findInstallIn is findInstall with the binaries in binDir (Options.PGBinDir),
+// or found as findInstall does when binDir is empty.
+func findInstallIn(ctx context.Context, binDir string) (*install, error) {
+	dir, err := binDir, error(nil)
+	if dir == "" {
+		dir, err = findBinDir(ctx)
+	} else if !isFile(filepath.Join(dir, "initdb")) {
+		err = fmt.Errorf("testenv: %s has no initdb: %w", dir, ErrNoBinaries)
+	}
 	if err != nil {
 		return nil, err
 	}

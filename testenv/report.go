@@ -41,6 +41,13 @@ type testTime struct {
 // tests and packages, so that a caller can tell a broken stream from a
 // green one; the exit code of go test itself stays the caller's.
 func Report(r io.Reader, w io.Writer) (failed int, err error) {
+	failed, _, err = report(r, w)
+	return failed, err
+}
+
+// report is Report, also returning each package's result in the order
+// the packages finished (for the version matrix's table).
+func report(r io.Reader, w io.Writer) (failed int, results []*pkgResult, err error) {
 	pkgs := map[string]*pkgResult{}
 	var order []string
 	out := map[string][]string{} // package/test -> output lines
@@ -114,8 +121,11 @@ func Report(r io.Reader, w io.Writer) (failed int, err error) {
 			delete(out, key)
 		}
 	}
+	for _, name := range order {
+		results = append(results, pkgs[name])
+	}
 	if err := sc.Err(); err != nil {
-		return failed, err
+		return failed, results, err
 	}
 	slices.SortFunc(tests, func(a, b testTime) int {
 		switch {
@@ -133,7 +143,7 @@ func Report(r io.Reader, w io.Writer) (failed int, err error) {
 		}
 	}
 	fmt.Fprintf(w, "%d passed, %d failed, %d skipped\n", passed, failed, skipped)
-	return failed, nil
+	return failed, results, nil
 }
 
 func writePackage(w io.Writer, p *pkgResult, extra []string) {

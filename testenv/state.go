@@ -70,7 +70,8 @@ type NodeState struct {
 }
 
 // EtcdState describes the cluster's etcd. An in-process etcd (Up, Start)
-// lives and dies with Process; a detached one (UpDetached) is Process.
+// lives and dies with Process; a detached one (UpDetached) is Process. Its
+// fields describe the first member, the only one by default.
 type EtcdState struct {
 	Endpoint   string  `json:"endpoint"`
 	ClientPort int     `json:"client_port"`
@@ -78,13 +79,62 @@ type EtcdState struct {
 	DataDir    string  `json:"data_dir"`
 	InProcess  bool    `json:"in_process"`
 	Process    Process `json:"process"`
+	// Members lists every member, the first included, of an etcd of more
+	// than one (Options.EtcdMembers); it is empty for a single member, so
+	// that its state reads as it always did.
+	Members []EtcdMemberState `json:"members,omitempty"`
+}
+
+// EtcdMemberState describes one member of a multi-member etcd. A detached
+// member is Process (zero once stopped or killed by testenv); an
+// in-process one lives with the process that built the cluster.
+type EtcdMemberState struct {
+	Name       string  `json:"name"`
+	Endpoint   string  `json:"endpoint"`
+	ClientPort int     `json:"client_port"`
+	PeerPort   int     `json:"peer_port"`
+	DataDir    string  `json:"data_dir"`
+	Log        string  `json:"log,omitempty"`
+	Process    Process `json:"process"`
+}
+
+// processes lists the process of every member: one for a single member.
+func (e *EtcdState) processes() []Process {
+	if e == nil {
+		return nil
+	}
+	if len(e.Members) == 0 {
+		return []Process{e.Process}
+	}
+	ps := make([]Process, len(e.Members))
+	for i, m := range e.Members {
+		ps[i] = m.Process
+	}
+	return ps
+}
+
+// detachedAlive reports whether a process of a detached etcd still runs.
+func (e *EtcdState) detachedAlive() bool {
+	if e == nil || e.InProcess {
+		return false
+	}
+	for _, p := range e.processes() {
+		if p.Alive() {
+			return true
+		}
+	}
+	return false
 }
 
 // StatusReport is what Status finds running.
 type StatusReport struct {
 	State *State          `json:"state"`
 	Nodes []ProcessStatus `json:"nodes"`
-	Etcd  *ProcessStatus  `json:"etcd,omitempty"`
+	// Etcd is the first etcd member, the only one by default.
+	Etcd *ProcessStatus `json:"etcd,omitempty"`
+	// EtcdMembers is every member of a multi-member etcd, in order; empty
+	// for a single member.
+	EtcdMembers []ProcessStatus `json:"etcd_members,omitempty"`
 }
 
 // ProcessStatus tells whether one process of the cluster runs. For a node,
@@ -100,6 +150,11 @@ type ProcessStatus struct {
 func (r *StatusReport) Running() bool {
 	for _, n := range r.Nodes {
 		if n.Running {
+			return true
+		}
+	}
+	for _, m := range r.EtcdMembers {
+		if m.Running {
 			return true
 		}
 	}
@@ -156,14 +211,17 @@ func Status(dir string) (*StatusReport, error) {
 	if st.Etcd != nil {
 		p := st.Etcd.Process
 		r.Etcd = &ProcessStatus{Name: "etcd", PID: p.PID, Running: p.Alive()}
+		for _, m := range st.Etcd.Members {
+			r.EtcdMembers = append(r.EtcdMembers, ProcessStatus{Name: m.Name, PID: m.Process.PID, Running: m.Process.Alive()})
+		}
 	}
 	return r, nil
 }
 
 // Down stops every process of the cluster in dir and, unless keep, removes
 // dir. Servers stop with pg_ctl stop -m fast, then SIGKILL for the PID in
-// postmaster.pid if still alive; a detached etcd gets SIGTERM, then SIGKILL
-// after 10 s. It returns an error wrapping ErrNotUp when dir holds no
+// postmaster.pid if still alive; every member of a detached etcd gets
+// SIGTERM, then SIGKILL after 10 s. It returns an error wrapping ErrNotUp when dir holds no
 // cluster, or when keep is set and nothing ran: nothing was done.
 func Down(dir string, keep bool) error {
 	st, err := ReadState(dir)
@@ -200,13 +258,24 @@ func Down(dir string, keep bool) error {
 			}
 		}()
 	}
-	wg.Wait()
-	if e := st.Etcd; e != nil && !e.InProcess && e.Process.Alive() {
-		stopped++
-		if !stopPID(e.Process.PID, e.Process.Start, 10*time.Second) {
-			errs = append(errs, fmt.Errorf("stop etcd (pid %d): still running", e.Process.PID))
+	if e := st.Etcd; e != nil && !e.InProcess {
+		// Together: members stopped one by one would each wait for the
+		// quorum the others already took away.
+		for _, p := range e.processes() {
+			if !p.Alive() {
+				continue
+			}
+			stopped++
+			wg.Go(func() {
+				if !stopPID(p.PID, p.Start, 10*time.Second) {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("stop etcd (pid %d): still running", p.PID))
+					mu.Unlock()
+				}
+			})
 		}
 	}
+	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("testenv down %s: %w", dir, err)
 	}
@@ -250,11 +319,12 @@ func dataDirs(dir string, st *State) []string {
 // ran (go test kills a binary at its timeout): for every
 // os.TempDir()/replctl-testenv-* whose owning process is gone, it stops the
 // postmasters named by postmaster.pid in its data directories and the
-// detached etcd recorded in testenv.json, by those PIDs only, then removes
-// the directory. A directory whose owner still runs is left alone, so it is
-// safe while other tests run. Clusters made by UpDetached are owned by their
-// etcd process, so a CLI should not keep them under os.TempDir() with this
-// prefix.
+// detached etcd members recorded in testenv.json, by those PIDs only, then
+// removes the directory. A directory whose owner still runs is left alone,
+// so it is safe while other tests run. Clusters made by UpDetached are
+// owned by their etcd processes (while any member runs: a fault test may
+// have killed the first), so a CLI should not keep them under os.TempDir()
+// with this prefix.
 func ReapStale() error {
 	dirs, err := filepath.Glob(filepath.Join(os.TempDir(), TempPrefix+"*"))
 	if err != nil {
@@ -273,7 +343,10 @@ func ReapStale() error {
 		case err != nil:
 			errs = append(errs, err)
 			continue
-		case st.Owner.Alive():
+		case st.Owner.Alive() || st.Etcd.detachedAlive():
+			continue
+		case st.Owner == nil && !st.Etcd.hasProcess() && recent(dir):
+			// A detached cluster being set up: no etcd child started yet.
 			continue
 		}
 		for _, data := range dataDirs(dir, st) {
@@ -282,8 +355,10 @@ func ReapStale() error {
 			}
 		}
 		if st != nil && st.Etcd != nil && !st.Etcd.InProcess {
-			if p := st.Etcd.Process; !stopPID(p.PID, p.Start, 10*time.Second) {
-				errs = append(errs, fmt.Errorf("reap %s: etcd (pid %d) still running", dir, p.PID))
+			for _, p := range st.Etcd.processes() {
+				if !stopPID(p.PID, p.Start, 10*time.Second) {
+					errs = append(errs, fmt.Errorf("reap %s: etcd (pid %d) still running", dir, p.PID))
+				}
 			}
 		}
 		if err := os.RemoveAll(dir); err != nil {
@@ -291,4 +366,23 @@ func ReapStale() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hasProcess reports whether the state records an etcd process at all.
+func (e *EtcdState) hasProcess() bool {
+	if e == nil {
+		return false
+	}
+	for _, p := range e.processes() {
+		if p.PID != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// recent reports whether dir was modified in the last 10 minutes.
+func recent(dir string) bool {
+	fi, err := os.Stat(dir)
+	return err == nil && time.Since(fi.ModTime()) < 10*time.Minute
 }

@@ -680,7 +680,7 @@ func TestRenderConfig(t *testing.T) {
 		{Name: "pg1", Port: 5432, DSN: dsn(5432), DataDir: "/t d/pg1/data", LogPath: "/t d/pg1/server.log"},
 		{Name: "pg2", Port: 5433, DSN: dsn(5433), DataDir: "/t d/pg2/data", LogPath: "/t d/pg2/server.log"},
 	}
-	got := string(renderConfig(configInput{cluster: "yes", dir: "/t d", etcd: "127.0.0.1:2379", nodes: nodes, zones: true, commands: true, in: in}))
+	got := string(renderConfig(configInput{cluster: "yes", dir: "/t d", etcd: []string{"127.0.0.1:2379"}, nodes: nodes, zones: true, commands: true, in: in}))
 	for _, want := range []string{
 		`cluster: "yes"`,
 		`endpoints: ["127.0.0.1:2379"]`,

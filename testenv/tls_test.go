@@ -217,7 +217,7 @@ func TestRenderConfigTLS(t *testing.T) {
 	tf := &TLSFiles{CAFile: "/d/tls/ca.crt", ClientCert: "/d/tls/client.crt", ClientKey: "/d/tls/client.key"}
 	c := &Cluster{TLS: tf}
 	nodes := []*Node{{Name: "pg1", Port: 5432, DSN: c.nodeDSN(5432), DataDir: "/d/pg1/data", LogPath: "/d/pg1/server.log"}}
-	got := string(renderConfig(configInput{cluster: "demo", dir: "/d", etcd: "127.0.0.1:2379", nodes: nodes, in: &install{binDir: "/b"}, tls: tf}))
+	got := string(renderConfig(configInput{cluster: "demo", dir: "/d", etcd: []string{"127.0.0.1:2379"}, nodes: nodes, in: &install{binDir: "/b"}, tls: tf}))
 	for _, want := range []string{
 		`dsn: "host=127.0.0.1 port=5432 user=postgres dbname=postgres sslmode=verify-full sslrootcert=/d/tls/ca.crt sslcert=/d/tls/client.crt sslkey=/d/tls/client.key"`,
 		"  prefix: /replctl\n  tls:\n    ca_file: \"/d/tls/ca.crt\"\n    cert_file: \"/d/tls/client.crt\"\n    key_file: \"/d/tls/client.key\"\n",

@@ -163,7 +163,7 @@ SELECT json_build_object(
   'slots', (SELECT json_agg(json_build_object(
       'slot_name', slot_name, 'slot_type', slot_type, 'temporary', temporary, 'active', active,
       'active_pid', active_pid, 'restart_lsn', restart_lsn, 'wal_status', wal_status,
-      'safe_wal_size', safe_wal_size) ORDER BY slot_name)
+      'safe_wal_size', safe_wal_size` + slotColumns(versionNum) + `) ORDER BY slot_name)
     FROM pg_get_replication_slots()),
   'settings', json_build_object(
     'synchronous_standby_names', current_setting('synchronous_standby_names'),
@@ -178,6 +178,29 @@ SELECT json_build_object(
     'default_transaction_read_only', current_setting('default_transaction_read_only'))
 )::text
 FROM s, w`
+}
+
+// slotColumns are the pg_replication_slots columns newer than 13 that the
+// probe reads, for the versions that have them; on older ones they stay
+// null ("not available on this version"). wal_status and safe_wal_size
+// came with 13, the oldest supported version.
+func slotColumns(versionNum int) string {
+	var b strings.Builder
+	for _, c := range []struct {
+		since int
+		name  string
+	}{
+		{140000, "two_phase"},
+		{160000, "conflicting"},
+		{170000, "invalidation_reason"},
+		{170000, "failover"},
+		{170000, "synced"},
+	} {
+		if versionNum >= c.since {
+			fmt.Fprintf(&b, ", '%s', %s", c.name, c.name)
+		}
+	}
+	return b.String()
 }
 
 // probeDoc is the JSON document probeQuery returns.

@@ -188,6 +188,15 @@ type Slot struct {
 	// RetainedBytes is WAL kept for the slot: the node's position minus
 	// restart_lsn. This is the disk-space risk of a lagging or dead slot.
 	RetainedBytes *uint64 `json:"retained_bytes"`
+	// Columns newer than PostgreSQL 13, nil where the server's version
+	// has not got them: two_phase (14), conflicting (16: a logical slot
+	// invalidated by a recovery conflict), invalidation_reason, failover
+	// and synced (17: logical failover slots and their copies on standbys).
+	TwoPhase           *bool   `json:"two_phase"`
+	Conflicting        *bool   `json:"conflicting"`
+	InvalidationReason *string `json:"invalidation_reason"`
+	Failover           *bool   `json:"failover"`
+	Synced             *bool   `json:"synced"`
 }
 
 // Settings are the configuration parameters promotion and the checks need.
