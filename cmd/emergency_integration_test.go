@@ -364,21 +364,24 @@ func emCrash(t testing.TB, c *testenv.Cluster, name string) {
 }
 
 // emHang stops every process of a node with SIGSTOP, the postmaster first so
-// that it forks no child meanwhile, and resumes them with SIGCONT when the
-// test ends. Call it after testenv.Start: cleanups run last-in first-out,
-// so the servers run again before the cluster's cleanup stops them.
-func emHang(t testing.TB, c *testenv.Cluster, name string) {
+// that it forks no child meanwhile, and returns what resumes them with
+// SIGCONT; the test's end resumes them too. Call it after testenv.Start:
+// cleanups run last-in first-out, so the servers run again before the
+// cluster's cleanup stops them.
+func emHang(t testing.TB, c *testenv.Cluster, name string) (resume func()) {
 	t.Helper()
 	pm := emPostmaster(t, c.Node(name))
 	var mu sync.Mutex
 	stopped := []int{}
-	t.Cleanup(func() {
+	resume = func() {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, p := range stopped {
 			_ = syscall.Kill(p, syscall.SIGCONT)
 		}
-	})
+		stopped = nil
+	}
+	t.Cleanup(resume)
 	stop := func(p int) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -396,6 +399,7 @@ func emHang(t testing.TB, c *testenv.Cluster, name string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return resume
 }
 
 // emReceiveLSN is a replica's pg_last_wal_receive_lsn().

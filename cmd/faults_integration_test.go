@@ -357,7 +357,7 @@ func injectFault(t *testing.T, c *testenv.Cluster, fc matrixCase) func() {
 			}
 		}
 	case faultHang:
-		return faultHangNode(t, c, fc.node)
+		return emHang(t, c, fc.node)
 	case faultRevoke:
 		revokeLock(ctx, t, etcdClient(t, c), c.Name)
 	case faultLeader:
@@ -384,38 +384,6 @@ func injectFault(t *testing.T, c *testenv.Cluster, fc matrixCase) func() {
 		}
 	}
 	return nil
-}
-
-// faultHangNode stops every process of a node with SIGSTOP and returns the
-// SIGCONT; the cleanup resumes them too, should the test fail first.
-func faultHangNode(t *testing.T, c *testenv.Cluster, name string) func() {
-	pm := emPostmaster(t, c.Node(name))
-	var mu sync.Mutex
-	var stopped []int
-	resume := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, p := range stopped {
-			_ = syscall.Kill(p, syscall.SIGCONT)
-		}
-		stopped = nil
-	}
-	t.Cleanup(resume)
-	stop := func(p int) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !slices.Contains(stopped, p) && syscall.Kill(p, syscall.SIGSTOP) == nil {
-			stopped = append(stopped, p)
-		}
-	}
-	stop(pm)
-	for range 3 {
-		for _, ch := range emChildren(pm) {
-			stop(ch)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return resume
 }
 
 // faultRecover runs `replctl recover` when status reports an interrupted

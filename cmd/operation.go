@@ -78,6 +78,27 @@ func interruptedOf(obs observation) []etcdlock.OpRecord {
 	return obs.Record.Interrupted
 }
 
+// writePlanned prints what a dry-run or a refusal of promote, rejoin or
+// recover shows: the checks under heading, the plan under its title, and a
+// dry-run's verdict.
+func writePlanned(w io.Writer, tty bool, heading string, results []checks.Result, p *plan.Plan, title string, dryRun, proceed bool) error {
+	fmt.Fprintln(w, heading+":")
+	if err := writeChecks(w, tty, results); err != nil {
+		return err
+	}
+	if p != nil {
+		fmt.Fprintf(w, "\nPlan (%s):\n", title)
+		writePlan(w, p)
+	}
+	switch {
+	case dryRun && proceed:
+		fmt.Fprintln(w, "\nDry-run: a real run would proceed. Nothing was changed.")
+	case dryRun:
+		fmt.Fprintln(w, "\nDry-run: a real run would be refused (see the failed checks). Nothing was changed.")
+	}
+	return nil
+}
+
 // operation runs a plan under the cluster lock and prints its progress on
 // stderr; the engine itself is failover.RunOperation.
 type operation struct {

@@ -313,22 +313,11 @@ func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
 		}
 	}
 	if rep.Result == nil {
-		fmt.Fprintln(w, "Preflight:")
-		if err := writeChecks(w, tty, rep.Checks); err != nil {
-			return err
-		}
+		title := ""
 		if rep.Plan != nil {
-			fmt.Fprintf(w, "\nPlan (%s %s -> %s, %s fence):\n", rep.Kind, rep.Primary, rep.Candidate, rep.Plan.Fence)
-			writePlan(w, rep.Plan)
+			title = fmt.Sprintf("%s %s -> %s, %s fence", rep.Kind, rep.Primary, rep.Candidate, rep.Plan.Fence)
 		}
-		if rep.DryRun {
-			if rep.Proceed {
-				fmt.Fprintln(w, "\nDry-run: a real run would proceed. Nothing was changed.")
-			} else {
-				fmt.Fprintln(w, "\nDry-run: a real run would be refused (see the failed checks). Nothing was changed.")
-			}
-		}
-		return nil
+		return writePlanned(w, tty, "Preflight", rep.Checks, rep.Plan, title, rep.DryRun, rep.Proceed)
 	}
 	if err := writeStepResults(w, tty, rep.Result); err != nil {
 		return err

@@ -225,22 +225,7 @@ func writeRecoverText(w io.Writer, tty bool, rep *recoverReport) error {
 		return nil
 	}
 	if rep.Result == nil {
-		fmt.Fprintln(w, "Checks:")
-		if err := writeChecks(w, tty, rep.Checks); err != nil {
-			return err
-		}
-		if rep.Plan != nil {
-			fmt.Fprintln(w, "\nPlan (recover):")
-			writePlan(w, rep.Plan)
-		}
-		if rep.DryRun {
-			if rep.Proceed {
-				fmt.Fprintln(w, "\nDry-run: a real run would proceed. Nothing was changed.")
-			} else {
-				fmt.Fprintln(w, "\nDry-run: a real run would be refused (see the failed checks). Nothing was changed.")
-			}
-		}
-		return nil
+		return writePlanned(w, tty, "Checks", rep.Checks, rep.Plan, "recover", rep.DryRun, rep.Proceed)
 	}
 	if err := writeStepResults(w, tty, rep.Result); err != nil {
 		return err

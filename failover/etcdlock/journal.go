@@ -59,20 +59,8 @@ func (r *OpRecord) Interrupted(holder *LockHolder) bool {
 // changedAndNotUndone reports whether a mutating step of the journaled plan
 // began and was not undone.
 func (r *OpRecord) changedAndNotUndone() bool {
-	mut := map[string]bool{}
-	for _, s := range r.Plan.Steps {
-		if s.Mutates {
-			mut[r.PlanPrefix+s.ID] = true
-		}
-	}
-	undone := map[string]bool{}
-	for _, s := range r.Steps {
-		if s.Outcome == string(plan.StepUndone) {
-			undone[s.ID] = true
-		}
-	}
-	for _, s := range r.Steps {
-		if mut[s.ID] && !undone[r.PlanPrefix+"undo-"+s.ID[len(r.PlanPrefix):]] {
+	for _, js := range r.Journal() {
+		if js.Began && js.Mutates && js.Undo != string(plan.StepUndone) {
 			return true
 		}
 	}
