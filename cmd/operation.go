@@ -44,8 +44,18 @@ func readRecordWith(ctx context.Context, cli *clientv3.Client, cfg *config.Confi
 	if h != nil {
 		info.Lock = &lockInfo{Held: true, Holder: h.Describe(time.Now()), Token: h.Token}
 	}
-	st, _, err := etcdlock.ReadState(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
+	st, rev, err := etcdlock.ReadState(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster)
 	if err != nil {
+		return nil, err
+	}
+	info.StateRev = rev
+	if info.Maintenance, err = etcdlock.ReadMaintenance(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster); err != nil {
+		return nil, err
+	}
+	if info.Seen, err = etcdlock.ReadSeen(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster); err != nil {
+		return nil, err
+	}
+	if info.Watchers, err = etcdlock.ListWatchers(ctx, cli, cfg.Etcd.Prefix, cfg.Cluster); err != nil {
 		return nil, err
 	}
 	if st != nil {
@@ -53,8 +63,10 @@ func readRecordWith(ctx context.Context, cli *clientv3.Client, cfg *config.Confi
 		for _, fn := range st.Fenced {
 			info.Fenced = append(info.Fenced, fn.Node)
 		}
-		info.State = st
 	}
+	// The leader watcher's look is newer than any operation's: the quorum
+	// proof of an emergency failover is made from it.
+	info.State = etcdlock.WithSeen(st, info.Seen)
 	return info, nil
 }
 

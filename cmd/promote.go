@@ -42,6 +42,27 @@ type PromoteOptions struct {
 	NoFence       bool
 	// Command is the command line, recorded in the lock and the history.
 	Command []string
+	// auto is set when replctl watch runs the failover.
+	auto *unattended
+}
+
+// unattended is what replctl watch adds to an operation it runs through the
+// command's own code: the history kind, the lock tied to its leadership,
+// the probes that confirmed the primary dead, and the report, kept for the
+// watcher's log.
+type unattended struct {
+	kind   string
+	locker failover.Locker
+	probes []failover.ProbeAttempt
+	report any
+}
+
+// spec completes an operation's spec with what the watcher adds.
+func (u *unattended) spec(s failover.OperationSpec) failover.OperationSpec {
+	if u != nil {
+		s.Kind, s.Locker = u.kind, u.locker // kind "" is the plan's
+	}
+	return s
 }
 
 func newCmdPromote(f *Factory, runF func(context.Context, *PromoteOptions) error) *cobra.Command {
@@ -192,6 +213,10 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 		defer cli.Close()
 	}
 	drv, last := newDriver(cfg, o.Timeout, recordFn, o.IO)
+	if o.auto != nil && o.Emergency {
+		// The watcher confirmed the primary dead over the window already.
+		drv.Confirm = func(context.Context, failover.Observation) []failover.ProbeAttempt { return o.auto.probes }
+	}
 	req := failover.Request{Kind: failover.KindSwitchover, Switchover: failover.SwitchoverOptions{
 		Candidate: o.Node, MaxLag: uint64(o.MaxLag), CatchupTimeout: o.CatchupTimeout, CallTimeout: o.Timeout, NoRejoin: o.NoRejoin, RequireStop: o.RequireStop,
 	}}
@@ -207,6 +232,9 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 		return err
 	}
 	rep := &promoteReport{DryRun: o.DryRun, Cluster: cfg.Cluster, OperationPlan: *prep.Op}
+	if o.auto != nil {
+		o.auto.report = rep
+	}
 	rep.Checks = append(slices.Clone(rep.Checks), lockCheck)
 	failed := checks.Failed(rep.Checks)
 	var perr error
@@ -259,7 +287,7 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	} else {
 		params["fence"] = op.Plan.Fence
 	}
-	run := &operation{f: o.Factory, spec: failover.OperationSpec{Cfg: cfg, Cli: cli, Command: o.Command, LockWait: o.LockWait, Params: params}}
+	run := &operation{f: o.Factory, spec: o.auto.spec(failover.OperationSpec{Cfg: cfg, Cli: cli, Command: o.Command, LockWait: o.LockWait, Params: params})}
 	res := run.run(ctx, op.Plan, env, func(spec failover.OperationSpec) *plan.Result { return drv.Run(ctx, prep, op, env, spec) })
 	rep.Result, rep.Commands = res, run.commands
 	if res.Err != nil {

@@ -32,6 +32,7 @@ type RecoverOptions struct {
 	Resolved bool
 	LockWait time.Duration
 	Command  []string
+	auto     *unattended
 }
 
 func newCmdRecover(f *Factory, runF func(context.Context, *RecoverOptions) error) *cobra.Command {
@@ -116,6 +117,9 @@ func runRecover(ctx context.Context, o *RecoverOptions) error {
 	req := failover.Request{Kind: failover.KindRecover, Recover: failover.RecoverOptions{Resolved: o.Resolved}}
 	prep := drv.Prepare(ctx, req, nil)
 	rep := &recoverReport{DryRun: o.DryRun}
+	if o.auto != nil {
+		o.auto.report = rep
+	}
 	show := func() error {
 		return render(o.IO, o.Output, rep, func(w io.Writer) error { return writeRecoverText(w, o.IO.StdoutTTY, rep) })
 	}
@@ -190,10 +194,10 @@ func runRecover(ctx context.Context, o *RecoverOptions) error {
 	if run.Plan == nil || run.Error != "" {
 		return &ExitError{Code: ExitUnsafe, Err: fmt.Errorf("the plan could not be built again: %s", run.Error)}
 	}
-	op := &operation{f: o.Factory, spec: failover.OperationSpec{
+	op := &operation{f: o.Factory, spec: o.auto.spec(failover.OperationSpec{
 		Cfg: cfg, Cli: cli, Command: o.Command, LockWait: o.LockWait,
 		Params: map[string]string{"interrupted": fmt.Sprint(rep.Interrupted)},
-	}}
+	})}
 	res := op.run(ctx, run.Plan, env, func(spec failover.OperationSpec) *plan.Result { return drv.Run(ctx, prep, run, env, spec) })
 	rep.Result, rep.Commands = res, op.commands
 	if res.Err != nil {

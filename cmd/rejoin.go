@@ -31,6 +31,7 @@ type RejoinOptions struct {
 	Yes      bool
 	LockWait time.Duration
 	Command  []string
+	auto     *unattended
 }
 
 func newCmdRejoin(f *Factory, runF func(context.Context, *RejoinOptions) error) *cobra.Command {
@@ -104,6 +105,9 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	drv, last := newDriver(cfg, o.Timeout, recordFn, o.IO)
 	prep := drv.Prepare(ctx, failover.Request{Kind: failover.KindRejoin, Node: o.Node}, nil)
 	rep := &rejoinReport{DryRun: o.DryRun, Node: o.Node, Primary: prep.Op.Primary}
+	if o.auto != nil {
+		o.auto.report = rep
+	}
 	var perr error
 	if prep.Op.Error != "" {
 		perr = errors.New(prep.Op.Error)
@@ -144,10 +148,10 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	if run.Plan == nil || run.Error != "" {
 		return &ExitError{Code: ExitUnsafe, Err: fmt.Errorf("the plan could not be built again: %s", run.Error)}
 	}
-	op := &operation{f: o.Factory, spec: failover.OperationSpec{
+	op := &operation{f: o.Factory, spec: o.auto.spec(failover.OperationSpec{
 		Cfg: cfg, Cli: cli, Command: o.Command, LockWait: o.LockWait,
 		Params: map[string]string{"node": o.Node, "primary": rep.Primary},
-	}}
+	})}
 	res := op.run(ctx, run.Plan, env, func(spec failover.OperationSpec) *plan.Result { return drv.Run(ctx, prep, run, env, spec) })
 	rep.Result, rep.Commands = res, op.commands
 	if res.Err != nil {

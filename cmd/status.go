@@ -46,6 +46,14 @@ type recordInfo struct {
 	// Interrupted are operations that began and never finished, oldest
 	// first (etcdlock.FindInterrupted).
 	Interrupted []etcdlock.OpRecord
+	// StateRev is the cluster record's mod revision (0: none).
+	StateRev int64
+	// Maintenance is the pause record (replctl pause), nil when none.
+	Maintenance *etcdlock.Maintenance
+	// Seen is the leader watcher's last look at the primary, nil when none.
+	Seen *etcdlock.Seen
+	// Watchers campaign for automatic failover, the leader first.
+	Watchers []etcdlock.WatcherInfo
 }
 
 // lockInfo describes who holds the fencing lock.
@@ -168,6 +176,11 @@ type statusReport struct {
 	Etcd     string          `json:"etcd"`
 	Summary  string          `json:"summary"`
 	Warnings []checks.Result `json:"warnings"`
+	// Watchers are the replctl watch processes campaigning for this
+	// cluster, the leader first; empty when none runs (or etcd is unread).
+	Watchers []etcdlock.WatcherInfo `json:"watchers"`
+	// Maintenance is the pause record (replctl pause), null when none.
+	Maintenance *etcdlock.Maintenance `json:"maintenance"`
 }
 
 // statusNode adds the stable summary fields to a node's full probe.
@@ -195,6 +208,8 @@ func buildStatusReport(cfg *config.Config, obs observation) (*statusReport, erro
 				r.Lock = &lockInfo{}
 			}
 			r.RecordedPrimary = topology.NodeName(obs.Record.RecordedPrimary)
+			r.Watchers = obs.Record.Watchers
+			r.Maintenance = obs.Record.Maintenance
 		}
 	}
 	results, err := checks.Run(obs.Snap, cfg)
@@ -203,8 +218,27 @@ func buildStatusReport(cfg *config.Config, obs observation) (*statusReport, erro
 	}
 	r.Warnings = append(r.Warnings, checks.Problems(results)...)
 	r.Warnings = append(r.Warnings, interruptedChecks(obs)...)
+	if m := r.Maintenance; m.InForce(time.Now()) {
+		r.Warnings = append(r.Warnings, checks.Result{Name: "maintenance", Level: checks.Warning, Code: "watch_paused",
+			Message: "maintenance mode: " + describePause(m) + "; watchers do not act", Hint: "replctl resume"})
+	}
+	if r.Watchers == nil {
+		r.Watchers = []etcdlock.WatcherInfo{}
+	}
 	r.Summary = statusSummary(obs.Snap, len(r.Warnings))
 	return r, nil
+}
+
+// describePause says who paused the watchers, why and until when.
+func describePause(m *etcdlock.Maintenance) string {
+	msg := fmt.Sprintf("paused by %s since %s", m.By, m.Since.Format(time.RFC3339))
+	if !m.Until.IsZero() {
+		msg += " until " + m.Until.Format(time.RFC3339)
+	}
+	if m.Reason != "" {
+		msg += " (" + m.Reason + ")"
+	}
+	return msg
 }
 
 // statusSummary names the primary: Classify makes it a writable node, never
@@ -310,6 +344,13 @@ func writeStatusText(w io.Writer, tty bool, r *statusReport) error {
 		}
 		if r.RecordedPrimary != "" {
 			fmt.Fprintf(w, "recorded primary: %s\n", r.RecordedPrimary)
+		}
+		for _, wi := range r.Watchers {
+			role := "standby"
+			if wi.Leader {
+				role = "leader"
+			}
+			fmt.Fprintf(w, "watcher: %s, %s@%s pid %d, since %s\n", role, wi.User, wi.Host, wi.PID, wi.Since.Format(time.RFC3339))
 		}
 	}
 	for _, x := range r.Warnings {

@@ -20,6 +20,8 @@ const (
 	DefaultCommandTimeout = 60 * time.Second
 	DefaultStreamTimeout  = 30 * time.Second
 	DefaultPromoteTimeout = 30 * time.Second
+	// DefaultWatchMinInterval is watch.min_interval's default.
+	DefaultWatchMinInterval = 10 * time.Minute
 )
 
 // Config is the whole configuration file.
@@ -42,6 +44,8 @@ type Config struct {
 	Hooks Hooks `mapstructure:"hooks" json:"hooks" yaml:"hooks"`
 	// Failover tunes emergency failover.
 	Failover Failover `mapstructure:"failover" json:"failover" yaml:"failover"`
+	// Watch tunes automatic failover (replctl watch).
+	Watch Watch `mapstructure:"watch" json:"watch" yaml:"watch"`
 
 	// File is the path the configuration was read from (not a key).
 	File string `mapstructure:"-" json:"-" yaml:"-"`
@@ -144,6 +148,29 @@ type Failover struct {
 	PromoteTimeout time.Duration `mapstructure:"promote_timeout" json:"promote_timeout" yaml:"promote_timeout"`
 }
 
+// Watch tunes replctl watch, the automatic failover.
+type Watch struct {
+	// MaxDataLoss bounds the WAL an automatic failover may lose when the
+	// synchronous quorum cannot prove the candidate has every acknowledged
+	// commit: the last primary LSN a watcher saw minus the candidate's
+	// received LSN. Nil (unset) means 0: a cluster without a synchronous
+	// quorum is never failed over automatically until the operator sets a
+	// bound.
+	MaxDataLoss *Size `mapstructure:"max_data_loss" json:"max_data_loss" yaml:"max_data_loss"`
+	// MinInterval is the least time between two automatic failovers unless
+	// an operator acknowledges the first (replctl resume).
+	MinInterval time.Duration `mapstructure:"min_interval" json:"min_interval" yaml:"min_interval"`
+	// Rejoin makes the leader watcher rejoin a fenced old primary that
+	// comes back (through its commands.rejoin). Nil means true.
+	Rejoin *bool `mapstructure:"rejoin" json:"rejoin" yaml:"rejoin"`
+	// ElectionTTL is the lease of a watcher's election session: a dead
+	// leader is replaced within it. Zero means lock.ttl.
+	ElectionTTL time.Duration `mapstructure:"election_ttl" json:"election_ttl" yaml:"election_ttl"`
+}
+
+// AutoRejoin reports whether the watcher rejoins returning old primaries.
+func (w Watch) AutoRejoin() bool { return w.Rejoin == nil || *w.Rejoin }
+
 // Node returns the configured node with the given name.
 func (c *Config) Node(name string) (Node, bool) {
 	for _, n := range c.Nodes {
@@ -224,5 +251,11 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Failover.PromoteTimeout == 0 {
 		c.Failover.PromoteTimeout = DefaultPromoteTimeout
+	}
+	if c.Watch.MinInterval == 0 {
+		c.Watch.MinInterval = DefaultWatchMinInterval
+	}
+	if c.Watch.ElectionTTL == 0 {
+		c.Watch.ElectionTTL = c.Lock.TTL
 	}
 }

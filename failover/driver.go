@@ -115,7 +115,9 @@ func (d *Driver) Run(ctx context.Context, prep *Prepared, op *OperationPlan, env
 	if op.Plan == nil {
 		return &plan.Result{Outcome: plan.OutcomeFailed, Err: errors.New("no plan to run")}
 	}
-	spec.Kind = op.Kind
+	if spec.Kind == "" {
+		spec.Kind = op.Kind // the history's kind, unless the caller names one (automatic)
+	}
 	spec.Rebuild = d.rebuild(prep, op)
 	return RunOperation(ctx, spec, op.Plan, env)
 }

@@ -634,7 +634,7 @@ schedule:
 			pctx, pcancel := context.WithTimeout(ctx, timeout)
 			st := prober.Probe(pctx, node)
 			pcancel()
-			results[i] = &result{a: attemptOf(st), aborted: !st.Reachable && ctx.Err() != nil}
+			results[i] = &result{a: AttemptOf(st), aborted: !st.Reachable && ctx.Err() != nil}
 			if st.Reachable {
 				cancel()
 			}
@@ -650,7 +650,8 @@ schedule:
 	return out
 }
 
-func attemptOf(st topology.NodeStatus) ProbeAttempt {
+// AttemptOf is one probe of the old primary as evidence.
+func AttemptOf(st topology.NodeStatus) ProbeAttempt {
 	a := ProbeAttempt{At: time.Now(), Reachable: st.Reachable, Writable: st.Reachable && !st.InRecovery, Error: st.Error}
 	if st.ServerTime != nil {
 		a.At = *st.ServerTime
@@ -681,7 +682,7 @@ func PlanEmergency(cfg *config.Config, snap *topology.Snapshot, st *etcdlock.Sta
 	}
 	a.OldPrimary = old
 	if n := snap.Node(old); n != nil {
-		probes = append(probes, attemptOf(n.NodeStatus))
+		probes = append(probes, AttemptOf(n.NodeStatus))
 	}
 	a.Evidence = JudgeEvidence(cfg, snap, old, probes)
 	a.Choice, a.Checks = EmergencyPreflight(cfg, snap, st, old, a.Evidence, o)

@@ -109,6 +109,9 @@ type Locker interface {
 // etcdLocker is the Locker over etcd.
 type etcdLocker struct{}
 
+// EtcdLocker is the Locker operations use by default: the etcd lock.
+func EtcdLocker() Locker { return etcdLocker{} }
+
 func (etcdLocker) Lock(ctx context.Context, spec OperationSpec) (HeldLock, History, error) {
 	l, err := etcdlock.Acquire(ctx, spec.Cli, etcdlock.LockOptions{
 		Prefix: spec.Cfg.Etcd.Prefix, Cluster: spec.Cfg.Cluster, TTL: spec.Cfg.Lock.TTL, Wait: spec.LockWait,
