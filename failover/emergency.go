@@ -600,7 +600,7 @@ func (sw *switchover) replayReceived(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sw.finalLSN = recv
+	sw.finalLSN, sw.streamEnded = recv, true
 	return sw.waitReplay(ctx)
 }
 

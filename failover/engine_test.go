@@ -614,6 +614,44 @@ func TestEngineWaitsOnInjectedClock(t *testing.T) {
 	t.Logf("virtual %s in real %s", clock.Now().Sub(time.Unix(0, 0)), time.Since(start))
 }
 
+// A dead primary's stream that stopped inside a record leaves the
+// candidate's replay short of what it received, for good: the emergency
+// failover promotes once replay stands still with nothing more arriving,
+// rather than timing out (which it did: "pg2 did not replay up to ...").
+// A replay that is still moving is waited for to the end.
+func TestEmergencyIncompleteLastRecord(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "emergency")
+	clock := &virtualClock{now: time.Unix(0, 0)}
+	c.env.Clock = clock
+	c.ctl.partialTail = true
+	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	if !c.ctl.called("reload pg2") {
+		t.Errorf("the replay was not nudged before it counted as stopped: %v", c.ctl.calls)
+	}
+
+	c = newEngineCase(t, "emergency")
+	clock = &virtualClock{now: time.Unix(0, 0)}
+	c.env.Clock = clock
+	for _, n := range c.ctl.nodes {
+		n.lsn = 1 << 40
+	}
+	c.ctl.behind, c.ctl.catchupStep = 50<<20, 1<<20
+	var replayed bool
+	c.env.Progress = func(step, msg string) {
+		if strings.Contains(msg, "incomplete last record") {
+			replayed = true
+		}
+	}
+	res = plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeSucceeded || replayed || c.ctl.behind != 0 {
+		t.Fatalf("a moving replay was not waited for: outcome %s, %d bytes left, cut short %v: %v", res.Outcome, c.ctl.behind, replayed, res.Err)
+	}
+}
+
 // Rejoin plans from what the node has: the slots it drops are its own
 // inactive physical ones, and a healthy replica has nothing to do.
 func TestPlanRejoinFromTheNode(t *testing.T) {

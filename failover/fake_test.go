@@ -48,6 +48,10 @@ type fakeCluster struct {
 	// stalled holds pg2's replay short of what it received until a
 	// reload wakes it.
 	stalled bool
+	// partialTail holds pg2's replay short of what it received for good,
+	// as PostgreSQL's does when the stream of a dead primary stopped
+	// inside a record: no reload helps.
+	partialTail bool
 	// behind is how far pg2's replay is behind the primary; each poll of
 	// its positions replays catchupStep of it.
 	behind      uint64
@@ -257,7 +261,7 @@ func (f *fakeCluster) ReceiveReplay(ctx context.Context, node string) (topology.
 	}
 	replay := r
 	if node == "pg2" {
-		if f.stalled {
+		if f.stalled || f.partialTail {
 			replay = r - 0x100
 		}
 		if f.behind > 0 {

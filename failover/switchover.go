@@ -130,6 +130,9 @@ type switchover struct {
 
 	preStopLSN topology.LSN
 	finalLSN   topology.LSN
+	// streamEnded is set by an emergency failover: finalLSN is where the
+	// dead primary's stream stopped, which may be inside a record.
+	streamEnded bool
 	// fenceCapture is the fenced primary's settings before the SQL fence.
 	fenceCapture *pgctl.SettingsSnapshot
 	// detached are the other replicas' settings before the detach.
@@ -816,6 +819,11 @@ func hostPort(n config.Node) (string, int, error) {
 // WAL it needs received, before waitReplay wakes its startup process.
 const replayStall = 20 * time.Millisecond
 
+// tailSettle is how long an emergency candidate's replay must stand still,
+// after a nudge, before the WAL it received and cannot replay counts as an
+// incomplete last record.
+const tailSettle = 500 * time.Millisecond
+
 func (sw *switchover) waitReplay(ctx context.Context) error {
 	var last topology.LSN
 	clock := pgctl.ClockOr(sw.env.Clock)
@@ -831,6 +839,20 @@ func (sw *switchover) waitReplay(ctx context.Context) error {
 		now := clock.Now()
 		if replay != last {
 			last, moved = replay, now
+		}
+		// A dead primary's stream can stop inside a record: its
+		// walsender sends what is flushed, and WAL is flushed by pages.
+		// The startup process then waits for the rest of that record
+		// forever. Once replay has stood still for tailSettle after the
+		// nudge below, with nothing more arriving, what is left is that
+		// incomplete record: promotion replays every complete record
+		// first and discards it. It was never acknowledged to a
+		// synchronous client, whose commit needs its record complete on
+		// the standby.
+		if sw.streamEnded && recv <= sw.finalLSN && !nudged.IsZero() && nudged.After(moved) && now.Sub(moved) > tailSettle {
+			sw.env.progress(StepReplayAll, "%s: replay stopped %s short of the end of the received WAL (%s): an incomplete last record of the lost stream, which the promotion discards",
+				sw.candidate.Name, config.HumanBytes(topology.LagBytes(sw.finalLSN, replay)), sw.finalLSN)
+			return true, nil
 		}
 		// When its upstream goes away (the stop fence, a dead primary)
 		// before the startup process has replayed all it received, it
