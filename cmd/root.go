@@ -73,7 +73,7 @@ fencing lock. Dry-runs print exactly the steps a real run would execute.`,
 	})
 	pf := root.PersistentFlags()
 	pf.StringVar(&f.ConfigPath, "config", "", "configuration file (default: $REPLCTL_CONFIG, ./replctl.yaml, ~/.config/replctl/replctl.yaml)")
-	pf.StringVarP(&f.Output, "output", "o", "table", "output format: table, json or yaml; check also takes nagios, endpoints also libpq (see each command's help)")
+	pf.StringVarP(&f.Output, "output", "o", "table", "output format: table, json or yaml; check also takes nagios, endpoints also libpq, status also prometheus (see each command's help)")
 	pf.DurationVar(&f.Timeout, "timeout", 3*time.Second, "budget for each call to a node")
 	pf.BoolVarP(&f.Verbose, "verbose", "v", false, "print diagnostics on stderr")
 

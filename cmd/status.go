@@ -54,6 +54,9 @@ type recordInfo struct {
 	Seen *etcdlock.Seen
 	// Watchers campaign for automatic failover, the leader first.
 	Watchers []etcdlock.WatcherInfo
+	// History is the operation history, newest first, read only for the
+	// metrics (readMetricsRecord): the failover counters come from it.
+	History []etcdlock.OpRecord
 }
 
 // lockInfo describes who holds the fencing lock.
@@ -88,14 +91,27 @@ primary, system_identifier, nodes[] (name, role, reachable, error, upstream,
 timeline, lsn, lag_bytes, replay_delay_seconds, sync_state, replay_paused,
 system_identifier, zone, fenced, and the full probe), unmanaged_replicas[],
 split_brain[], lock, recorded_primary, etcd, summary and warnings[] (check,
-level, code, message, node, hint).`,
+level, code, message, node, hint).
+
+-o prometheus prints the same gauges as replctl watch's /metrics, in the
+Prometheus text format, for node_exporter's textfile collector (see the
+README's Metrics section): replctl_node_up, replctl_node_is_primary,
+replctl_replication_lag_bytes, replctl_replay_delay_seconds,
+replctl_timeline, replctl_primary_known, replctl_primary_unreachable, and
+from etcd replctl_failovers_total, replctl_last_failover_timestamp_seconds,
+replctl_watch_paused and replctl_lock_held. Write it to a temporary file and
+rename it into the collector's directory, so a scrape never reads half of it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(f); err != nil {
+			if err := checkOutput(f, "table", "json", "yaml", "prometheus"); err != nil {
 				return err
 			}
 			if o.Watch < 0 {
 				return usageError("--watch must be positive, e.g. 2s")
+			}
+			if o.Watch > 0 && f.Output == "prometheus" {
+				// Concatenated expositions are not one valid exposition.
+				return usageError("--watch does not apply to -o prometheus: run it from cron for the textfile collector, or scrape replctl watch's /metrics")
 			}
 			o.Output, o.Timeout = f.Output, f.Timeout
 			if runF != nil {
@@ -113,6 +129,9 @@ func (o *StatusOptions) clusterRecord(ctx context.Context) (*recordInfo, error) 
 	cfg, err := o.Config()
 	if err != nil {
 		return nil, err
+	}
+	if o.Output == "prometheus" {
+		return readMetricsRecord(ctx, cfg)
 	}
 	return readClusterRecord(ctx, cfg)
 }
@@ -398,14 +417,20 @@ func runStatus(ctx context.Context, o *StatusOptions) error {
 
 func statusOnce(ctx context.Context, o *StatusOptions, cfg *config.Config, w io.Writer) error {
 	obs := observe(ctx, cfg, o.Timeout, o.Prober, o.Record)
-	r, err := buildStatusReport(cfg, obs)
-	if err != nil {
-		return err
-	}
-	s := *o.IO
-	s.Out = w
-	if err := render(&s, o.Output, r, func(w io.Writer) error { return writeStatusText(w, o.IO.StdoutTTY, r) }); err != nil {
-		return err
+	if o.Output == "prometheus" {
+		if err := writeStatusPrometheus(w, cfg, obs); err != nil {
+			return err
+		}
+	} else {
+		r, err := buildStatusReport(cfg, obs)
+		if err != nil {
+			return err
+		}
+		s := *o.IO
+		s.Out = w
+		if err := render(&s, o.Output, r, func(w io.Writer) error { return writeStatusText(w, o.IO.StdoutTTY, r) }); err != nil {
+			return err
+		}
 	}
 	if obs.Snap.Reachable() == 0 {
 		return withCode(ExitFailed, errNoNodeReachable(obs.Snap))

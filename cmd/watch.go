@@ -223,6 +223,24 @@ type watchCluster struct {
 	cli      *clientv3.Client
 	log      *eventLog
 	probeFor time.Duration
+
+	// The history feeds only the failover counters: it is read again
+	// every historyEvery, and after each action.
+	hist   []etcdlock.OpRecord
+	histAt time.Time
+}
+
+// historyEvery is how often the watcher reads the whole history again.
+const historyEvery = 10 * time.Second
+
+// history is the operation history, read at most every historyEvery.
+func (c *watchCluster) history(ctx context.Context) []etcdlock.OpRecord {
+	if now := time.Now(); c.hist == nil || now.Sub(c.histAt) > historyEvery {
+		if recs, err := etcdlock.ListHistory(ctx, c.cli, c.cfg.Etcd.Prefix, c.cfg.Cluster, 0); err == nil {
+			c.hist, c.histAt = recs, now
+		}
+	}
+	return c.hist
 }
 
 func newWatchCluster(o *WatchOptions, cfg *config.Config, cli *clientv3.Client, log *eventLog) *watchCluster {
@@ -243,13 +261,17 @@ func (c *watchCluster) Look(ctx context.Context) watch.Look {
 	if r := obs.Record; r != nil {
 		l.StateRev, l.Holder, l.Maintenance, l.Seen = r.StateRev, r.Holder, r.Maintenance, r.Seen
 	}
-	l.Metrics = watchMetrics(c.cfg, obs, l.Maintenance.InForce(c.o.Factory.Now()))
+	if obs.Record != nil {
+		obs.Record.History = c.history(ctx)
+	}
+	l.Metrics = metricsInput(c.cfg, obs, l.Maintenance.InForce(c.o.Factory.Now()))
 	return l
 }
 
 // unattendedFactory is a factory whose operations print their progress
 // into the watcher's log and their report nowhere: the report is kept.
 func (c *watchCluster) unattendedFactory(code string) (*Factory, *IOStreams) {
+	c.hist = nil // the action adds to the history
 	f := c.o.Factory
 	lw := &lineWriter{log: c.log.event, now: f.Now, code: code}
 	ios := &IOStreams{In: strings.NewReader(""), Out: io.Discard, ErrOut: lw}
@@ -413,9 +435,6 @@ func (c *watchCluster) LastAutomatic(ctx context.Context) (time.Time, error) {
 	return time.Time{}, nil
 }
 
-// kindAutomatic is the history kind of the watcher's failovers.
-const kindAutomatic = "automatic"
-
 // Hold implements watch.Cluster: an idle session that only waits, on a
 // connection of its own.
 func (c *watchCluster) Hold(ctx context.Context, node string) <-chan struct{} {
@@ -455,12 +474,4 @@ func (c *watchCluster) Hold(ctx context.Context, node string) <-chan struct{} {
 // WriteSeen implements watch.Cluster.
 func (c *watchCluster) WriteSeen(ctx context.Context, leaderKey string, leaderRev, stateRev int64, s etcdlock.Seen) error {
 	return etcdlock.WriteSeen(ctx, c.cli, c.cfg.Etcd.Prefix, c.cfg.Cluster, leaderKey, leaderRev, stateRev, s)
-}
-
-// watchMetrics is temporary until the exporter lands.
-func watchMetrics(cfg *config.Config, obs observation, paused bool) watch.Input {
-	in := watch.Input{Cluster: cfg.Cluster, Paused: paused}
-	in.PrimaryKnown = obs.Snap != nil && obs.Snap.Primary != "" && len(obs.Snap.SplitBrain) == 0
-	in.LockHeld = obs.Record != nil && obs.Record.Lock != nil
-	return in
 }
