@@ -167,6 +167,7 @@ type emStatus struct {
 	SplitBrain []string                               `json:"split_brain"`
 	Nodes      []emNode                               `json:"nodes"`
 	Warnings   []struct{ Code, Node, Message string } `json:"warnings"`
+	Watchers   []etcdlock.WatcherInfo                 `json:"watchers"`
 }
 
 type emNode struct {

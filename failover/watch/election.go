@@ -81,6 +81,7 @@ func (e *Elector) Run(ctx context.Context, onChange func(leader bool, why string
 			}
 			cancel()
 		}()
+		onChange(false, "campaigning: another watcher leads, or the election is being decided")
 		err = el.Campaign(cctx, string(val))
 		if err == nil {
 			lost := make(chan struct{})

@@ -135,7 +135,7 @@ func (w *Watcher) Run(ctx context.Context) {
 	if w.Now == nil {
 		w.Now = time.Now
 	}
-	w.said, w.rejoinAt, w.refenced = map[string]string{}, map[string]time.Time{}, map[string]bool{}
+	w.rejoinAt, w.refenced = map[string]time.Time{}, map[string]bool{}
 	defer w.release()
 	for {
 		next := w.tick(ctx)
@@ -166,12 +166,11 @@ func (w *Watcher) SetLeading(leader bool, why string) {
 	changed := w.leading != leader
 	w.leading = leader
 	w.mu.Unlock()
-	if changed || !leader && why != "" {
-		if leader {
-			w.log("info", "leader", "", "this watcher is the leader: it acts for the cluster")
-		} else {
-			w.say("leader", "warning", "standby", "", "this watcher is not the leader (it observes only): "+why)
-		}
+	switch {
+	case leader && changed:
+		w.say("leader", "info", "leader", "", "this watcher is the leader: it acts for the cluster")
+	case !leader:
+		w.say("leader", "warning", "standby", "", "this watcher is not the leader (it observes only): "+why)
 	}
 }
 
@@ -434,6 +433,9 @@ func (w *Watcher) say(topic, level, code, node, msg string) {
 
 func (w *Watcher) sayKeyed(topic, key, level, code, node, msg string) {
 	w.mu.Lock()
+	if w.said == nil {
+		w.said = map[string]string{}
+	}
 	same := w.said[topic] == key
 	w.said[topic] = key
 	w.mu.Unlock()
