@@ -16,10 +16,13 @@ import (
 
 // TestenvOptions are the inputs of replctl testenv.
 type TestenvOptions struct {
-	IO      *IOStreams
-	Output  string
-	Dir     string
-	Keep    bool
+	IO     *IOStreams
+	Output string
+	Dir    string
+	Keep   bool
+	// NoFence leaves commands.fence out of the sandbox's replctl.yaml;
+	// by default up writes it (testenv.Options.FenceCommand).
+	NoFence bool
 	Options testenv.Options
 	// Self re-executes this binary to serve etcd in a detached process.
 	Self func() (string, error)
@@ -60,6 +63,8 @@ certificates from a throwaway CA in DIR/tls.`,
 	uf.BoolVar(&o.Options.NoEtcd, "no-etcd", false, "do not start etcd")
 	uf.IntVar(&o.Options.EtcdMembers, "etcd-members", 1, "number of etcd members, each a detached process with its own ports and DIR/etcd-N (3: a cluster whose leader can be killed)")
 	uf.BoolVar(&o.Options.NoCommands, "no-commands", false, "write no node commands to replctl.yaml (SQL-only mode)")
+	uf.BoolVar(&o.NoFence, "no-fence", false, "write no commands.fence (the sandbox's STONITH: stop the node at once, SIGKILL if hung) to replctl.yaml")
+	uf.DurationVar(&o.Options.ReceiverTimeout, "receiver-timeout", 0, "set wal_receiver_timeout and wal_sender_timeout on every node (default PostgreSQL's 60s); replicas notice a hung primary only after it")
 	uf.BoolVar(&o.Options.Zones, "zones", false, "give the nodes zones z1/z2 in replctl.yaml")
 	uf.StringVar(&o.Options.PGBinDir, "pg-bindir", "", "PostgreSQL server binaries `DIR` (default $PG_BINDIR, else the OS packages'); server binaries alone will do, e.g. from make deps PG=17")
 	uf.BoolVar(&o.Options.TLS, "tls", false, "TLS everywhere: a throwaway CA, server and client certificates, PostgreSQL with hostssl/cert only, etcd with client-certificate auth, sslmode=verify-full DSNs")
@@ -127,6 +132,12 @@ func runTestenvUp(ctx context.Context, o *TestenvOptions) error {
 	if o.Options.EtcdMembers < 1 {
 		return usageError("--etcd-members must be 1 or more")
 	}
+	if o.Options.ReceiverTimeout < 0 {
+		return usageError("--receiver-timeout must be 0 (PostgreSQL's default) or more")
+	}
+	// The demo sandbox shows the whole emergency path, STONITH included;
+	// testenv.Start leaves it off so that existing tests keep their plans.
+	o.Options.FenceCommand = !o.NoFence
 	dir, err := filepath.Abs(o.Dir)
 	if err != nil {
 		return err

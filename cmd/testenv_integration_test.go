@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/replctl/replctl/config"
 )
 
 // buildReplctl builds the replctl binary into a test directory, for tests
@@ -82,6 +84,17 @@ func TestTestenvCommand(t *testing.T) {
 		}
 	}
 	t.Logf("testenv up (3 nodes + etcd) took %s", time.Since(start))
+	// The demo sandbox carries the STONITH fence command, so that an
+	// emergency failover there runs its fence-command step.
+	cfg, err := config.Load(filepath.Join(dir, "replctl.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range cfg.Nodes {
+		if !strings.Contains(n.Commands.Fence, "fence.sh") {
+			t.Errorf("%s: commands.fence %q, want the sandbox's fence.sh", n.Name, n.Commands.Fence)
+		}
+	}
 	if _, errs, code := run("testenv", "up", "--dir", dir); code != 0 || !strings.Contains(errs, "already up") {
 		t.Fatalf("second up should be graceful: exit %d: %s", code, errs)
 	}

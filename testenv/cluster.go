@@ -62,6 +62,12 @@ type Options struct {
 	NoCommands bool
 	// Zones gives node i (from 0) the zone z1 or z2 alternately in replctl.yaml.
 	Zones bool
+	// FenceCommand adds each node's commands.fence to replctl.yaml (unless
+	// NoCommands): DIR/fence.sh, which stops the server at once and for
+	// good, as STONITH would (see NodeCommands.Fence). Off by default,
+	// so that an emergency failover in a test runs the plan it always ran
+	// (no fence-command step); `replctl testenv up` turns it on.
+	FenceCommand bool
 	// EtcdMembers is the number of etcd members: 0 means 1, a single
 	// member in DIR/etcd. With more, member i (from 1) is etcd-i, with its
 	// own client and peer ports on 127.0.0.1 and its data in DIR/etcd-i
@@ -75,6 +81,14 @@ type Options struct {
 	// sslmode=verify-full with the CA and the client certificate, and
 	// replctl.yaml gets an etcd tls block.
 	TLS bool
+	// ReceiverTimeout, when positive, sets wal_receiver_timeout and
+	// wal_sender_timeout on every node (rounded to milliseconds); zero
+	// keeps PostgreSQL's default, 60 s. A replica's WAL receiver notices a
+	// primary that hangs without closing its connections (SIGSTOP, a
+	// partition) only when this timeout expires, so tests of a hung
+	// primary shorten it, e.g. to 2s. The settings are in postgresql.conf,
+	// which every clone, rewind and re-clone copies.
+	ReceiverTimeout time.Duration
 	// PGBinDir is the directory of the PostgreSQL server binaries; empty:
 	// $PG_BINDIR, else pg_config's, else the newest /usr/lib/postgresql/N/bin.
 	// Server binaries alone will do (initdb, pg_ctl, postgres): without the
@@ -202,6 +216,9 @@ func up(ctx context.Context, o Options, detached bool, self []string) (_ *Cluste
 	}
 	if o.EtcdMembers == 0 {
 		o.EtcdMembers = 1
+	}
+	if o.ReceiverTimeout < 0 {
+		return nil, fmt.Errorf("testenv: receiver timeout %s: want 0 (the default) or more", o.ReceiverTimeout)
 	}
 	if o.EtcdMembers < 0 {
 		return nil, fmt.Errorf("testenv: %d etcd members: want 1 or more", o.EtcdMembers)
@@ -483,7 +500,7 @@ func (c *Cluster) createPrimary(ctx context.Context, n *Node, tmpl string) error
 	if err := c.in.own(n.DataDir, 0o700); err != nil {
 		return err
 	}
-	if err := c.in.configureServer(n.DataDir, n, c.TLS); err != nil {
+	if err := c.in.configureServer(n.DataDir, n, c.TLS, timeoutConf(c.opts.ReceiverTimeout)); err != nil {
 		return fmt.Errorf("testenv: configure %s: %w", n.Name, err)
 	}
 	return c.startNew(ctx, n)
@@ -561,6 +578,9 @@ func (c *Cluster) writeFiles() error {
 	if err := os.WriteFile(filepath.Join(c.Dir, RejoinScript), rejoinScript(c.in), 0o755); err != nil {
 		return fmt.Errorf("testenv: %w", err)
 	}
+	if err := os.WriteFile(filepath.Join(c.Dir, FenceScript), fenceScript(c.in), 0o755); err != nil {
+		return fmt.Errorf("testenv: %w", err)
+	}
 	if err := os.WriteFile(c.ConfigPath, c.RenderConfig(!c.opts.NoCommands), 0o644); err != nil {
 		return fmt.Errorf("testenv: %w", err)
 	}
@@ -574,13 +594,34 @@ func (c *Cluster) writeFiles() error {
 // the node commands, e.g. for a test of SQL-only mode on a cluster built
 // with commands.
 func (c *Cluster) RenderConfig(commands bool) []byte {
+	b, _ := c.RenderConfigVia(commands, nil) // no names: no error
+	return b
+}
+
+// RenderConfigVia is RenderConfig with the DSNs of some nodes going
+// through other addresses: via maps a node's name to a host:port, such as
+// a Proxy's Addr (see Node.DSNVia). It is for a replctl that reaches those
+// nodes through a proxy while the servers replicate directly. Mind that
+// replctl builds the primary_conninfo it writes from the new primary's
+// DSN: a node proxied here that becomes primary has its replicas stream
+// through the proxy too. A name that is no managed node is an error.
+func (c *Cluster) RenderConfigVia(commands bool, via map[string]string) ([]byte, error) {
 	c.mu.Lock()
 	nodes := slices.Clone(c.Nodes)
 	c.mu.Unlock()
+	for name, addr := range via {
+		i := slices.IndexFunc(nodes, func(n *Node) bool { return n.Name == name })
+		if i < 0 {
+			return nil, fmt.Errorf("testenv: no managed node %s to render via %s", name, addr)
+		}
+		n := *nodes[i]
+		n.DSN = n.DSNVia(addr)
+		nodes[i] = &n
+	}
 	return renderConfig(configInput{
 		cluster: c.Name, dir: c.Dir, etcd: slices.Clone(c.EtcdEndpoints), nodes: nodes,
-		zones: c.opts.Zones, commands: commands, in: c.in, tls: c.TLS,
-	})
+		zones: c.opts.Zones, commands: commands, fence: c.opts.FenceCommand, in: c.in, tls: c.TLS,
+	}), nil
 }
 
 func (c *Cluster) state() *State {
@@ -1038,7 +1079,7 @@ func (c *Cluster) AddStandalone(ctx context.Context, name string, opts ...AddOpt
 	if err := c.in.initdb(ctx, n.DataDir); err != nil {
 		return nil, err
 	}
-	if err := c.in.configureServer(n.DataDir, n, c.TLS); err != nil {
+	if err := c.in.configureServer(n.DataDir, n, c.TLS, timeoutConf(c.opts.ReceiverTimeout)); err != nil {
 		return nil, fmt.Errorf("testenv: configure %s: %w", name, err)
 	}
 	if err := c.startNew(ctx, n); err != nil {

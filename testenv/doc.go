@@ -11,7 +11,8 @@
 // Everything lives in one directory: per node DIR/<name>/data (PGDATA) and
 // DIR/<name>/server.log, etcd data in DIR/etcd (with Options.EtcdMembers
 // above 1, member N's in DIR/etcd-N), the state file
-// DIR/testenv.json, the generated DIR/replctl.yaml and DIR/rejoin.sh.
+// DIR/testenv.json, the generated DIR/replctl.yaml, DIR/rejoin.sh and
+// DIR/fence.sh (the STONITH of Options.FenceCommand).
 // Server logs sit next to the data directory rather than in it because
 // pg_basebackup and pg_rewind copy every file of the source data directory,
 // which would mix one node's log into another's.
@@ -34,6 +35,9 @@
 // pg_rewind, the generated rejoin command re-clones the node from the new
 // primary the same way (`replctl testenv clone`, which a test binary
 // linking this package answers too). See clone.go.
+//
+// StartProxy puts a TCP proxy in front of a node for network faults: Block
+// (a partition or a hung host, seen from one client), Unblock, Reset.
 //
 // Processes are only ever signalled by PIDs read from files this package
 // wrote or PostgreSQL wrote (postmaster.pid) and after checking that the PID

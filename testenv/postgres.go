@@ -37,6 +37,8 @@ log_min_messages = warning
 # Replicas report their replay position every second rather than every 10 s,
 # so that lag seen from the primary settles quickly in tests.
 wal_receiver_status_interval = '1s'
+# wal_receiver_timeout and wal_sender_timeout keep PostgreSQL's default
+# (60s) unless Options.ReceiverTimeout says otherwise (timeoutConf).
 `
 
 const hbaConf = `# replctl testenv: trust on loopback only
@@ -152,13 +154,30 @@ func copyTree(ctx context.Context, src, dst string) error {
 	return nil
 }
 
+// timeoutConf is appended to postgresql.conf with Options.ReceiverTimeout.
+// PostgreSQL reads an integer with a unit; a timeout under 1 ms would be
+// 0, which disables the timeout, so it is rounded up to 1 ms.
+func timeoutConf(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	ms := max(d.Milliseconds(), 1)
+	return fmt.Sprintf(`
+# replctl testenv: Options.ReceiverTimeout (PostgreSQL's default is 60s)
+wal_receiver_timeout = '%dms'
+wal_sender_timeout = '%dms'
+`, ms, ms)
+}
+
 // configureServer adds the testenv settings to a new data directory; with
-// TLS files, the server speaks TLS only (see hbaTLSConf).
-func (in *install) configureServer(data string, n *Node, tf *TLSFiles) error {
+// TLS files, the server speaks TLS only (see hbaTLSConf); extra is more
+// postgresql.conf text (timeoutConf).
+func (in *install) configureServer(data string, n *Node, tf *TLSFiles, extra string) error {
 	conf, hba := serverConf, hbaConf
 	if tf != nil {
 		conf, hba = serverConf+tlsServerConf(tf.CAFile), hbaTLSConf
 	}
+	conf += extra
 	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		return err

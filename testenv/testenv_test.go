@@ -680,7 +680,7 @@ func TestRenderConfig(t *testing.T) {
 		{Name: "pg1", Port: 5432, DSN: dsn(5432), DataDir: "/t d/pg1/data", LogPath: "/t d/pg1/server.log"},
 		{Name: "pg2", Port: 5433, DSN: dsn(5433), DataDir: "/t d/pg2/data", LogPath: "/t d/pg2/server.log"},
 	}
-	got := string(renderConfig(configInput{cluster: "yes", dir: "/t d", etcd: []string{"127.0.0.1:2379"}, nodes: nodes, zones: true, commands: true, in: in}))
+	got := string(renderConfig(configInput{cluster: "yes", dir: "/t d", etcd: []string{"127.0.0.1:2379"}, nodes: nodes, zones: true, commands: true, fence: true, in: in}))
 	for _, want := range []string{
 		`cluster: "yes"`,
 		`endpoints: ["127.0.0.1:2379"]`,
@@ -688,14 +688,20 @@ func TestRenderConfig(t *testing.T) {
 		`stop: "runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -W stop -m fast && i=0 && while [ -e '/t d/pg1/data/postmaster.pid' ]`,
 		`start: "runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -l '/t d/pg1/server.log' -w -t 60 start"`,
 		`kill: "kill -9 $(head -n 1 '/t d/pg1/data/postmaster.pid')"`,
+		"      fence: \"runuser -u 'postgres' -- sh '/t d/fence.sh' '/t d/pg1/data'\"\n      rejoin:",
 		`rejoin: "runuser -u 'postgres' -- sh '/t d/rejoin.sh' '/t d/pg2/data' 5433"`,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("config lacks %s:\n%s", want, got)
 		}
 	}
-	bare := string(renderConfig(configInput{cluster: "demo", dir: "/d", nodes: nodes, in: &install{binDir: "/b"}}))
-	for _, unwanted := range []string{"etcd:", "lock:", "zone:", "commands:"} {
+	// Without Options.FenceCommand, the commands of old: no fence.
+	noFence := string(renderConfig(configInput{cluster: "demo", dir: "/d", nodes: nodes, commands: true, in: &install{binDir: "/b"}}))
+	if !strings.Contains(noFence, "kill:") || strings.Contains(noFence, "fence") {
+		t.Errorf("config without FenceCommand:\n%s", noFence)
+	}
+	bare := string(renderConfig(configInput{cluster: "demo", dir: "/d", nodes: nodes, fence: true, in: &install{binDir: "/b"}}))
+	for _, unwanted := range []string{"etcd:", "lock:", "zone:", "commands:", "fence"} {
 		if strings.Contains(bare, unwanted) {
 			t.Errorf("bare config has %s:\n%s", unwanted, bare)
 		}
@@ -704,12 +710,17 @@ func TestRenderConfig(t *testing.T) {
 
 func TestRejoinScriptSyntax(t *testing.T) {
 	t.Parallel()
-	script := filepath.Join(t.TempDir(), RejoinScript)
-	if err := os.WriteFile(script, rejoinScript(&install{binDir: "/it's here"}), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("sh", "-n", script).CombinedOutput(); err != nil {
-		t.Fatalf("sh -n: %v\n%s", err, out)
+	for name, text := range map[string][]byte{
+		RejoinScript: rejoinScript(&install{binDir: "/it's here"}),
+		FenceScript:  fenceScript(&install{binDir: "/it's here"}),
+	} {
+		script := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(script, text, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("sh", "-n", script).CombinedOutput(); err != nil {
+			t.Fatalf("sh -n %s: %v\n%s", name, err, out)
+		}
 	}
 }
 
