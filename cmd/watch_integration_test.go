@@ -357,6 +357,60 @@ func TestWatchThreeWatchers(t *testing.T) {
 	_ = ctx
 }
 
+// TestWatchUnreachableNotDead: the watcher reaches the primary through a
+// proxy that stops forwarding, while the replicas stream from it directly:
+// "unreachable, not dead", for many windows, and no failover.
+func TestWatchUnreachableNotDead(t *testing.T) {
+	wpSkip(t)
+	t.Parallel()
+	bin := replctlBinary(t)
+	c := testenv.Start(t, testenv.Options{Replicas: 2})
+	px := testenv.StartProxy(t, fmt.Sprintf("127.0.0.1:%d", c.Node("pg1").Port))
+	cfg := wpConfig(t, c, "")
+	viaProxy := strings.Replace(readFile(t, cfg), c.Node("pg1").DSN, c.Node("pg1").DSNVia(px.Addr()), 1)
+	if err := os.WriteFile(cfg, []byte(viaProxy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	finish := wpCheck(t, c)
+	w := startWatcher(t, bin, "w1", cfg)
+	w.await(t, "seen_ok", "", 30*time.Second)
+	px.Block()
+	w.await(t, "primary_unreachable", "pg1", 30*time.Second)
+	time.Sleep(8 * wpWindow)
+	if w.has("primary_dead", "") || w.has("failover", "") {
+		t.Fatalf("the watcher failed over a primary the replicas still hear:\n%s", w.log())
+	}
+	px.Unblock()
+	w.await(t, "primary_healthy", "pg1", 30*time.Second)
+	w.stop(t)
+	finish(true)
+}
+
+// TestWatchHungPrimary: the primary is SIGSTOPped (every process of it):
+// the replicas' receivers time out, the watcher fails over, fencing the
+// hung node with commands.fence; after SIGCONT the old primary never
+// acknowledges a write (the checker polls every node throughout).
+func TestWatchHungPrimary(t *testing.T) {
+	wpSkip(t)
+	t.Parallel()
+	bin := replctlBinary(t)
+	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true, FenceCommand: true, ReceiverTimeout: 4 * time.Second})
+	cfg := wpConfig(t, c, "")
+	finish := wpCheck(t, c)
+	w := startWatcher(t, bin, "w1", cfg)
+	w.await(t, "seen_ok", "", 30*time.Second)
+	resume := emHang(t, c, "pg1")
+	w.await(t, "failover_done", "pg1", 90*time.Second)
+	resume()
+	// commands.fence killed it: it stays down until started again.
+	emAwaitStatus(t, cfg, "one new primary", func(s *emStatus) bool {
+		return s.streamsOn("pg2", 2, "pg3") || s.streamsOn("pg3", 2, "pg2")
+	})
+	time.Sleep(4 * wpInterval)
+	w.stop(t)
+	finish(true)
+}
+
 // TestWatchPaused: a paused watcher reports a dead primary and does not
 // act; resumed, it fails over.
 func TestWatchPaused(t *testing.T) {
