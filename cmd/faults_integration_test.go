@@ -137,7 +137,7 @@ var (
 )
 
 // replctlBinary builds the replctl binary once for the package's tests.
-func replctlBinary(t *testing.T) string {
+func replctlBinary(t testing.TB) string {
 	t.Helper()
 	faultBinOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "replctl-faults-")

@@ -289,34 +289,49 @@ func (c *watchCluster) etcdFn(context.Context) (*clientv3.Client, error) {
 // Failover implements watch.Cluster: replctl promote --emergency, with the
 // data-loss rule of watch.max_data_loss.
 func (c *watchCluster) Failover(ctx context.Context, probes []failover.ProbeAttempt, seen *etcdlock.Seen, lock failover.Locker) watch.Outcome {
-	run := func(allowLoss bool) (*promoteReport, error) {
+	run := func(allowLoss, dryRun bool) (*promoteReport, error) {
 		f, ios := c.unattendedFactory("failover")
-		u := &unattended{kind: "automatic", locker: lock, probes: probes}
+		u := &unattended{kind: kindAutomatic, locker: lock, probes: probes}
 		o := &PromoteOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout,
-			Emergency: true, Yes: true, AllowDataLoss: allowLoss, CatchupTimeout: 30 * time.Second,
+			Emergency: true, Yes: true, AllowDataLoss: allowLoss, DryRun: dryRun, CatchupTimeout: 30 * time.Second,
 			Command: append(append([]string(nil), c.o.Command...), "(automatic failover)"), auto: u}
 		err := runPromote(ctx, o)
 		rep, _ := u.report.(*promoteReport)
 		return rep, err
 	}
-	rep, err := run(false)
-	if err != nil && rep != nil && rep.Result == nil {
-		var names []string
-		for _, r := range checks.Failed(rep.Checks) {
-			names = append(names, r.Name)
-		}
+	// The dry-run first: a failover the quorum does not prove lossless
+	// runs only within watch.max_data_loss, even where promote
+	// --emergency would only warn (an asynchronous cluster).
+	rep, err := run(false, true)
+	if rep == nil {
+		return outcomeOf(nil, err, func() string { return "" })
+	}
+	var failed []string
+	for _, r := range checks.Failed(rep.Checks) {
+		failed = append(failed, r.Name)
+	}
+	proven := rep.Emergency != nil && rep.Emergency.Choice.Proof.Proven
+	allowLoss := false
+	if len(failed) > 0 || !proven {
 		var seenPrimary string
 		var seenLSN *topology.LSN
 		if seen != nil {
 			seenPrimary, seenLSN = seen.Primary, &seen.LSN
 		}
-		allow, why := watch.LossDecision(c.cfg, names, seenPrimary, seenLSN, rep.Primary, candidateReceived(rep))
+		allow, why := watch.LossDecision(c.cfg, failed, seenPrimary, seenLSN, rep.Primary, candidateReceived(rep))
 		if !allow {
-			return watch.Outcome{Refused: true, Message: fmt.Sprintf("automatic failover of %s refused: %s; %s", rep.Primary, failedSummary(rep.Checks), why)}
+			reason := why
+			if len(failed) > 0 {
+				reason = failedSummary(rep.Checks) + "; " + why
+			} else if rep.Emergency != nil {
+				reason = rep.Emergency.Choice.Proof.Message + "; " + why
+			}
+			return watch.Outcome{Refused: true, Message: fmt.Sprintf("automatic failover of %s refused: %s", rep.Primary, reason)}
 		}
 		c.log.event(watch.Event{Time: c.o.Factory.Now(), Level: "warning", Code: "data_loss_allowed", Node: rep.Candidate, Message: why})
-		rep, err = run(true)
+		allowLoss = true
 	}
+	rep, err = run(allowLoss, false)
 	return outcomeOf(rep, err, func() string {
 		if rep == nil {
 			return ""

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -123,10 +125,15 @@ func (w *watcherProc) stop(t testing.TB) {
 }
 
 // startWatcher runs replctl watch -o json on cfgPath with env added.
-func startWatcher(t *testing.T, bin, name, cfgPath string, env ...string) *watcherProc {
+func startWatcher(t testing.TB, bin, name, cfgPath string, env ...string) *watcherProc {
+	return startWatcherArgs(t, bin, name, cfgPath, []string{"--interval", wpInterval.String()}, env...)
+}
+
+// startWatcherArgs runs replctl watch -o json with args and env added.
+func startWatcherArgs(t testing.TB, bin, name, cfgPath string, args []string, env ...string) *watcherProc {
 	t.Helper()
 	w := &watcherProc{name: name, done: make(chan struct{})}
-	w.cmd = exec.Command(bin, "--config", cfgPath, "--timeout", "1s", "-o", "json", "watch", "--interval", wpInterval.String())
+	w.cmd = exec.Command(bin, append([]string{"--config", cfgPath, "--timeout", "1s", "-o", "json", "watch"}, args...)...)
 	w.cmd.Env = append(os.Environ(), env...)
 	w.cmd.Stdout, w.cmd.Stderr = w, w
 	if err := w.cmd.Start(); err != nil {
@@ -329,8 +336,10 @@ func TestWatchThreeWatchers(t *testing.T) {
 	w1 := startWatcher(t, bin, "w1", cfg)
 	w1.await(t, "leader", "", 30*time.Second)
 	w2 := startWatcher(t, bin, "w2", cfg, "REPLCTL_FAILPOINT=promote:changed:kill")
+	// w2 campaigns before w3 does: the campaign keys are the queue.
+	wpAwaitWatchers(t, cfg, 2)
 	w3 := startWatcher(t, bin, "w3", cfg)
-	w2.await(t, "standby", "", 30*time.Second)
+	wpAwaitWatchers(t, cfg, 3)
 	w3.await(t, "standby", "", 30*time.Second)
 	st := emStatusOf(t, cfg)
 	if len(st.Watchers) != 3 || !st.Watchers[0].Leader || st.Watchers[0].PID != w1.cmd.Process.Pid {
@@ -419,8 +428,11 @@ func TestWatchPaused(t *testing.T) {
 	bin := replctlBinary(t)
 	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
 	cfg := wpConfig(t, c, "")
-	w := startWatcher(t, bin, "w1", cfg)
+	w := startWatcherArgs(t, bin, "w1", cfg, []string{"--interval", wpInterval.String(), "--metrics-addr", "127.0.0.1:0"})
 	w.await(t, "seen_ok", "", 30*time.Second)
+	base := w.metricsURL(t)
+	wpGet(t, base+"/healthz", 200, "ok")
+	wpGet(t, base+"/metrics", 200, `replctl_watch_is_leader{cluster="`+c.Name+`"} 1`)
 	emExpect(t, 0, cfg, "pause", "--reason", "kernel upgrade")
 	if st := emStatusOf(t, cfg); !st.warned("watch_paused", "") {
 		t.Errorf("status does not show the pause: %s", st)
@@ -428,6 +440,8 @@ func TestWatchPaused(t *testing.T) {
 	emCrash(t, c, "pg1")
 	w.await(t, "primary_dead", "pg1", 30*time.Second)
 	w.await(t, "paused", "", 30*time.Second)
+	wpGet(t, base+"/metrics", 200, `replctl_watch_paused{cluster="`+c.Name+`"} 1`)
+	wpGet(t, base+"/healthz", 503, "no single writable primary")
 	time.Sleep(4 * wpWindow)
 	if n, _ := wpAutomatic(t, c); n != 0 || w.has("failover", "") {
 		t.Fatalf("a paused watcher failed over:\n%s", w.log())
@@ -465,6 +479,104 @@ func TestWatchLosesEtcd(t *testing.T) {
 		t.Fatalf("want 1 automatic failover, got %d", n)
 	}
 	w.stop(t)
+}
+
+// wpAwaitWatchers waits until status lists n watchers.
+func wpAwaitWatchers(t testing.TB, cfg string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for len(emStatusOf(t, cfg).Watchers) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("status does not list %d watchers: %+v", n, emStatusOf(t, cfg).Watchers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// metricsURL is where the watcher serves /metrics, from its log.
+func (w *watcherProc) metricsURL(t testing.TB) string {
+	t.Helper()
+	w.await(t, "metrics", "", 10*time.Second)
+	for _, e := range w.events() {
+		if e.Code == "metrics" {
+			if i := strings.Index(e.Message, "http://"); i >= 0 {
+				return e.Message[i:]
+			}
+		}
+	}
+	t.Fatalf("no metrics address in the log:\n%s", w.log())
+	return ""
+}
+
+// wpGet fetches url and fails unless it answers code with want in its body.
+func wpGet(t testing.TB, url string, code int, want string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != code || !strings.Contains(string(b), want) {
+		t.Fatalf("GET %s: %d, want %d with %q:\n%s", url, resp.StatusCode, code, want, b)
+	}
+}
+
+// TestWatchAsyncDataLoss: an asynchronous cluster is not failed over
+// automatically without watch.max_data_loss (refused, with what to set);
+// with a bound the measured loss is within, it is.
+func TestWatchAsyncDataLoss(t *testing.T) {
+	wpSkip(t)
+	t.Parallel()
+	bin := replctlBinary(t)
+	c := testenv.Start(t, testenv.Options{Replicas: 2})
+	cfg := wpConfig(t, c, "")
+	w := startWatcher(t, bin, "w1", cfg)
+	w.await(t, "seen_ok", "", 30*time.Second)
+	emCrash(t, c, "pg1")
+	w.await(t, "failover_refused", "pg1", 30*time.Second)
+	var refusal string
+	for _, e := range w.events() {
+		if e.Code == "failover_refused" {
+			refusal = e.Message
+		}
+	}
+	if !strings.Contains(refusal, "watch.max_data_loss") {
+		t.Errorf("the refusal does not say what to configure: %s", refusal)
+	}
+	if n, _ := wpAutomatic(t, c); n != 0 {
+		t.Fatalf("an asynchronous cluster was failed over without a bound")
+	}
+	w.stop(t)
+	if err := os.WriteFile(cfg, []byte(readFile(t, cfg)+"  max_data_loss: 1MB\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w2 := startWatcher(t, bin, "w2", cfg)
+	w2.await(t, "data_loss_allowed", "", 30*time.Second)
+	w2.await(t, "failover_done", "pg1", 60*time.Second)
+	w2.stop(t)
+}
+
+// TestWatchTwoWatchers: two live watchers, one primary crash: exactly one
+// failover, run by the leader.
+func TestWatchTwoWatchers(t *testing.T) {
+	wpSkip(t)
+	t.Parallel()
+	bin := replctlBinary(t)
+	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
+	cfg := wpConfig(t, c, "")
+	w1 := startWatcher(t, bin, "w1", cfg)
+	w1.await(t, "leader", "", 30*time.Second)
+	w2 := startWatcher(t, bin, "w2", cfg)
+	w2.await(t, "standby", "", 30*time.Second)
+	emCrash(t, c, "pg1")
+	w1.await(t, "failover_done", "pg1", 60*time.Second)
+	time.Sleep(4 * wpWindow)
+	if n, _ := wpAutomatic(t, c); n != 1 || w2.has("failover", "") {
+		t.Fatalf("want exactly one failover, by the leader: %d\n%s", n, w2.log())
+	}
+	w1.stop(t)
+	w2.stop(t)
 }
 
 func readFile(t testing.TB, p string) string {
