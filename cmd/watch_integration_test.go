@@ -334,7 +334,7 @@ func TestWatchThreeWatchers(t *testing.T) {
 	// w1 first, so that it is the leader; w2 dies at the promotion of any
 	// failover it runs.
 	w1 := startWatcher(t, bin, "w1", cfg)
-	w1.await(t, "leader", "", 30*time.Second)
+	w1.await(t, "seen_ok", "", 30*time.Second)
 	w2 := startWatcher(t, bin, "w2", cfg, "REPLCTL_FAILPOINT=promote:changed:kill")
 	// w2 campaigns before w3 does: the campaign keys are the queue.
 	wpAwaitWatchers(t, cfg, 2)
@@ -566,7 +566,7 @@ func TestWatchTwoWatchers(t *testing.T) {
 	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
 	cfg := wpConfig(t, c, "")
 	w1 := startWatcher(t, bin, "w1", cfg)
-	w1.await(t, "leader", "", 30*time.Second)
+	w1.await(t, "seen_ok", "", 30*time.Second)
 	w2 := startWatcher(t, bin, "w2", cfg)
 	w2.await(t, "standby", "", 30*time.Second)
 	emCrash(t, c, "pg1")

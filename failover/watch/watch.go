@@ -389,7 +389,9 @@ func (w *Watcher) failover(ctx context.Context, look Look, a Analysis) {
 			return
 		}
 	}
-	w.log("critical", "failover", a.Primary, fmt.Sprintf("%s is dead: automatic failover", a.Primary))
+	// Once per dead primary: a refused failover is tried again every look
+	// (a replica may come back), without a line each time.
+	w.sayKeyed("failover", a.Primary+"/"+a.SuspectSince.String(), "critical", "failover", a.Primary, fmt.Sprintf("%s is dead: automatic failover", a.Primary))
 	out := w.act(ctx, func(actx context.Context) Outcome { return w.Cluster.Failover(actx, a.Probes, look.Seen, w.Locker) })
 	w.outcome("failover", a.Primary, out)
 	if out.Done {
