@@ -55,6 +55,19 @@ type unattended struct {
 	locker failover.Locker
 	probes []failover.ProbeAttempt
 	report any
+	// observe bounds each probe of the operation's looks at the cluster
+	// (0: --timeout): the watcher's probe budget, so that a hung node
+	// costs each look its interval rather than --timeout. The steps' own
+	// calls keep --timeout.
+	observe time.Duration
+}
+
+// observeTimeout is the probe budget of the operation's observations.
+func (u *unattended) observeTimeout(call time.Duration) time.Duration {
+	if u == nil || u.observe <= 0 {
+		return call
+	}
+	return min(call, u.observe)
 }
 
 // spec completes an operation's spec with what the watcher adds.
@@ -212,7 +225,7 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	if cli != nil {
 		defer cli.Close()
 	}
-	drv, last := newDriver(cfg, o.Timeout, recordFn, o.IO)
+	drv, last := newDriver(cfg, o.auto.observeTimeout(o.Timeout), recordFn, o.IO)
 	if o.auto != nil && o.Emergency {
 		// The watcher confirmed the primary dead over the window already.
 		drv.Confirm = func(context.Context, failover.Observation) []failover.ProbeAttempt { return o.auto.probes }

@@ -113,7 +113,7 @@ func runRecover(ctx context.Context, o *RecoverOptions) error {
 		return err
 	}
 	defer cli.Close()
-	drv, last := newDriver(cfg, o.Timeout, recordFn, o.IO)
+	drv, last := newDriver(cfg, o.auto.observeTimeout(o.Timeout), recordFn, o.IO)
 	req := failover.Request{Kind: failover.KindRecover, Recover: failover.RecoverOptions{Resolved: o.Resolved}}
 	prep := drv.Prepare(ctx, req, nil)
 	rep := &recoverReport{DryRun: o.DryRun}

@@ -102,7 +102,7 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	if cli != nil {
 		defer cli.Close()
 	}
-	drv, last := newDriver(cfg, o.Timeout, recordFn, o.IO)
+	drv, last := newDriver(cfg, o.auto.observeTimeout(o.Timeout), recordFn, o.IO)
 	prep := drv.Prepare(ctx, failover.Request{Kind: failover.KindRejoin, Node: o.Node}, nil)
 	rep := &rejoinReport{DryRun: o.DryRun, Node: o.Node, Primary: prep.Op.Primary}
 	if o.auto != nil {

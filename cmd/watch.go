@@ -288,50 +288,45 @@ func (c *watchCluster) etcdFn(context.Context) (*clientv3.Client, error) {
 
 // Failover implements watch.Cluster: replctl promote --emergency, with the
 // data-loss rule of watch.max_data_loss.
-func (c *watchCluster) Failover(ctx context.Context, probes []failover.ProbeAttempt, seen *etcdlock.Seen, lock failover.Locker) watch.Outcome {
-	run := func(allowLoss, dryRun bool) (*promoteReport, error) {
-		f, ios := c.unattendedFactory("failover")
-		u := &unattended{kind: kindAutomatic, locker: lock, probes: probes}
-		o := &PromoteOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout,
-			Emergency: true, Yes: true, AllowDataLoss: allowLoss, DryRun: dryRun, CatchupTimeout: 30 * time.Second,
-			Command: append(append([]string(nil), c.o.Command...), "(automatic failover)"), auto: u}
-		err := runPromote(ctx, o)
-		rep, _ := u.report.(*promoteReport)
-		return rep, err
-	}
-	// The dry-run first: a failover the quorum does not prove lossless
-	// runs only within watch.max_data_loss, even where promote
+func (c *watchCluster) Failover(ctx context.Context, look watch.Look, probes []failover.ProbeAttempt, lock failover.Locker) watch.Outcome {
+	// The plan from the look that found the primary dead, by the same pure
+	// function the run uses: a failover that the quorum does not prove
+	// lossless runs only within watch.max_data_loss, even where promote
 	// --emergency would only warn (an asynchronous cluster).
-	rep, err := run(false, true)
-	if rep == nil {
-		return outcomeOf(nil, err, func() string { return "" })
-	}
+	pre := failover.PlanFrom(c.cfg, failover.Request{Kind: failover.KindFailover}, look.Obs, probes, nil)
 	var failed []string
-	for _, r := range checks.Failed(rep.Checks) {
+	for _, r := range checks.Failed(pre.Checks) {
 		failed = append(failed, r.Name)
 	}
-	proven := rep.Emergency != nil && rep.Emergency.Choice.Proof.Proven
+	an := pre.Emergency
 	allowLoss := false
-	if len(failed) > 0 || !proven {
+	if len(failed) > 0 || an == nil || !an.Choice.Proof.Proven {
 		var seenPrimary string
 		var seenLSN *topology.LSN
-		if seen != nil {
-			seenPrimary, seenLSN = seen.Primary, &seen.LSN
+		if s := look.Seen; s != nil {
+			seenPrimary, seenLSN = s.Primary, &s.LSN
 		}
-		allow, why := watch.LossDecision(c.cfg, failed, seenPrimary, seenLSN, rep.Primary, candidateReceived(rep))
+		allow, why := watch.LossDecision(c.cfg, failed, seenPrimary, seenLSN, pre.Primary, candidateReceived(an, pre.Candidate))
 		if !allow {
 			reason := why
-			if len(failed) > 0 {
-				reason = failedSummary(rep.Checks) + "; " + why
-			} else if rep.Emergency != nil {
-				reason = rep.Emergency.Choice.Proof.Message + "; " + why
+			switch {
+			case len(failed) > 0:
+				reason = failedSummary(pre.Checks) + "; " + why
+			case an != nil:
+				reason = an.Choice.Proof.Message + "; " + why
 			}
-			return watch.Outcome{Refused: true, Message: fmt.Sprintf("automatic failover of %s refused: %s", rep.Primary, reason)}
+			return watch.Outcome{Refused: true, Message: fmt.Sprintf("automatic failover of %s refused: %s", pre.Primary, reason)}
 		}
-		c.log.event(watch.Event{Time: c.o.Factory.Now(), Level: "warning", Code: "data_loss_allowed", Node: rep.Candidate, Message: why})
+		c.log.event(watch.Event{Time: c.o.Factory.Now(), Level: "warning", Code: "data_loss_allowed", Node: pre.Candidate, Message: why})
 		allowLoss = true
 	}
-	rep, err = run(allowLoss, false)
+	f, ios := c.unattendedFactory("failover")
+	u := &unattended{kind: kindAutomatic, locker: lock, probes: probes, observe: c.probeFor}
+	o := &PromoteOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout,
+		Emergency: true, Yes: true, AllowDataLoss: allowLoss, CatchupTimeout: 30 * time.Second,
+		Command: append(append([]string(nil), c.o.Command...), "(automatic failover)"), auto: u}
+	err := runPromote(ctx, o)
+	rep, _ := u.report.(*promoteReport)
 	return outcomeOf(rep, err, func() string {
 		if rep == nil {
 			return ""
@@ -344,14 +339,14 @@ func (c *watchCluster) Failover(ctx context.Context, probes []failover.ProbeAtte
 	})
 }
 
-// candidateReceived is the chosen candidate's received LSN in the report's
-// observation, nil when unknown.
-func candidateReceived(rep *promoteReport) *topology.LSN {
-	if rep.Emergency == nil {
+// candidateReceived is the candidate's received LSN in the analysis, nil
+// when unknown.
+func candidateReceived(an *failover.EmergencyAnalysis, candidate string) *topology.LSN {
+	if an == nil {
 		return nil
 	}
-	for _, r := range rep.Emergency.Evidence.Receivers {
-		if r.Node == rep.Candidate && r.ReceiveLSN != "" {
+	for _, r := range an.Evidence.Receivers {
+		if r.Node == candidate && r.ReceiveLSN != "" {
 			if l, err := topology.ParseLSN(r.ReceiveLSN); err == nil {
 				return &l
 			}
@@ -383,7 +378,7 @@ func outcomeOf(rep any, err error, done func() string) watch.Outcome {
 // Recover implements watch.Cluster: replctl recover --yes.
 func (c *watchCluster) Recover(ctx context.Context, lock failover.Locker) watch.Outcome {
 	f, ios := c.unattendedFactory("recover")
-	u := &unattended{locker: lock}
+	u := &unattended{locker: lock, observe: c.probeFor}
 	o := &RecoverOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout, Yes: true,
 		Command: append(append([]string(nil), c.o.Command...), "(recover)"), auto: u}
 	err := runRecover(ctx, o)
@@ -393,7 +388,7 @@ func (c *watchCluster) Recover(ctx context.Context, lock failover.Locker) watch.
 // Rejoin implements watch.Cluster: replctl rejoin NODE --yes.
 func (c *watchCluster) Rejoin(ctx context.Context, node string, lock failover.Locker) watch.Outcome {
 	f, ios := c.unattendedFactory("rejoin")
-	u := &unattended{locker: lock}
+	u := &unattended{locker: lock, observe: c.probeFor}
 	o := &RejoinOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout, Node: node, Yes: true,
 		Command: append(append([]string(nil), c.o.Command...), "(rejoin "+node+")"), auto: u}
 	err := runRejoin(ctx, o)

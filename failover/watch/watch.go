@@ -43,8 +43,9 @@ type Outcome struct {
 type Cluster interface {
 	Look(ctx context.Context) Look
 	// Failover runs the emergency failover driver, kind "automatic", with
-	// the watcher's failed probes as its confirmation, under lock.
-	Failover(ctx context.Context, probes []failover.ProbeAttempt, seen *etcdlock.Seen, lock failover.Locker) Outcome
+	// the watcher's failed probes as its confirmation, under lock; look is
+	// the look that found the primary dead.
+	Failover(ctx context.Context, look Look, probes []failover.ProbeAttempt, lock failover.Locker) Outcome
 	// Recover runs replctl recover for an interrupted operation.
 	Recover(ctx context.Context, lock failover.Locker) Outcome
 	// Fence fences a node that the record marks fenced and that accepts
@@ -287,17 +288,18 @@ func (w *Watcher) decide(ctx context.Context, look Look, a Analysis) {
 		// operator would do first, recover refuses on ambiguous evidence,
 		// and every other operation refuses until it is dealt with.
 		r := look.Obs.Interrupted[0]
-		w.log("critical", "interrupted_operation", "", fmt.Sprintf("operation %s (%s) was interrupted: running replctl recover", r.ID, r.Kind))
+		w.say("interrupted", "critical", "interrupted_operation", "", fmt.Sprintf("operation %s (%s) was interrupted: running replctl recover", r.ID, r.Kind))
 		out := w.act(ctx, func(actx context.Context) Outcome { return w.Cluster.Recover(actx, w.Locker) })
 		w.outcome("recover", "", out)
 		return
 	}
 	for _, n := range a.Returned {
-		w.log("critical", "fenced_node_writable", n, n+" is marked fenced but accepts writes again: fencing it")
+		w.say("returned/"+n, "critical", "fenced_node_writable", n, n+" is marked fenced but accepts writes again: fencing it")
 		out := w.act(ctx, func(actx context.Context) Outcome { return w.Cluster.Fence(actx, n) })
 		w.outcome("fence", n, out)
 		if out.Done {
 			w.refenced[n] = true
+			w.say("returned/"+n, "info", "fenced", n, n+" is fenced")
 		}
 	}
 	switch a.Verdict {
@@ -392,7 +394,7 @@ func (w *Watcher) failover(ctx context.Context, look Look, a Analysis) {
 	// Once per dead primary: a refused failover is tried again every look
 	// (a replica may come back), without a line each time.
 	w.sayKeyed("failover", a.Primary+"/"+a.SuspectSince.String(), "critical", "failover", a.Primary, fmt.Sprintf("%s is dead: automatic failover", a.Primary))
-	out := w.act(ctx, func(actx context.Context) Outcome { return w.Cluster.Failover(actx, a.Probes, look.Seen, w.Locker) })
+	out := w.act(ctx, func(actx context.Context) Outcome { return w.Cluster.Failover(actx, look, a.Probes, w.Locker) })
 	w.outcome("failover", a.Primary, out)
 	if out.Done {
 		w.det.reset("")
