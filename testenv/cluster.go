@@ -81,6 +81,10 @@ type Options struct {
 	// server's own pg_basebackup and pg_rewind, replicas are cloned and
 	// rejoined in Go (clone.go).
 	PGBinDir string
+	// Logical sets wal_level = logical on every node (with room for a few
+	// subscriptions' workers), for tests of logical slots, publications
+	// and subscriptions.
+	Logical bool
 }
 
 // Node is one PostgreSQL server of the cluster.
@@ -483,7 +487,7 @@ func (c *Cluster) createPrimary(ctx context.Context, n *Node, tmpl string) error
 	if err := c.in.own(n.DataDir, 0o700); err != nil {
 		return err
 	}
-	if err := c.in.configureServer(n.DataDir, n, c.TLS); err != nil {
+	if err := c.in.configureServer(n.DataDir, n, c.TLS, c.opts.Logical); err != nil {
 		return fmt.Errorf("testenv: configure %s: %w", n.Name, err)
 	}
 	return c.startNew(ctx, n)
@@ -1038,7 +1042,7 @@ func (c *Cluster) AddStandalone(ctx context.Context, name string, opts ...AddOpt
 	if err := c.in.initdb(ctx, n.DataDir); err != nil {
 		return nil, err
 	}
-	if err := c.in.configureServer(n.DataDir, n, c.TLS); err != nil {
+	if err := c.in.configureServer(n.DataDir, n, c.TLS, c.opts.Logical); err != nil {
 		return nil, fmt.Errorf("testenv: configure %s: %w", name, err)
 	}
 	if err := c.startNew(ctx, n); err != nil {

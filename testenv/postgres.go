@@ -39,6 +39,14 @@ log_min_messages = warning
 wal_receiver_status_interval = '1s'
 `
 
+// logicalServerConf is appended with Options.Logical; the later wal_level
+// line wins over serverConf's.
+const logicalServerConf = `
+wal_level = logical
+max_logical_replication_workers = 8
+max_worker_processes = 16
+`
+
 const hbaConf = `# replctl testenv: trust on loopback only
 local	all		all			trust
 local	replication	all			trust
@@ -154,10 +162,13 @@ func copyTree(ctx context.Context, src, dst string) error {
 
 // configureServer adds the testenv settings to a new data directory; with
 // TLS files, the server speaks TLS only (see hbaTLSConf).
-func (in *install) configureServer(data string, n *Node, tf *TLSFiles) error {
+func (in *install) configureServer(data string, n *Node, tf *TLSFiles, logical bool) error {
 	conf, hba := serverConf, hbaConf
 	if tf != nil {
 		conf, hba = serverConf+tlsServerConf(tf.CAFile), hbaTLSConf
+	}
+	if logical {
+		conf += logicalServerConf
 	}
 	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
