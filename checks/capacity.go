@@ -72,6 +72,9 @@ func slots(s *topology.Snapshot, cfg *config.Config) []Result {
 			continue
 		}
 		for _, sl := range n.Slots {
+			if sl.Logical() {
+				continue // logical_slots judges them, naming their consumer's position
+			}
 			where := fmt.Sprintf("slot %s on %s", sl.Name, n.Name)
 			switch {
 			case sl.WALStatus != nil && *sl.WALStatus == "lost":

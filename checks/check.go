@@ -12,7 +12,10 @@
 //	streaming               every replica's WAL receiver is streaming
 //	lag                     replay lag in bytes and time under lag_warning/lag_critical and delay_warning/delay_critical
 //	replay_paused           no replica has WAL replay paused
-//	slots                   no inactive slot, no slot retaining more than slot_retained_warning, none lost
+//	slots                   no inactive physical slot, none retaining more than slot_retained_warning, none lost
+//	logical_slots           the same for logical slots (a synced copy on a standby may be inactive)
+//	subscriptions           on writable nodes: enabled, apply worker running, no apply or sync errors counted
+//	logical_failover        each logical slot of the primary would survive a promotion (PostgreSQL 17+ failover slots)
 //	sync_quorum             enough eligible standbys are connected for synchronous_standby_names
 //	min_replicas            at least min_replicas replicas are streaming
 //	zone_spread             when zones are configured, the replicas are not all in one zone
@@ -109,7 +112,10 @@ func All() []Check {
 		{Name: "streaming", Description: "replicas' WAL receivers are streaming", Run: streaming},
 		{Name: "lag", Description: "replay lag in bytes and time under the thresholds", Run: lag},
 		{Name: "replay_paused", Description: "no replica has replay paused", Run: replayPaused},
-		{Name: "slots", Description: "slots are active and retain a bounded amount of WAL", Run: slots},
+		{Name: "slots", Description: "physical slots are active and retain a bounded amount of WAL", Run: slots},
+		{Name: "logical_slots", Description: "logical slots are active, retain a bounded amount of WAL and have lost none", Run: logicalSlots},
+		{Name: "subscriptions", Description: "subscriptions are enabled, their workers run, without errors", Run: subscriptions},
+		{Name: "logical_failover", Description: "a promotion would keep the primary's logical slots", Run: logicalFailover},
 		{Name: "sync_quorum", Description: "synchronous_standby_names can be satisfied", Run: syncQuorum},
 		{Name: "min_replicas", Description: "enough replicas are streaming", Run: minReplicas},
 		{Name: "zone_spread", Description: "replicas are not all in one zone", Run: zoneSpread},

@@ -89,9 +89,13 @@ configuration error and 1 when no node could be reached.
 -o json and -o yaml print the documented schema (see the README): cluster,
 primary, system_identifier, nodes[] (name, role, reachable, error, upstream,
 timeline, lsn, lag_bytes, replay_delay_seconds, sync_state, replay_paused,
-system_identifier, zone, fenced, and the full probe), unmanaged_replicas[],
+system_identifier, zone, fenced, and the full probe, with logical slots,
+publications and subscriptions), unmanaged_replicas[],
 split_brain[], lock, recorded_primary, etcd, summary and warnings[] (check,
 level, code, message, node, hint).
+
+When anything logical exists (logical slots, publications, subscriptions),
+a second table lists it; only the probed database's publications are seen.
 
 -o prometheus prints the same gauges as replctl watch's /metrics, in the
 Prometheus text format, for node_exporter's textfile collector (see the
@@ -337,6 +341,105 @@ func statusTable(s *topology.Snapshot) (header []string, rows [][]string) {
 	return header, rows
 }
 
+// logicalTable lists logical replication: every member's logical slots
+// (on a standby only synced copies or its own exist), and the publications
+// and subscriptions of the nodes out of recovery (a standby's are catalog
+// copies of its primary's). No rows means nothing logical exists, and
+// status then prints no section. It is pure: golden files pin it.
+func logicalTable(s *topology.Snapshot) (header []string, rows [][]string) {
+	header = []string{"LOGICAL", "NODE", "NAME", "DATABASE", "STATE", "LSN", "DETAIL"}
+	lsn := func(l *topology.LSN) string {
+		if l == nil {
+			return "-"
+		}
+		return l.String()
+	}
+	for _, n := range s.Nodes {
+		if !n.Member() {
+			continue
+		}
+		for _, sl := range n.Slots {
+			if !sl.Logical() {
+				continue
+			}
+			state := "inactive"
+			if sl.Active {
+				state = "active"
+			}
+			if sl.WALStatus != nil {
+				state += ", " + *sl.WALStatus
+			}
+			var detail []string
+			if sl.Plugin != nil {
+				detail = append(detail, *sl.Plugin)
+			}
+			if sl.RetainedBytes != nil {
+				detail = append(detail, "retains "+config.HumanBytes(*sl.RetainedBytes))
+			}
+			if sl.Temporary {
+				detail = append(detail, "temporary")
+			}
+			if sl.Failover != nil && *sl.Failover {
+				detail = append(detail, "failover")
+			}
+			if sl.Synced != nil && *sl.Synced {
+				detail = append(detail, "synced")
+			}
+			rows = append(rows, []string{"slot", n.Name, sl.Name, dash(derefOr(sl.Database)), state, lsn(sl.ConfirmedFlushLSN), dash(strings.Join(detail, ", "))})
+		}
+	}
+	for _, n := range s.Nodes {
+		if !n.Member() || n.InRecovery {
+			continue
+		}
+		for _, p := range n.Publications {
+			detail := plural(p.Tables, "table")
+			if p.AllTables {
+				detail = "all tables (" + detail + ")"
+			}
+			rows = append(rows, []string{"publication", n.Name, p.Name, p.Database, "-", "-", detail})
+		}
+		for _, su := range n.Subscriptions {
+			var detail []string
+			if su.PublisherHost != nil {
+				from := "from " + *su.PublisherHost
+				if su.PublisherPort != nil && *su.PublisherPort != "" {
+					from += ":" + *su.PublisherPort
+				}
+				if su.PublisherDB != nil && *su.PublisherDB != "" {
+					from += "/" + *su.PublisherDB
+				}
+				if su.PublisherNode != "" {
+					from += " (" + string(su.PublisherNode) + ", " + su.Kind + ")"
+				} else if su.Kind != "" {
+					from += " (" + su.Kind + ")"
+				}
+				detail = append(detail, from)
+			}
+			if su.BidirectionalWith != nil {
+				detail = append(detail, "bidirectional with "+*su.BidirectionalWith)
+			}
+			if su.ApplyErrorCount != nil && (*su.ApplyErrorCount > 0 || su.SyncErrorCount != nil && *su.SyncErrorCount > 0) {
+				detail = append(detail, fmt.Sprintf("errors: %d apply, %d sync", *su.ApplyErrorCount, derefOr(su.SyncErrorCount)))
+			}
+			if su.Origin != nil {
+				detail = append(detail, "origin "+*su.Origin)
+			}
+			rows = append(rows, []string{"subscription", n.Name, su.Name, su.Database, su.WorkerState, lsn(su.ReceivedLSN), dash(strings.Join(detail, ", "))})
+		}
+	}
+	return header, rows
+}
+
+// derefOr is *p, or the zero value for nil.
+func derefOr[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -349,6 +452,12 @@ func writeStatusText(w io.Writer, tty bool, r *statusReport) error {
 	h, rows := statusTable(r.Snapshot)
 	if err := writeTable(w, tty, h, rows); err != nil {
 		return err
+	}
+	if h, rows := logicalTable(r.Snapshot); len(rows) > 0 {
+		fmt.Fprintln(w)
+		if err := writeTable(w, tty, h, rows); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, r.Summary)
@@ -385,19 +494,25 @@ func runStatus(ctx context.Context, o *StatusOptions) error {
 	}
 	if o.Watch == 0 {
 		var buf bytes.Buffer
-		err := statusOnce(ctx, o, cfg, &buf)
+		_, err := statusOnce(ctx, o, cfg, &buf, nil)
 		if _, werr := o.IO.Out.Write(buf.Bytes()); werr != nil {
 			return werr
 		}
 		return err
 	}
+	// Each look is compared with the one before it, for what one look
+	// cannot tell (whether error counts grow).
+	var prev *topology.Snapshot
 	for {
 		// Render off screen first so the redraw does not flicker.
 		var buf bytes.Buffer
 		if o.IO.StdoutTTY {
 			fmt.Fprintf(&buf, "\x1b[H\x1b[2JEvery %s: replctl status    %s\n\n", o.Watch, o.Now().Format(time.DateTime))
 		}
-		err := statusOnce(ctx, o, cfg, &buf)
+		snap, err := statusOnce(ctx, o, cfg, &buf, prev)
+		if snap != nil {
+			snap.Previous, prev = nil, snap
+		}
 		if err != nil {
 			fmt.Fprintf(&buf, "error: %v\n", err)
 		}
@@ -415,25 +530,28 @@ func runStatus(ctx context.Context, o *StatusOptions) error {
 	}
 }
 
-func statusOnce(ctx context.Context, o *StatusOptions, cfg *config.Config, w io.Writer) error {
+// statusOnce takes one look and renders it; prev is the look before, nil
+// for the first. It returns the snapshot it rendered.
+func statusOnce(ctx context.Context, o *StatusOptions, cfg *config.Config, w io.Writer, prev *topology.Snapshot) (*topology.Snapshot, error) {
 	obs := observe(ctx, cfg, o.Timeout, o.Prober, o.Record)
+	obs.Snap.Previous = prev
 	if o.Output == "prometheus" {
 		if err := writeStatusPrometheus(w, cfg, obs); err != nil {
-			return err
+			return obs.Snap, err
 		}
 	} else {
 		r, err := buildStatusReport(cfg, obs)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		s := *o.IO
 		s.Out = w
 		if err := render(&s, o.Output, r, func(w io.Writer) error { return writeStatusText(w, o.IO.StdoutTTY, r) }); err != nil {
-			return err
+			return obs.Snap, err
 		}
 	}
 	if obs.Snap.Reachable() == 0 {
-		return withCode(ExitFailed, errNoNodeReachable(obs.Snap))
+		return obs.Snap, withCode(ExitFailed, errNoNodeReachable(obs.Snap))
 	}
-	return nil
+	return obs.Snap, nil
 }

@@ -8,8 +8,10 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,6 +158,41 @@ func scenario(name string) (tt.Prober, func(context.Context) (*recordInfo, error
 		return p, func(context.Context) (*recordInfo, error) {
 			return &recordInfo{Lock: &lockInfo{}, RecordedPrimary: "pg1"}, nil
 		}
+	case "logical":
+		// pg1 publishes to a subscriber (its walsender holds sub_ok), has
+		// an idle CDC slot, and a database of its own subscribes back
+		// (bidirectional) and from a cluster outside the configuration.
+		p, _ = scenario("healthy")
+		pr := p["pg1"]
+		pr.Slots = []topology.Slot{
+			{Name: "cdc", Type: "logical", Plugin: tt.Ptr("test_decoding"), Database: tt.Ptr("postgres"), WALStatus: tt.Ptr("reserved"),
+				ConfirmedFlushLSN: tt.Ptr(topology.LSN(0x3000000)), RetainedBytes: tt.Ptr(uint64(0x60))},
+			{Name: "pg2", Type: "physical", Active: true, ActivePID: tt.Ptr(100), WALStatus: tt.Ptr("reserved"), RetainedBytes: tt.Ptr(uint64(0))},
+			{Name: "sub_ok", Type: "logical", Active: true, ActivePID: tt.Ptr(200), Plugin: tt.Ptr("pgoutput"), Database: tt.Ptr("postgres"),
+				WALStatus: tt.Ptr("reserved"), ConfirmedFlushLSN: tt.Ptr(topology.LSN(0x3000060)), RetainedBytes: tt.Ptr(uint64(0))},
+		}
+		ws := tt.Walsender("sub_ok", 0x3000060)
+		ws.PID, ws.LogicalSlot = tt.Ptr(200), tt.Ptr("sub_ok")
+		pr.Replication = append(slices.Clone(pr.Replication), ws)
+		pr.Database = "postgres"
+		pr.Publications = []topology.Publication{{Name: "pub_all", Database: "postgres", AllTables: true, Tables: 5},
+			{Name: "pub_ok", Database: "postgres", Tables: 2}}
+		sub := func(name, db, host, port, pubdb, state string) topology.Subscription {
+			return topology.Subscription{Name: name, Database: db, Enabled: state != topology.WorkerDisabled, WorkerState: state,
+				SlotName: tt.Ptr(name), Publications: []string{"p"}, PublisherHost: tt.Ptr(host), PublisherPort: tt.Ptr(port), PublisherDB: tt.Ptr(pubdb),
+				ApplyErrorCount: tt.Ptr(int64(0)), SyncErrorCount: tt.Ptr(int64(0))}
+		}
+		ok := sub("sub_ok", "subok", "127.0.0.1", "5432", "postgres", topology.WorkerRunning)
+		ok.ReceivedLSN, ok.LatestEndLSN = tt.Ptr(topology.LSN(0x3000060)), tt.Ptr(topology.LSN(0x3000060))
+		back := sub("sub_back", "postgres", "localhost", "5432", "subok", topology.WorkerRunning)
+		back.ReceivedLSN = tt.Ptr(topology.LSN(0x3000060))
+		ext := sub("sub_ext", "postgres", "db9.example.com", "", "crm", topology.WorkerNotRunning)
+		ext.ApplyErrorCount = tt.Ptr(int64(4))
+		pr.Subscriptions = []topology.Subscription{back, ext, ok}
+		p["pg1"] = pr
+		r := p["pg2"]
+		r.Subscriptions = []topology.Subscription{sub("sub_ok", "subok", "127.0.0.1", "5432", "postgres", topology.WorkerStandby)}
+		p["pg2"] = r
 	case "etcd-down":
 		p, _ = scenario("healthy")
 		return p, func(context.Context) (*recordInfo, error) {
@@ -170,7 +207,7 @@ func scenario(name string) (tt.Prober, func(context.Context) (*recordInfo, error
 func runStatusScenario(t *testing.T, name, output string, tty bool) (string, error) {
 	t.Helper()
 	cfg := fixtureConfig(t, name == "healthy" || name == "degraded")
-	if name == "healthy" || name == "etcd-down" || name == "split" || name == "fenced" || strings.HasPrefix(name, "sql-fenced") {
+	if name == "healthy" || name == "logical" || name == "etcd-down" || name == "split" || name == "fenced" || strings.HasPrefix(name, "sql-fenced") {
 		cfg.Nodes = cfg.Nodes[:4]
 	}
 	p, rec := scenario(name)
@@ -186,7 +223,7 @@ func runStatusScenario(t *testing.T, name, output string, tty bool) (string, err
 
 func TestStatusGolden(t *testing.T) {
 	t.Parallel()
-	for _, name := range []string{"healthy", "degraded", "split", "fenced", "etcd-down", "sql-fenced", "sql-fenced-alone"} {
+	for _, name := range []string{"healthy", "degraded", "split", "fenced", "etcd-down", "sql-fenced", "sql-fenced-alone", "logical"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			out, err := runStatusScenario(t, name, "table", false)
@@ -296,7 +333,7 @@ func TestStatusNoNodeReachable(t *testing.T) {
 // TestStatusJSONSchema pins the documented contract of status -o json.
 func TestStatusJSONSchema(t *testing.T) {
 	t.Parallel()
-	for _, name := range []string{"healthy", "degraded", "fenced", "split"} {
+	for _, name := range []string{"healthy", "degraded", "fenced", "split", "logical"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			out, err := runStatusScenario(t, name, "json", false)
@@ -317,7 +354,7 @@ func TestStatusJSONSchema(t *testing.T) {
 				for _, k := range []string{"name", "role", "reachable", "error", "upstream", "timeline", "lsn", "lag_bytes",
 					"replay_delay_seconds", "sync_state", "replay_paused", "system_identifier", "zone", "fenced",
 					"in_recovery", "server_version_num", "current_lsn", "receive_lsn", "replay_lsn", "wal_receiver",
-					"replication", "slots", "settings", "state", "foreign"} {
+					"replication", "slots", "settings", "state", "foreign", "database", "publications", "subscriptions"} {
 					if _, ok := n[k]; !ok {
 						t.Errorf("node %v: missing %q", n["name"], k)
 					}
@@ -415,5 +452,114 @@ func TestStatusFlags(t *testing.T) {
 	root.SetArgs([]string{"status", "-o", "nagios"})
 	if err := root.Execute(); exitCode(err) != ExitUsage {
 		t.Fatalf("-o nagios: %v", err)
+	}
+}
+
+// TestStatusLogicalJSON pins the logical additions to status -o json.
+func TestStatusLogicalJSON(t *testing.T) {
+	t.Parallel()
+	out, err := runStatusScenario(t, "logical", "json", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Unmanaged []any `json:"unmanaged_replicas"`
+		Nodes     []struct {
+			Name         string           `json:"name"`
+			Database     string           `json:"database"`
+			Slots        []map[string]any `json:"slots"`
+			Publications []map[string]any `json:"publications"`
+			Subs         []map[string]any `json:"subscriptions"`
+			Replication  []map[string]any `json:"replication"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Unmanaged) != 0 {
+		t.Errorf("the subscriber's walsender counted as an unmanaged replica: %v", doc.Unmanaged)
+	}
+	pg1 := doc.Nodes[0]
+	if pg1.Name != "pg1" || pg1.Database != "postgres" || len(pg1.Slots) != 3 || len(pg1.Publications) != 2 || len(pg1.Subs) != 3 {
+		t.Fatalf("pg1: %+v", pg1)
+	}
+	for _, k := range []string{"slot_name", "slot_type", "active", "plugin", "database", "confirmed_flush_lsn", "retained_bytes", "wal_status", "failover", "synced"} {
+		if _, ok := pg1.Slots[0][k]; !ok {
+			t.Errorf("slot lacks %q", k)
+		}
+	}
+	for _, k := range []string{"name", "database", "all_tables", "tables"} {
+		if _, ok := pg1.Publications[0][k]; !ok {
+			t.Errorf("publication lacks %q", k)
+		}
+	}
+	for _, k := range []string{"name", "database", "enabled", "slot_name", "publications", "publisher_host", "publisher_port", "publisher_dbname",
+		"worker_state", "worker_pid", "sync_workers", "received_lsn", "latest_end_lsn", "apply_error_count", "sync_error_count", "origin",
+		"publisher_node", "kind", "bidirectional_with"} {
+		if _, ok := pg1.Subs[0][k]; !ok {
+			t.Errorf("subscription lacks %q", k)
+		}
+	}
+	back, ext := pg1.Subs[0], pg1.Subs[1]
+	if back["kind"] != "internal" || back["publisher_node"] != "pg1" || back["bidirectional_with"] != "pg1/subok/sub_ok" {
+		t.Errorf("sub_back: %v", back)
+	}
+	if ext["kind"] != "external" || ext["publisher_node"] != nil || ext["bidirectional_with"] != nil || ext["worker_state"] != "not running" {
+		t.Errorf("sub_ext: %v", ext)
+	}
+	if pg1.Replication[len(pg1.Replication)-1]["logical_slot"] != "sub_ok" {
+		t.Errorf("walsender rows: %v", pg1.Replication)
+	}
+	if s := doc.Nodes[1].Subs; doc.Nodes[1].Name != "pg2" || len(s) != 1 || s[0]["worker_state"] != "standby" || s[0]["bidirectional_with"] != nil {
+		t.Errorf("pg2's catalog copy: %+v", doc.Nodes[1])
+	}
+}
+
+// growingProber is the "logical" scenario with sub_ext's apply error count
+// one higher at each probe of pg1.
+type growingProber struct {
+	tt.Prober
+	n atomic.Int64
+}
+
+func (p *growingProber) Probe(ctx context.Context, n config.Node) topology.NodeStatus {
+	st := p.Prober.Probe(ctx, n)
+	if n.Name == "pg1" {
+		subs := slices.Clone(st.Subscriptions)
+		for i := range subs {
+			if subs[i].Name == "sub_ext" {
+				subs[i].ApplyErrorCount = tt.Ptr(p.n.Add(1))
+			}
+		}
+		st.Subscriptions = subs
+	}
+	return st
+}
+
+// TestStatusWatchErrorTrend: status --watch compares each look with the
+// one before it, and so says when subscription errors grow.
+func TestStatusWatchErrorTrend(t *testing.T) {
+	t.Parallel()
+	cfg := fixtureConfig(t, false)
+	cfg.Nodes = cfg.Nodes[:4]
+	sp, rec := scenario("logical")
+	p := &growingProber{Prober: sp}
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	o := &StatusOptions{IO: &IOStreams{Out: &out, ErrOut: &out}, Output: "table", Timeout: time.Second, Watch: 20 * time.Millisecond,
+		Config: func() (*config.Config, error) { return cfg, nil }, Prober: p, Record: rec, Now: tt.T0}
+	if err := runStatus(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(out.String(), "\n") {
+		if strings.Contains(l, "subscription_errors:") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) < 2 || !strings.HasSuffix(lines[0], "(one look: whether they still grow shows at the next one)") ||
+		!strings.HasSuffix(lines[1], "(growing: 1 apply and 0 sync errors more than at the previous look)") {
+		t.Fatalf("%q", lines)
 	}
 }

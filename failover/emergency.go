@@ -576,6 +576,12 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *etcdloc
 		p.Notes = append(p.Notes, fmt.Sprintf("%s received WAL that %s lacks and cannot follow it: it is left as it is; run `replctl rejoin %s` to rewind it into a replica of %s",
 			name, candidate, name, candidate))
 	}
+	oldN := snap.Node(old)
+	if oldN == nil {
+		oldN = &topology.Node{NodeStatus: topology.NodeStatus{Name: old}}
+	}
+	p.Notes = append(p.Notes, logicalSlotNotes(oldN, cn)...)
+	p.Notes = append(p.Notes, subscriptionNotes(old, cn)...)
 	return p, nil
 }
 

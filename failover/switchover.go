@@ -366,6 +366,8 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 			add(sw.stepSync())
 		}
 	}
+	p.Notes = append(p.Notes, logicalSlotNotes(pn, snap.Node(candidate.Name))...)
+	p.Notes = append(p.Notes, subscriptionNotes(pn.Name, snap.Node(candidate.Name))...)
 	return p, nil
 }
 

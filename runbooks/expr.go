@@ -34,6 +34,7 @@ const (
 	MetricPrimary           = "primary"
 	MetricTimeline          = "timeline"
 	MetricElapsed           = "elapsed"
+	MetricLogicalSlotsKept  = "logical_slots_kept"
 	// durationSuffix makes <step id>.duration: how long that step took.
 	durationSuffix = ".duration"
 )
@@ -60,6 +61,7 @@ func Metrics() []MetricInfo {
 		{MetricPrimary, TypeNode, "live: the one writable primary"},
 		{MetricTimeline, TypeInt, "live: the primary's timeline"},
 		{MetricElapsed, TypeDuration, "time since the drill started"},
+		{MetricLogicalSlotsKept, TypeInt, "live: how many of the initial primary's logical slots (at the drill's start) the primary has now"},
 	}
 }
 

@@ -121,6 +121,8 @@ type MetricsSummary struct {
 	ReplicaLagBytes      *int64   `json:"replica_lag_bytes"`
 	Primary              *string  `json:"primary"`
 	Timeline             *int64   `json:"timeline"`
+	// LogicalSlotsKept is logical_slots_kept at the end.
+	LogicalSlotsKept *int64 `json:"logical_slots_kept"`
 }
 
 // ProbeSummary describes the write probe's run.

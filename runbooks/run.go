@@ -35,7 +35,10 @@ type drill struct {
 	ctl  *pgctl.PG
 
 	initial string
-	started time.Time
+	// initialLogical names the initial primary's logical slots at the
+	// drill's start: what logical_slots_kept counts on the primary later.
+	initialLogical []string
+	started        time.Time
 	// changed is set once a step that changes the cluster has run.
 	changed bool
 
@@ -115,6 +118,7 @@ func (e *Engine) Run(ctx context.Context, rb *Runbook) (*Report, error) {
 	lctx := lock.Context()
 	first := e.observe(lctx)
 	d.initial = string(first.Snap.Primary)
+	d.initialLogical = logicalSlotNames(first.Snap.PrimaryNode())
 	if err := failover.SaveSyncSettings(lctx, lock, first.Snap.PrimaryNode()); err != nil {
 		e.emit(Event{Type: EventDrillStarted, Message: "warning: could not save the primary's synchronous settings in the cluster record: " + err.Error()})
 	}
@@ -613,6 +617,8 @@ func (d *drill) metric(name string, look func() *topology.Snapshot) (Value, bool
 		return Value{Type: TypeDuration, N: int64(*d.promoteOut)}, true
 	case MetricElapsed:
 		return Value{Type: TypeDuration, N: int64(d.e.now().Sub(d.started))}, true
+	case MetricLogicalSlotsKept:
+		return logicalSlotsKept(d.initialLogical, look())
 	}
 	if id, ok := strings.CutSuffix(name, durationSuffix); ok {
 		dur, ran := d.durations[id]
@@ -638,6 +644,9 @@ func (d *drill) summarize(snap *topology.Snapshot) {
 	m.ReplicasStreaming = ptr(int64(streamingReplicas(snap)))
 	if lag, ok := largestLag(snap); ok && snap.Primary != "" {
 		m.ReplicaLagBytes = ptr(int64(lag))
+	}
+	if v, ok := logicalSlotsKept(d.initialLogical, snap); ok {
+		m.LogicalSlotsKept = ptr(v.N)
 	}
 	if snap.Primary != "" {
 		m.Primary = ptr(string(snap.Primary))
@@ -692,4 +701,36 @@ func roundDur(d time.Duration) time.Duration {
 		return d.Round(100 * time.Millisecond)
 	}
 	return d.Round(time.Millisecond)
+}
+
+// logicalSlotNames lists n's non-temporary logical slots (none for nil).
+func logicalSlotNames(n *topology.Node) []string {
+	var out []string
+	if n == nil {
+		return out
+	}
+	for _, sl := range n.Slots {
+		if sl.Logical() && !sl.Temporary {
+			out = append(out, sl.Name)
+		}
+	}
+	return out
+}
+
+// logicalSlotsKept counts the slots of initial (the initial primary's
+// logical slots) that snap's primary has as logical slots; ok is false
+// without a readable primary.
+func logicalSlotsKept(initial []string, snap *topology.Snapshot) (Value, bool) {
+	p := snap.PrimaryNode()
+	if p == nil || p.Slots == nil {
+		return Value{Type: TypeInt}, false
+	}
+	now := logicalSlotNames(p)
+	n := 0
+	for _, name := range initial {
+		if slices.Contains(now, name) {
+			n++
+		}
+	}
+	return Value{Type: TypeInt, N: int64(n)}, true
 }

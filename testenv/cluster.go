@@ -95,6 +95,10 @@ type Options struct {
 	// server's own pg_basebackup and pg_rewind, replicas are cloned and
 	// rejoined in Go (clone.go).
 	PGBinDir string
+	// Logical sets wal_level = logical on every node (with room for a few
+	// subscriptions' workers), for tests of logical slots, publications
+	// and subscriptions.
+	Logical bool
 }
 
 // Node is one PostgreSQL server of the cluster.
@@ -493,6 +497,15 @@ func (c *Cluster) startNew(ctx context.Context, n *Node) error {
 	}
 }
 
+// extraConf is the postgresql.conf text the options add to every node.
+func (c *Cluster) extraConf() string {
+	extra := timeoutConf(c.opts.ReceiverTimeout)
+	if c.opts.Logical {
+		extra += logicalServerConf
+	}
+	return extra
+}
+
 func (c *Cluster) createPrimary(ctx context.Context, n *Node, tmpl string) error {
 	if err := copyTree(ctx, tmpl, n.DataDir); err != nil {
 		return err
@@ -500,7 +513,7 @@ func (c *Cluster) createPrimary(ctx context.Context, n *Node, tmpl string) error
 	if err := c.in.own(n.DataDir, 0o700); err != nil {
 		return err
 	}
-	if err := c.in.configureServer(n.DataDir, n, c.TLS, timeoutConf(c.opts.ReceiverTimeout)); err != nil {
+	if err := c.in.configureServer(n.DataDir, n, c.TLS, c.extraConf()); err != nil {
 		return fmt.Errorf("testenv: configure %s: %w", n.Name, err)
 	}
 	return c.startNew(ctx, n)
@@ -1079,7 +1092,7 @@ func (c *Cluster) AddStandalone(ctx context.Context, name string, opts ...AddOpt
 	if err := c.in.initdb(ctx, n.DataDir); err != nil {
 		return nil, err
 	}
-	if err := c.in.configureServer(n.DataDir, n, c.TLS, timeoutConf(c.opts.ReceiverTimeout)); err != nil {
+	if err := c.in.configureServer(n.DataDir, n, c.TLS, c.extraConf()); err != nil {
 		return nil, fmt.Errorf("testenv: configure %s: %w", name, err)
 	}
 	if err := c.startNew(ctx, n); err != nil {

@@ -41,6 +41,14 @@ wal_receiver_status_interval = '1s'
 # (60s) unless Options.ReceiverTimeout says otherwise (timeoutConf).
 `
 
+// logicalServerConf is appended with Options.Logical; the later wal_level
+// line wins over serverConf's.
+const logicalServerConf = `
+wal_level = logical
+max_logical_replication_workers = 8
+max_worker_processes = 16
+`
+
 const hbaConf = `# replctl testenv: trust on loopback only
 local	all		all			trust
 local	replication	all			trust

@@ -132,6 +132,10 @@ type Snapshot struct {
 	SplitBrain []string `json:"split_brain"`
 	// Record is the cluster record classification used, nil without one.
 	Record *Record `json:"-"`
+	// Previous is the look before this one when there was one (status
+	// --watch), for the checks that need two looks to tell a trend, such
+	// as subscription error counts that grow. Nil for a single look.
+	Previous *Snapshot `json:"-"`
 }
 
 // Node returns the node with the given name, or nil.
@@ -258,6 +262,7 @@ func Classify(cfg *config.Config, statuses []NodeStatus, rec *Record) *Snapshot 
 		}
 	}
 
+	classifySubscriptions(cfg, nodes)
 	resolveUpstreams(cfg, nodes, byName)
 	snap.Unmanaged = matchWalsenders(nodes, byName)
 	snap.Nodes = nodes
@@ -383,8 +388,9 @@ func matchWalsenders(nodes []*Node, byName map[string]*Node) []Unmanaged {
 		}
 		rows := make([]*Replication, 0, len(u.Replication))
 		for i := range u.Replication {
-			// A base backup is not a replica.
-			if r := &u.Replication[i]; r.State == nil || *r.State != "backup" {
+			// A base backup is not a replica, nor is a logical walsender
+			// (a subscriber or CDC client, shown with its slot).
+			if r := &u.Replication[i]; (r.State == nil || *r.State != "backup") && !r.Logical() {
 				rows = append(rows, r)
 			}
 		}

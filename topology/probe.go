@@ -68,14 +68,19 @@ func (p PgProber) probe(ctx context.Context, node config.Node, st *NodeStatus) e
 			node.Name, conn.PgConn().ParameterStatus("server_version"))
 	}
 	var doc string
-	if err := conn.QueryRow(ctx, probeQuery(vnum)).Scan(&doc); err != nil {
+	// PostgreSQL 13 grants pg_subscription's oid to superusers only, and a
+	// query naming it fails for anyone else: is_superuser is reported at
+	// connection start, so the probe knows before asking.
+	subOID := vnum >= 140000 || conn.PgConn().ParameterStatus("is_superuser") == "on"
+	if err := conn.QueryRow(ctx, probeQueryFor(vnum, subOID)).Scan(&doc); err != nil {
 		return fmt.Errorf("probe %s: %w", node.Name, err)
 	}
 	if err := decodeProbe([]byte(doc), node, st); err != nil {
 		return fmt.Errorf("probe %s: %w", node.Name, err)
 	}
 	var want struct {
-		HistoryWanted bool `json:"history_wanted"`
+		HistoryWanted     bool `json:"history_wanted"`
+		SubconninfoWanted bool `json:"subconninfo_wanted"`
 	}
 	if json.Unmarshal([]byte(doc), &want) == nil && want.HistoryWanted {
 		var tli *int64
@@ -83,6 +88,25 @@ func (p PgProber) probe(ctx context.Context, node config.Node, st *NodeStatus) e
 			return fmt.Errorf("probe %s: timeline history: %w", node.Name, err)
 		}
 		applyHistoryTimeline(st, tli)
+	}
+	if want.SubconninfoWanted {
+		rows, err := conn.Query(ctx, subconninfoQuery)
+		if err != nil {
+			return fmt.Errorf("probe %s: subscriptions: %w", node.Name, err)
+		}
+		var infos []SubConninfo
+		for rows.Next() {
+			var c SubConninfo
+			if err := rows.Scan(&c.Database, &c.Name, &c.Conninfo); err != nil {
+				rows.Close()
+				return fmt.Errorf("probe %s: subscriptions: %w", node.Name, err)
+			}
+			infos = append(infos, c)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("probe %s: subscriptions: %w", node.Name, err)
+		}
+		ApplySubConninfo(st, infos)
 	}
 	st.Reachable = true
 	return nil
@@ -114,10 +138,16 @@ func versionNum(v string) int {
 // back as nulls, not errors (grant pg_monitor to see them).
 //
 // It calls the functions under pg_stat_replication, pg_replication_slots,
-// pg_stat_wal_receiver and pg_settings rather than the views: a fresh backend
-// pays for every catalog object a query touches, and a watch loop opens a
-// fresh backend on every node every second.
-func probeQuery(versionNum int) string {
+// pg_stat_wal_receiver, pg_stat_subscription, pg_stat_subscription_stats,
+// pg_publication_tables and pg_settings rather than the views: a fresh
+// backend pays for every catalog object a query touches, and a watch loop
+// opens a fresh backend on every node every second.
+func probeQuery(versionNum int) string { return probeQueryFor(versionNum, true) }
+
+// probeQueryFor is probeQuery for a role that may (subOID) or may not read
+// pg_subscription.oid, without which a subscription's worker and error
+// counts cannot be joined to it: they are then left unknown.
+func probeQueryFor(versionNum int, subOID bool) string {
 	pause := `pg_get_wal_replay_pause_state()`
 	if versionNum != 0 && versionNum < 140000 {
 		pause = `CASE WHEN pg_is_wal_replay_paused() THEN 'paused' ELSE 'not paused' END`
@@ -158,13 +188,23 @@ SELECT json_build_object(
       'sent_lsn', r.sent_lsn, 'write_lsn', r.write_lsn, 'flush_lsn', r.flush_lsn, 'replay_lsn', r.replay_lsn,
       'write_lag_seconds', extract(epoch FROM r.write_lag), 'flush_lag_seconds', extract(epoch FROM r.flush_lag),
       'replay_lag_seconds', extract(epoch FROM r.replay_lag), 'sync_priority', r.sync_priority,
-      'sync_state', r.sync_state, 'reply_time', r.reply_time) ORDER BY r.pid)
+      'sync_state', r.sync_state, 'reply_time', r.reply_time,
+      'database', (SELECT datname FROM pg_database d WHERE d.oid = a.datid)) ORDER BY r.pid)
     FROM pg_stat_get_wal_senders() r LEFT JOIN LATERAL pg_stat_get_activity(r.pid) a ON true),
   'slots', (SELECT json_agg(json_build_object(
       'slot_name', slot_name, 'slot_type', slot_type, 'temporary', temporary, 'active', active,
       'active_pid', active_pid, 'restart_lsn', restart_lsn, 'wal_status', wal_status,
-      'safe_wal_size', safe_wal_size` + slotColumns(versionNum) + `) ORDER BY slot_name)
+      'safe_wal_size', safe_wal_size, 'plugin', plugin, 'confirmed_flush_lsn', confirmed_flush_lsn,
+      'database', (SELECT datname FROM pg_database d WHERE d.oid = datoid)` + slotColumns(versionNum) + `) ORDER BY slot_name)
     FROM pg_get_replication_slots()),
+  'database', current_database(),
+  'publications', (SELECT json_agg(json_build_object(
+      'name', p.pubname, 'database', current_database(), 'all_tables', p.puballtables,
+      'tables', (SELECT count(*) FROM pg_get_publication_tables(p.pubname))) ORDER BY p.pubname)
+    FROM pg_publication p),
+  'subscriptions', ` + subscriptionsSQL(versionNum, subOID) + `,
+  'subscription_workers', ` + strconv.FormatBool(subOID) + `,
+  'subconninfo_wanted', current_setting('is_superuser') = 'on' AND EXISTS (SELECT 1 FROM pg_subscription),
   'settings', json_build_object(
     'synchronous_standby_names', current_setting('synchronous_standby_names'),
     'synchronous_commit', current_setting('synchronous_commit'),
@@ -175,7 +215,11 @@ SELECT json_build_object(
     'wal_sender_timeout', current_setting('wal_sender_timeout'),
     'recovery_min_apply_delay', current_setting('recovery_min_apply_delay'),
     'cluster_name', current_setting('cluster_name'),
-    'default_transaction_read_only', current_setting('default_transaction_read_only'))
+    'default_transaction_read_only', current_setting('default_transaction_read_only'),
+    'wal_level', current_setting('wal_level'),
+    'hot_standby_feedback', current_setting('hot_standby_feedback'),
+    'sync_replication_slots', current_setting('sync_replication_slots', true),
+    'synchronized_standby_slots', current_setting('synchronized_standby_slots', true))
 )::text
 FROM s, w`
 }
@@ -203,6 +247,72 @@ func slotColumns(versionNum int) string {
 	return b.String()
 }
 
+// subscriptionsSQL reads every database's subscriptions (pg_subscription is
+// cluster-wide) with, when subOID, their leader apply worker and error
+// counts.
+func subscriptionsSQL(versionNum int, subOID bool) string {
+	if !subOID {
+		return `(SELECT json_agg(json_build_object(
+      'name', su.subname, 'database', d.datname, 'enabled', su.subenabled, 'slot_name', su.subslotname,
+      'publications', su.subpublications` + originColumn(versionNum) + `) ORDER BY d.datname, su.subname)
+    FROM pg_subscription su LEFT JOIN pg_database d ON d.oid = su.subdbid)`
+	}
+	return `(SELECT json_agg(json_build_object(
+      'name', su.subname, 'database', d.datname, 'enabled', su.subenabled, 'slot_name', su.subslotname,
+      'publications', su.subpublications, 'worker_pid', w.pid,
+      'sync_workers', (SELECT count(*) FROM pg_stat_get_subscription(su.oid) x WHERE x.relid IS NOT NULL),
+      'received_lsn', w.received_lsn, 'latest_end_lsn', w.latest_end_lsn,
+      'last_msg_receipt_time', w.last_msg_receipt_time` + subscriptionColumns(versionNum) + `) ORDER BY d.datname, su.subname)
+    FROM pg_subscription su LEFT JOIN pg_database d ON d.oid = su.subdbid
+    LEFT JOIN pg_stat_get_subscription(NULL) w ON w.subid = su.oid AND w.relid IS NULL` + applyWorkerFilter(versionNum) + subscriptionStatsJoin(versionNum) + `)`
+}
+
+func originColumn(versionNum int) string {
+	if versionNum >= 160000 {
+		return ", 'origin', su.suborigin"
+	}
+	return ""
+}
+
+// subscriptionColumns are the subscription columns newer than 13, for the
+// versions that have them: pg_stat_subscription_stats came with 15,
+// suborigin with 16.
+func subscriptionColumns(versionNum int) string {
+	var b strings.Builder
+	if versionNum >= 150000 {
+		b.WriteString(", 'apply_error_count', ss.apply_error_count, 'sync_error_count', ss.sync_error_count")
+	}
+	b.WriteString(originColumn(versionNum))
+	return b.String()
+}
+
+// applyWorkerFilter picks the leader apply worker's pg_stat_subscription
+// row: 16 added parallel apply workers, which also have no relid but have
+// a leader_pid.
+func applyWorkerFilter(versionNum int) string {
+	if versionNum >= 160000 {
+		return " AND w.leader_pid IS NULL"
+	}
+	return ""
+}
+
+func subscriptionStatsJoin(versionNum int) string {
+	if versionNum >= 150000 {
+		return "\n    LEFT JOIN LATERAL pg_stat_get_subscription_stats(su.oid) ss ON true"
+	}
+	return ""
+}
+
+// subconninfoQuery reads the subscriptions' connection strings. It is a
+// second round trip, made only on a node with subscriptions and a
+// superuser role: naming subconninfo at all fails for roles that may not
+// read it (PostgreSQL grants it to superusers only), whatever CASE guards
+// it. The probe asks is_superuser, a setting, rather than
+// has_column_privilege(), which costs a fresh backend two milliseconds of
+// catalog reads; a role granted the column explicitly sees no publishers.
+const subconninfoQuery = `SELECT COALESCE(d.datname, ''), su.subname, su.subconninfo
+FROM pg_subscription su LEFT JOIN pg_database d ON d.oid = su.subdbid`
+
 // probeDoc is the JSON document probeQuery returns.
 type probeDoc struct {
 	NodeStatus
@@ -211,6 +321,11 @@ type probeDoc struct {
 	// receiver timeline, and a role that may list pg_wal.
 	HistoryWanted bool               `json:"history_wanted"`
 	Settings      map[string]*string `json:"settings"`
+	// SubconninfoWanted asks for subconninfoQuery.
+	SubconninfoWanted bool `json:"subconninfo_wanted"`
+	// SubscriptionWorkers is false when the subscriptions' workers could
+	// not be read (probeQueryFor); absent means they were.
+	SubscriptionWorkers *bool `json:"subscription_workers"`
 }
 
 // historyTimelineQuery reads the newest timeline history file in pg_wal. It
@@ -274,6 +389,35 @@ func decodeProbe(doc []byte, node config.Node, st *NodeStatus) error {
 	if st.Slots == nil {
 		st.Slots = []Slot{}
 	}
+	if st.Publications == nil {
+		st.Publications = []Publication{}
+	}
+	if st.Subscriptions == nil {
+		st.Subscriptions = []Subscription{}
+	}
+	for i := range st.Subscriptions {
+		su := &st.Subscriptions[i]
+		switch {
+		case st.InRecovery:
+			su.WorkerState = WorkerStandby
+		case !su.Enabled:
+			su.WorkerState = WorkerDisabled
+		case d.SubscriptionWorkers != nil && !*d.SubscriptionWorkers:
+			su.WorkerState = "" // unknown
+		case su.WorkerPID != nil:
+			su.WorkerState = WorkerRunning
+		default:
+			su.WorkerState = WorkerNotRunning
+		}
+	}
+	logical := st.LogicalSlotPIDs()
+	for i := range st.Replication {
+		if r := &st.Replication[i]; r.PID != nil {
+			if name, ok := logical[*r.PID]; ok {
+				r.LogicalSlot = &name
+			}
+		}
+	}
 	if pos := slotReference(st); pos != nil {
 		for i := range st.Slots {
 			st.Slots[i].RetainedBytes = Lag(pos, st.Slots[i].RestartLSN)
@@ -309,6 +453,10 @@ func decodeSettings(m map[string]*string, node config.Node) Settings {
 	s.PrimarySlotName = str("primary_slot_name")
 	s.ClusterName = str("cluster_name")
 	s.DefaultTransactionReadOnly = str("default_transaction_read_only")
+	s.WALLevel = str("wal_level")
+	s.HotStandbyFeedback = str("hot_standby_feedback")
+	s.SyncReplicationSlots = str("sync_replication_slots")
+	s.SynchronizedStandbySlots = str("synchronized_standby_slots")
 	if c := str("primary_conninfo"); c != nil {
 		v := config.Scrub(*c, node.DSN)
 		s.PrimaryConninfo = &v

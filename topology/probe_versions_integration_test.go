@@ -95,4 +95,40 @@ func probeVersion(t *testing.T, bin string) {
 	if s.InvalidationReason != nil || s.Conflicting != nil {
 		t.Errorf("invalidation_reason %v, conflicting %v on a valid physical slot", s.InvalidationReason, s.Conflicting)
 	}
+	if s.Plugin != nil || s.Database != nil || s.ConfirmedFlushLSN != nil || prim.Settings.WALLevel == nil ||
+		(prim.Settings.SyncReplicationSlots != nil) != has(170000) {
+		t.Errorf("physical slot %+v, settings %+v", s, prim.Settings)
+	}
+
+	// A subscription needs no logical WAL on its own side: one that never
+	// connects shows each version's columns, and its publisher without
+	// the password.
+	if err := c.Exec(t.Context(), "pg1", "CREATE PUBLICATION pv FOR ALL TABLES"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Exec(t.Context(), "pg1", "CREATE SUBSCRIPTION sv CONNECTION 'host=db9 port=6543 dbname=src password=pv-secret' PUBLICATION p WITH (connect = false)"); err != nil {
+		t.Fatal(err)
+	}
+	prim = p.Probe(t.Context(), config.Node{Name: "pg1", DSN: c.Nodes[0].DSN})
+	if len(prim.Subscriptions) != 1 || len(prim.Publications) != 1 || !prim.Publications[0].AllTables || prim.Database != "postgres" {
+		t.Fatalf("subscriptions %+v publications %+v (error %q)", prim.Subscriptions, prim.Publications, prim.Error)
+	}
+	sub := prim.Subscriptions[0]
+	if sub.Name != "sv" || sub.Enabled || sub.WorkerState != topology.WorkerDisabled || sub.PublisherHost == nil || *sub.PublisherHost != "db9" ||
+		*sub.PublisherPort != "6543" || *sub.PublisherDB != "src" {
+		t.Fatalf("subscription %+v", sub)
+	}
+	for _, col := range []struct {
+		name  string
+		since int
+		got   bool
+	}{
+		{"apply_error_count", 150000, sub.ApplyErrorCount != nil},
+		{"sync_error_count", 150000, sub.SyncErrorCount != nil},
+		{"origin", 160000, sub.Origin != nil},
+	} {
+		if col.got != has(col.since) {
+			t.Errorf("PostgreSQL %d: subscription column %s read = %v, want %v", v, col.name, col.got, has(col.since))
+		}
+	}
 }

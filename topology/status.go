@@ -61,6 +61,18 @@ type NodeStatus struct {
 	Replication    []Replication `json:"replication"`
 	Slots          []Slot        `json:"slots"`
 	Settings       Settings      `json:"settings"`
+	// Database is the database the probe connected to: the only one whose
+	// publications it can see (see Publications).
+	Database string `json:"database"`
+	// Publications are pg_publication in Database only: publications are
+	// per-database catalog rows, and the probe connects to one database, so
+	// those of the node's other databases are not seen. Empty when there
+	// are none, nil when unreadable.
+	Publications []Publication `json:"publications"`
+	// Subscriptions are every database's (pg_subscription is a cluster-wide
+	// catalog), with their apply workers. On a standby they are catalog
+	// copies whose workers run only once it is promoted.
+	Subscriptions []Subscription `json:"subscriptions"`
 }
 
 // Timeline sources, from the most to the least direct.
@@ -168,10 +180,34 @@ type Replication struct {
 	SyncPriority    *int       `json:"sync_priority"`
 	SyncState       *string    `json:"sync_state"`
 	ReplyTime       *time.Time `json:"reply_time"`
+	// Database is the database a logical walsender decodes (a physical
+	// one connects to none): a subscriber, its table synchronisation or a
+	// CDC client, never a replica.
+	Database *string `json:"database"`
+	// LogicalSlot is the logical slot this walsender holds, nil for a
+	// physical one or while a table synchronisation copies (it holds its
+	// slot only to stream).
+	LogicalSlot *string `json:"logical_slot"`
 }
+
+// Logical reports whether the walsender serves logical replication.
+func (r Replication) Logical() bool { return r.Database != nil || r.LogicalSlot != nil }
 
 // Streaming reports whether the walsender is in the streaming state.
 func (r Replication) Streaming() bool { return r.State != nil && *r.State == "streaming" }
+
+// LogicalSlotPIDs are the process IDs holding a logical slot: the logical
+// walsenders (subscribers, CDC clients), which pg_stat_replication lists
+// among the physical ones.
+func (n *NodeStatus) LogicalSlotPIDs() map[int]string {
+	out := map[int]string{}
+	for _, sl := range n.Slots {
+		if sl.Logical() && sl.ActivePID != nil {
+			out[*sl.ActivePID] = sl.Name
+		}
+	}
+	return out
+}
 
 // Slot is one row of pg_replication_slots.
 type Slot struct {
@@ -197,7 +233,94 @@ type Slot struct {
 	InvalidationReason *string `json:"invalidation_reason"`
 	Failover           *bool   `json:"failover"`
 	Synced             *bool   `json:"synced"`
+	// Plugin, Database and ConfirmedFlushLSN are a logical slot's output
+	// plugin, the database it decodes and the position its consumer has
+	// confirmed: where that consumer resumes, and so where it must
+	// resynchronise from if the slot is lost. Nil on a physical slot.
+	Plugin            *string `json:"plugin"`
+	Database          *string `json:"database"`
+	ConfirmedFlushLSN *LSN    `json:"confirmed_flush_lsn"`
 }
+
+// Logical reports whether the slot is a logical one.
+func (s Slot) Logical() bool { return s.Type == "logical" }
+
+// Publication is one publication of the probed database.
+type Publication struct {
+	Name     string `json:"name"`
+	Database string `json:"database"`
+	// AllTables is FOR ALL TABLES (new tables included as they appear).
+	AllTables bool `json:"all_tables"`
+	// Tables is how many tables it publishes now (pg_publication_tables).
+	Tables int `json:"tables"`
+}
+
+// Worker states of a subscription (Subscription.WorkerState).
+const (
+	WorkerRunning    = "running"
+	WorkerNotRunning = "not running"
+	WorkerDisabled   = "disabled"
+	// WorkerStandby is a subscription seen on a standby: a catalog copy
+	// whose worker starts only if the standby is promoted.
+	WorkerStandby = "standby"
+)
+
+// Subscription is one row of pg_subscription with its apply worker
+// (pg_stat_subscription) and error counts (pg_stat_subscription_stats).
+type Subscription struct {
+	Name     string `json:"name"`
+	Database string `json:"database"`
+	Enabled  bool   `json:"enabled"`
+	// SlotName is the slot on the publisher (subslotname), nil for NONE.
+	SlotName     *string  `json:"slot_name"`
+	Publications []string `json:"publications"`
+	// PublisherHost, PublisherPort and PublisherDB are read from
+	// subconninfo as written (host and port may list several; an empty
+	// port is libpq's default, 5432). The connection string itself is
+	// never kept, so its password cannot leak. Nil when the role may not
+	// read subconninfo (superuser only).
+	PublisherHost *string `json:"publisher_host"`
+	PublisherPort *string `json:"publisher_port"`
+	PublisherDB   *string `json:"publisher_dbname"`
+	// WorkerState is WorkerRunning, WorkerNotRunning, WorkerDisabled or
+	// WorkerStandby; "" when unknown (PostgreSQL 13 without superuser,
+	// where the worker cannot be matched to its subscription).
+	WorkerState string `json:"worker_state"`
+	WorkerPID   *int   `json:"worker_pid"`
+	// SyncWorkers counts table synchronisation workers (initial copies).
+	SyncWorkers  int  `json:"sync_workers"`
+	ReceivedLSN  *LSN `json:"received_lsn"`
+	LatestEndLSN *LSN `json:"latest_end_lsn"`
+	// LastMsgReceiptTime is when the worker last heard from the publisher.
+	LastMsgReceiptTime *time.Time `json:"last_msg_receipt_time"`
+	// ApplyErrorCount and SyncErrorCount are pg_stat_subscription_stats
+	// (PostgreSQL 15+; nil before): errors since the statistics were reset.
+	ApplyErrorCount *int64 `json:"apply_error_count"`
+	SyncErrorCount  *int64 `json:"sync_error_count"`
+	// Origin is suborigin (16+): "none" publishes only changes made on the
+	// publisher itself, what bidirectional setups need to avoid loops.
+	Origin *string `json:"origin"`
+
+	// Set by Classify from the configuration:
+
+	// PublisherNode is the configured node whose DSN's host and port the
+	// publisher address matches, null when none does.
+	PublisherNode NodeName `json:"publisher_node"`
+	// Kind is "internal" when the publisher is a node of this
+	// configuration, "external" when it is not, "" when unknown (the
+	// publisher address is unreadable).
+	Kind string `json:"kind"`
+	// BidirectionalWith names the subscription replicating the other way
+	// ("node/database/name"): it consumes from this one's database and
+	// this one consumes from its database. Null when there is none.
+	BidirectionalWith *string `json:"bidirectional_with"`
+}
+
+// Subscription kinds (Subscription.Kind).
+const (
+	SubscriptionInternal = "internal"
+	SubscriptionExternal = "external"
+)
 
 // Settings are the configuration parameters promotion and the checks need.
 // Nil when the role may not read them (primary_conninfo is superuser-only).
@@ -222,4 +345,12 @@ type Settings struct {
 	// DefaultTransactionReadOnly is "on" on a primary under the SQL fence:
 	// ordinary sessions cannot write.
 	DefaultTransactionReadOnly *string `json:"default_transaction_read_only"`
+	// WALLevel is wal_level: "logical" is needed for logical slots.
+	WALLevel *string `json:"wal_level"`
+	// HotStandbyFeedback, SyncReplicationSlots and SynchronizedStandbySlots
+	// make a standby keep synchronised copies of the primary's failover
+	// slots (PostgreSQL 17+; the last two are nil before).
+	HotStandbyFeedback       *string `json:"hot_standby_feedback"`
+	SyncReplicationSlots     *string `json:"sync_replication_slots"`
+	SynchronizedStandbySlots *string `json:"synchronized_standby_slots"`
 }
