@@ -34,6 +34,7 @@ type PromoteOptions struct {
 	CatchupTimeout time.Duration
 	NoRejoin       bool
 	RequireStop    bool
+	LogicalSlots   string
 	LockWait       time.Duration
 	// Emergency failover.
 	Emergency     bool
@@ -116,7 +117,12 @@ promotion undoes the fence and leaves the old primary serving.`,
 					return usageError("--%s applies only to --emergency", name)
 				}
 			}
-			for _, name := range []string{"max-lag", "no-rejoin", "require-stop"} {
+			switch o.LogicalSlots {
+			case failover.LogicalHandover, failover.LogicalDrop, failover.LogicalRefuse:
+			default:
+				return usageError("--logical-slots %q: use handover, drop or refuse", o.LogicalSlots)
+			}
+			for _, name := range []string{"max-lag", "no-rejoin", "require-stop", "logical-slots"} {
 				if cmd.Flags().Changed(name) && o.Emergency {
 					return usageError("--%s applies only to a planned switchover, not --emergency", name)
 				}
@@ -136,6 +142,7 @@ promotion undoes the fence and leaves the old primary serving.`,
 	fl.DurationVar(&o.CatchupTimeout, "catchup-timeout", 30*time.Second, "how long to wait for the candidate to catch up and replay the final position")
 	fl.BoolVar(&o.NoRejoin, "no-rejoin", false, "leave the old primary fenced instead of rejoining it as a replica")
 	fl.BoolVar(&o.RequireStop, "require-stop", false, "refuse unless the primary can be stopped (commands.stop): no SQL fence")
+	fl.StringVar(&o.LogicalSlots, "logical-slots", failover.LogicalHandover, "logical slots the promotion would lose: handover (carry them over with writes held; needs the SQL fence), drop (their consumers resynchronise) or refuse")
 	fl.BoolVar(&o.Emergency, "emergency", false, "emergency failover: the primary is dead; prove it, fence it, promote the most advanced replica")
 	fl.BoolVar(&o.AllowDataLoss, "allow-data-loss", false, "emergency: promote even when another node is ahead or the sync quorum proof fails")
 	fl.BoolVar(&o.Force, "force", false, "emergency: override the evidence that the primary is dead (only that check)")
@@ -232,8 +239,9 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	}
 	req := failover.Request{Kind: failover.KindSwitchover, Switchover: failover.SwitchoverOptions{
 		Candidate: o.Node, MaxLag: uint64(o.MaxLag), CatchupTimeout: o.CatchupTimeout, CallTimeout: o.Timeout, NoRejoin: o.NoRejoin, RequireStop: o.RequireStop,
+		LogicalSlots: o.LogicalSlots,
 	}}
-	params := map[string]string{"max_lag": o.MaxLag.String(), "catchup_timeout": o.CatchupTimeout.String(), "no_rejoin": fmt.Sprint(o.NoRejoin)}
+	params := map[string]string{"max_lag": o.MaxLag.String(), "catchup_timeout": o.CatchupTimeout.String(), "no_rejoin": fmt.Sprint(o.NoRejoin), "logical_slots": o.LogicalSlots}
 	if o.Emergency {
 		req = failover.Request{Kind: failover.KindFailover, Emergency: failover.EmergencyOptions{Candidate: o.Node, AllowDataLoss: o.AllowDataLoss,
 			Force: o.Force, NoFence: o.NoFence, CatchupTimeout: o.CatchupTimeout, CallTimeout: o.Timeout}}

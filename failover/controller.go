@@ -40,6 +40,14 @@ type Controller interface {
 	// was requested).
 	ReplayPaused(ctx context.Context, node string) (bool, error)
 	CreateSlots(ctx context.Context, node string, slots []string) (created []string, err error)
+	// HoldWrites makes new sessions on node read-only by default (writes
+	// held while logical slots are handed over), once reloaded.
+	HoldWrites(ctx context.Context, node string) error
+	// LogicalSlotPositions is the confirmed_flush_lsn of node's logical slots.
+	LogicalSlotPositions(ctx context.Context, node string) (map[string]topology.LSN, error)
+	// CreateLogicalSlots creates the missing logical slots, each in its
+	// database, at node's current position.
+	CreateLogicalSlots(ctx context.Context, node string, slots []pgctl.LogicalSlot) (created []string, err error)
 	DropSlots(ctx context.Context, node string, slots []string) error
 	// Promote wraps ErrPromoteNotSent in an error that left the node
 	// certainly unpromoted.

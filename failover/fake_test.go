@@ -56,6 +56,8 @@ type fakeCluster struct {
 	// its positions replays catchupStep of it.
 	behind      uint64
 	catchupStep uint64
+	// logical is each node's logical slots and their confirmed positions.
+	logical map[string]map[string]topology.LSN
 }
 
 type fakeNode struct {
@@ -746,4 +748,56 @@ func (c *virtualClock) After(d time.Duration) <-chan time.Time {
 	ch := make(chan time.Time, 1)
 	ch <- t
 	return ch
+}
+
+// LogicalSlotPositions: the fake has no logical slots but those a test
+// puts in logical (name -> confirmed position).
+func (f *fakeCluster) LogicalSlotPositions(ctx context.Context, node string) (map[string]topology.LSN, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, err := f.node(ctx, node); err != nil {
+		return nil, err
+	}
+	out := map[string]topology.LSN{}
+	for k, v := range f.logical[node] {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (f *fakeCluster) CreateLogicalSlots(ctx context.Context, node string, slots []pgctl.LogicalSlot) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	var made []string
+	for _, s := range slots {
+		if f.logical == nil {
+			f.logical = map[string]map[string]topology.LSN{}
+		}
+		if f.logical[node] == nil {
+			f.logical[node] = map[string]topology.LSN{}
+		}
+		if _, ok := f.logical[node][s.Name]; !ok {
+			f.logical[node][s.Name] = n.lsn
+			made = append(made, s.Name)
+		}
+	}
+	f.log("create logical slots %v on %s", made, node)
+	return made, nil
+}
+
+func (f *fakeCluster) HoldWrites(ctx context.Context, node string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.node(ctx, node)
+	if err != nil {
+		return err
+	}
+	n.auto["default_transaction_read_only"] = "on"
+	f.reload(n)
+	f.log("hold writes on %s", node)
+	return nil
 }

@@ -25,30 +25,8 @@ func logicalSlotNotes(old, cand *topology.Node) []string {
 	if cand == nil {
 		return nil
 	}
-	copyOf := func(name string) *topology.Slot {
-		i := slices.IndexFunc(cand.Slots, func(s topology.Slot) bool { return s.Name == name && s.Logical() })
-		if i < 0 {
-			return nil
-		}
-		return &cand.Slots[i]
-	}
-	kept := func(sl topology.Slot) (bool, string) {
-		c := copyOf(sl.Name)
-		switch {
-		case cand.Major() > 0 && cand.Major() < 17:
-			return false, fmt.Sprintf("PostgreSQL %d keeps logical slots on the primary only", cand.Major())
-		case sl.Failover != nil && !*sl.Failover:
-			return false, "it has failover = false, so no standby keeps a copy"
-		case c == nil || c.Synced == nil || !*c.Synced:
-			return false, cand.Name + " holds no synced copy of it"
-		case c.Temporary:
-			// Promotion drops a copy that has not become persistent yet.
-			return false, cand.Name + "'s copy is not persistent yet"
-		case c.InvalidationReason != nil || c.WALStatus != nil && *c.WALStatus == "lost":
-			return false, cand.Name + "'s copy is invalidated"
-		}
-		return true, ""
-	}
+	copyOf := func(name string) *topology.Slot { return logicalCopy(cand, name) }
+	kept := func(sl topology.Slot) (bool, string) { return logicalKept(sl, cand) }
 	var notes []string
 	if old != nil && old.Reachable && old.Slots != nil {
 		for _, sl := range old.Slots {
@@ -150,4 +128,76 @@ func portSuffix(p *string) string {
 		return ""
 	}
 	return ":" + *p
+}
+
+// logicalCopy is cand's logical slot named name, nil when it has none.
+func logicalCopy(cand *topology.Node, name string) *topology.Slot {
+	i := slices.IndexFunc(cand.Slots, func(s topology.Slot) bool { return s.Name == name && s.Logical() })
+	if i < 0 {
+		return nil
+	}
+	return &cand.Slots[i]
+}
+
+// logicalKept reports whether promoting cand keeps the old primary's
+// logical slot sl (a PostgreSQL 17 failover slot cand holds a persistent,
+// valid synced copy of), and why not.
+func logicalKept(sl topology.Slot, cand *topology.Node) (bool, string) {
+	c := logicalCopy(cand, sl.Name)
+	switch {
+	case cand.Major() > 0 && cand.Major() < 17:
+		return false, fmt.Sprintf("PostgreSQL %d keeps logical slots on the primary only", cand.Major())
+	case sl.Failover != nil && !*sl.Failover:
+		return false, "it has failover = false, so no standby keeps a copy"
+	case c == nil || c.Synced == nil || !*c.Synced:
+		return false, cand.Name + " holds no synced copy of it"
+	case c.Temporary:
+		// Promotion drops a copy that has not become persistent yet.
+		return false, cand.Name + "'s copy is not persistent yet"
+	case c.InvalidationReason != nil || c.WALStatus != nil && *c.WALStatus == "lost":
+		return false, cand.Name + "'s copy is invalidated"
+	}
+	return true, ""
+}
+
+// What a planned switchover does with the logical slots a promotion
+// would lose (--logical-slots).
+const (
+	// LogicalHandover carries them over: after the SQL fence each
+	// consumer confirms the final position, the candidate is promoted with
+	// writes held, each slot is created on it, and writes are released:
+	// nothing is written between the final position and the new slot, so
+	// a consumer that reconnects misses nothing.
+	LogicalHandover = "handover"
+	// LogicalDrop lets the promotion lose them: their consumers must
+	// resynchronise.
+	LogicalDrop = "drop"
+	// LogicalRefuse refuses a switchover that would lose one.
+	LogicalRefuse = "refuse"
+)
+
+// lostLogicalSlots are old's persistent logical slots that promoting cand
+// does not keep by itself.
+func lostLogicalSlots(old, cand *topology.Node) []topology.Slot {
+	if old == nil || cand == nil {
+		return nil
+	}
+	var out []topology.Slot
+	for _, sl := range old.Slots {
+		if !sl.Logical() || sl.Temporary {
+			continue
+		}
+		if ok, _ := logicalKept(sl, cand); !ok {
+			out = append(out, sl)
+		}
+	}
+	return out
+}
+
+func slotNames(sl []topology.Slot) string {
+	var n []string
+	for _, s := range sl {
+		n = append(n, s.Name)
+	}
+	return strings.Join(n, ", ")
 }

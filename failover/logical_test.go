@@ -1,12 +1,15 @@
 package failover
 
 import (
+	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/replctl/replctl/config"
+	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 	tt "github.com/replctl/replctl/topology/topologytest"
 )
@@ -97,7 +100,7 @@ func TestLogicalSlotNotes(t *testing.T) {
 				notes = p.Notes
 			} else {
 				snap := topology.Classify(cfg, st, nil)
-				p, err := BuildSwitchoverPlan(cfg, snap, SwitchoverOptions{Candidate: "pg2"}, &Env{})
+				p, err := BuildSwitchoverPlan(cfg, snap, SwitchoverOptions{Candidate: "pg2", LogicalSlots: LogicalDrop}, &Env{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -118,5 +121,93 @@ func TestLogicalSlotNotes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The handover of logical slots (the default of --logical-slots), on the
+// fake: the stop fence gives way to the SQL fence, the consumer's
+// confirmation of the final position is waited for, the candidate is
+// promoted with writes held, the slot is created there and writes are
+// released, in that order; a consumer that never confirms undoes the
+// switchover before anything is promoted or held. refuse and a
+// --require-stop conflict refuse, naming the slot.
+func TestLogicalHandover(t *testing.T) {
+	t.Parallel()
+	lsn := topology.LSN(0x3000060)
+	build := func(t *testing.T, opts SwitchoverOptions) (*fakeCluster, *Env, *plan.Plan, error) {
+		cfg := engineConfig(true, "pg1", "pg2", "pg3")
+		ctl := newFakeCtl(lsn)
+		rec := &fakeRecorder{}
+		ctl.lock = rec
+		env := &Env{Ctl: ctl}
+		env.Acquire = func(context.Context) error { env.Lock = rec; return nil }
+		p1 := tt.Primary("pg1", lsn, "pg2", "pg3")
+		p1.Slots = []topology.Slot{logicalSlotFixture("cdc")}
+		r2 := tt.Replica("pg2", 5432, lsn)
+		r2.Settings.WALLevel = tt.Ptr("logical")
+		snap := topology.Classify(cfg, []topology.NodeStatus{p1, r2, tt.Replica("pg3", 5432, lsn)}, nil)
+		opts.Candidate, opts.CatchupTimeout, opts.CallTimeout, opts.MaxLag = "pg2", time.Second, 500*time.Millisecond, 16<<20
+		p, err := BuildSwitchoverPlan(cfg, snap, opts, env)
+		return ctl, env, p, err
+	}
+	ctl, env, p, err := build(t, SwitchoverOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Fence != FenceSQL {
+		t.Fatalf("fence %s: a handover needs the SQL fence", p.Fence)
+	}
+	var ids []string
+	for _, s := range p.Steps {
+		ids = append(ids, s.ID)
+	}
+	order := []string{StepFence, StepFinalLSN, StepWaitLogical, StepWaitReplay, StepHoldWrites, StepPromote, StepCreateLogical, StepReleaseWrites, StepVerify, StepRecordState, StepEndLogical, StepVerifyLogical}
+	last := -1
+	for _, id := range order {
+		i := slices.Index(ids, id)
+		if i <= last {
+			t.Fatalf("step %s out of order in %v", id, ids)
+		}
+		last = i
+	}
+	if !slices.ContainsFunc(p.Notes, func(n string) bool { return strings.Contains(n, "handed over to pg2") }) ||
+		slices.ContainsFunc(p.Notes, func(n string) bool { return strings.Contains(n, "LOST") }) {
+		t.Errorf("notes: %v", p.Notes)
+	}
+	// The consumer has confirmed everything.
+	ctl.logical = map[string]map[string]topology.LSN{"pg1": {"cdc": lsn}}
+	res := plan.Execute(t.Context(), p, env, nil, nil)
+	if res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	if _, ok := ctl.logical["pg2"]["cdc"]; !ok {
+		t.Fatal("the slot was not created on pg2")
+	}
+	if v := ctl.nodes["pg2"].setting("default_transaction_read_only"); v == "on" {
+		t.Fatal("writes are still held on the new primary")
+	}
+	if !ctl.called("hold writes on pg2") {
+		t.Fatalf("writes were not held: %v", ctl.calls)
+	}
+
+	// A consumer that never confirms: undone before the promotion.
+	ctl, env, p, _ = build(t, SwitchoverOptions{})
+	ctl.logical = map[string]map[string]topology.LSN{"pg1": {"cdc": lsn - 0x40}}
+	res = plan.Execute(t.Context(), p, env, nil, nil)
+	if res.Outcome != plan.OutcomeFailed || !strings.Contains(fmt.Sprint(res.Err), "--logical-slots drop") {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	if !ctl.nodes["pg2"].inRecovery || ctl.called("hold writes") {
+		t.Fatal("the candidate was promoted or held though the consumer never confirmed")
+	}
+
+	if _, _, _, err := build(t, SwitchoverOptions{LogicalSlots: LogicalRefuse}); err == nil || !strings.Contains(err.Error(), "cdc") {
+		t.Errorf("refuse: %v", err)
+	}
+	if _, _, _, err := build(t, SwitchoverOptions{RequireStop: true}); err == nil || !strings.Contains(err.Error(), "--require-stop") {
+		t.Errorf("require-stop: %v", err)
+	}
+	if _, _, p, err := build(t, SwitchoverOptions{LogicalSlots: LogicalDrop}); err != nil || p.Fence != FenceStop || slices.ContainsFunc(p.Steps, func(s plan.Step) bool { return s.ID == StepHoldWrites }) {
+		t.Errorf("drop: %v", err)
 	}
 }

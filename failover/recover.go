@@ -294,7 +294,7 @@ func (rc *recovery) rollBack(p *plan.Plan, r *etcdlock.OpRecord, obs Observation
 			p.Steps = append(p.Steps, plan.Step{ID: StepRecoverStart, Node: node, Mutates: true, Timeout: t.Command + t.Stream, Budget: budget,
 				Description: fmt.Sprintf("%s: start it again as primary with commands.start (%s): the interrupted switchover stopped it and never began promoting %s; wait until it accepts writes", node, cn.Commands.Start, r.Plan.Candidate),
 				Run:         func(ctx context.Context) error { return rc.restart(ctx, node) }})
-		case s.ID == StepFence && r.Plan.Fence == FenceSQL, strings.HasPrefix(s.ID, StepDetach+"-"):
+		case s.ID == StepFence && r.Plan.Fence == FenceSQL, strings.HasPrefix(s.ID, StepDetach+"-"), s.ID == StepHoldWrites:
 			var c capturedSettings
 			if !decodeCaptured(s.Captured, &c) {
 				continue // captured before changing: without it nothing changed
@@ -312,7 +312,10 @@ func (rc *recovery) rollBack(p *plan.Plan, r *etcdlock.OpRecord, obs Observation
 			snapSet := &pgctl.SettingsSnapshot{Settings: c.Settings}
 			id, desc := StepRecoverRestore+"-"+node, fmt.Sprintf("%s: restore %s as the interrupted operation captured them (ALTER SYSTEM), SELECT pg_reload_conf()", node, settingNames(c))
 			run := func(ctx context.Context) error { return rc.env.Ctl.RestoreSettings(ctx, node, snapSet) }
-			if s.ID != StepFence {
+			switch {
+			case s.ID == StepHoldWrites:
+				desc += ": releases the writes it held"
+			case s.ID != StepFence:
 				cand := r.Plan.Candidate
 				desc += fmt.Sprintf("; end its walsender on %s so it follows %s again", cand, r.Plan.Primary)
 				run = func(ctx context.Context) error {
@@ -322,7 +325,7 @@ func (rc *recovery) rollBack(p *plan.Plan, r *etcdlock.OpRecord, obs Observation
 					_, err := rc.env.Ctl.TerminateWALSenders(ctx, cand, node, node)
 					return err
 				}
-			} else {
+			default:
 				desc += ": lifts the SQL fence"
 			}
 			p.Steps = append(p.Steps, plan.Step{ID: id, Node: node, Mutates: true, Fences: false, Timeout: t.Stream, Budget: budget, Description: desc, Run: run})
@@ -370,6 +373,13 @@ func (rc *recovery) rollForward(p *plan.Plan, r *etcdlock.OpRecord, obs Observat
 		add(plan.Step{ID: StepRecoverFence, Node: old, Mutates: true, Fences: true, Timeout: 2 * sw.t.Call, Budget: sw.budget(2 * sw.t.Call),
 			Description: fmt.Sprintf("%s: it answers out of recovery and unfenced: SQL fence it again (%s); it is never lifted", old, strings.Join(pgctl.SQLFenceSQL, "; ")),
 			Run:         func(ctx context.Context) error { return rc.env.Ctl.FenceSQL(ctx, old) }})
+	}
+	if hold := heldWrites(r); hold != nil {
+		snapSet := &pgctl.SettingsSnapshot{Settings: hold.Settings}
+		add(plan.Step{ID: StepRecoverRestore + "-" + cand, Node: cand, Mutates: true, Timeout: sw.t.Call, Budget: sw.budget(2 * sw.t.Call),
+			Description: fmt.Sprintf("%s: release the writes the interrupted switchover held for its logical slot handover: restore %s as captured (ALTER SYSTEM), SELECT pg_reload_conf()", cand, settingNames(*hold)),
+			Run:         func(ctx context.Context) error { return rc.env.Ctl.RestoreSettings(ctx, cand, snapSet) }})
+		p.Notes = append(p.Notes, fmt.Sprintf("the interrupted switchover was handing logical slots over to %s: check with `replctl status` that they exist there; a missing one's consumer must resynchronise", cand))
 	}
 	add(sw.stepVerify())
 	add(sw.stepRecord())
@@ -518,4 +528,22 @@ func settingNames(c capturedSettings) string {
 	}
 	slices.Sort(names)
 	return strings.Join(names, ", ")
+}
+
+// heldWrites is what the interrupted operation's hold-writes step captured
+// when it began and no release-writes ended, nil otherwise.
+func heldWrites(r *etcdlock.OpRecord) *capturedSettings {
+	var hold *capturedSettings
+	for _, s := range r.Journal() {
+		switch {
+		case s.ID == StepHoldWrites && s.Began && s.Undo != string(plan.StepUndone):
+			var c capturedSettings
+			if decodeCaptured(s.Captured, &c) {
+				hold = &c
+			}
+		case s.ID == StepReleaseWrites && s.Outcome == "done":
+			return nil
+		}
+	}
+	return hold
 }

@@ -106,6 +106,9 @@ type SwitchoverOptions struct {
 	CallTimeout time.Duration
 	NoRejoin    bool
 	RequireStop bool
+	// LogicalSlots is what happens to the logical slots the promotion
+	// would lose: LogicalHandover (""), LogicalDrop or LogicalRefuse.
+	LogicalSlots string
 }
 
 // switchover carries what one step learns for the next. Emergency failover
@@ -130,6 +133,12 @@ type switchover struct {
 
 	preStopLSN topology.LSN
 	finalLSN   topology.LSN
+	// handover are the logical slots handed over to the candidate;
+	// holdCapture is its default_transaction_read_only before writes were
+	// held, logicalErr why a slot could not be created.
+	handover    []pgctl.LogicalSlot
+	holdCapture *pgctl.SettingsSnapshot
+	logicalErr  error
 	// streamEnded is set by an emergency failover: finalLSN is where the
 	// dead primary's stream stopped, which may be inside a record.
 	streamEnded bool
@@ -217,7 +226,20 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 	if primary.Commands.Stop != "" {
 		sw.fence = FenceStop
 	}
+	handover, err := planHandover(pn, sw.cn, opts.LogicalSlots, opts.RequireStop)
+	if err != nil {
+		return nil, err
+	}
+	sw.handover = handover
+	var handoverNote string
+	if len(handover) > 0 && sw.fence == FenceStop {
+		sw.fence = FenceSQL
+		handoverNote = fmt.Sprintf("logical slots %s are handed over, which needs the SQL fence: once stopped, %s could not say whether their consumers confirmed its last WAL; it is stopped by its rejoin", handoverNames(handover), primary.Name)
+	}
 	p := &plan.Plan{Kind: "switchover", Candidate: candidate.Name, Primary: primary.Name, Fence: sw.fence}
+	if handoverNote != "" {
+		p.Notes = append(p.Notes, handoverNote)
+	}
 	for _, n := range snap.Nodes {
 		if n.Name == candidate.Name || n.Name == primary.Name {
 			continue
@@ -333,13 +355,26 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		add(plan.Step{ID: StepFinalLSN, Node: primary.Name, Timeout: t.Call,
 			Description: fmt.Sprintf("%s: read its final WAL position: SELECT pg_current_wal_insert_lsn(), then wait until pg_current_wal_flush_lsn() reaches it", primary.Name),
 			Run:         sw.finalFromPrimary})
+		if len(sw.handover) > 0 {
+			add(sw.stepWaitLogical())
+		}
 	}
 	add(plan.Step{ID: StepWaitReplay, Node: candidate.Name, Timeout: t.Catchup,
 		Description: fmt.Sprintf("%s: wait until it has replayed up to %s's final position (timeout %s); SELECT pg_reload_conf() wakes its startup process if replay stalls", candidate.Name, primary.Name, t.Catchup),
 		Run:         sw.waitReplay})
+	if len(sw.handover) > 0 {
+		add(sw.stepHoldWrites())
+	}
 	add(sw.stepPromote())
+	if len(sw.handover) > 0 {
+		add(sw.stepCreateLogical())
+		add(sw.stepReleaseWrites())
+	}
 	add(sw.stepVerify())
 	add(sw.stepRecord())
+	if len(sw.handover) > 0 {
+		add(sw.stepEndLogical())
+	}
 	if h := cfg.Hooks.PostPromote; h != "" {
 		add(sw.stepHook())
 	}
@@ -366,7 +401,10 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 			add(sw.stepSync())
 		}
 	}
-	p.Notes = append(p.Notes, logicalSlotNotes(pn, snap.Node(candidate.Name))...)
+	if len(sw.handover) > 0 {
+		add(sw.stepVerifyLogical())
+	}
+	p.Notes = append(p.Notes, handoverNotes(logicalSlotNotes(pn, snap.Node(candidate.Name)), pn.Name, candidate.Name, sw.handover)...)
 	p.Notes = append(p.Notes, subscriptionNotes(pn.Name, snap.Node(candidate.Name))...)
 	return p, nil
 }

@@ -709,3 +709,100 @@ func kvQuote(v string) string {
 	}
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
+
+// LogicalSlot is a logical replication slot to hand over: its name, output
+// plugin and database (logical slots belong to one database).
+type LogicalSlot struct {
+	Name, Plugin, Database string
+}
+
+// LogicalSlotPositions reads the confirmed_flush_lsn of node's logical
+// slots: how far each consumer has confirmed.
+func (p *PG) LogicalSlotPositions(ctx context.Context, node string) (map[string]topology.LSN, error) {
+	out := map[string]topology.LSN{}
+	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		rows, err := c.Query(ctx, `SELECT slot_name::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var name, lsn string
+			if err := rows.Scan(&name, &lsn); err != nil {
+				return err
+			}
+			l, err := topology.ParseLSN(lsn)
+			if err != nil {
+				return fmt.Errorf("slot %s: %w", name, err)
+			}
+			out[name] = l
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// CreateLogicalSlots creates each missing logical slot on node, connected
+// to the slot's own database, at the node's current position; it returns
+// those it created. A slot that already exists is left as it is.
+func (p *PG) CreateLogicalSlots(ctx context.Context, node string, slots []LogicalSlot) ([]string, error) {
+	n, err := p.node(node)
+	if err != nil {
+		return nil, err
+	}
+	var created []string
+	for _, s := range slots {
+		cc, err := pgx.ParseConfig(n.DSN)
+		if err != nil {
+			return created, config.ScrubError(err, node+": dsn", n.DSN)
+		}
+		cc.Database, cc.ConnectTimeout = s.Database, p.Call
+		cc.RuntimeParams["application_name"] = "replctl"
+		cc.RuntimeParams["default_transaction_read_only"] = "off"
+		cctx, cancel := context.WithTimeout(ctx, p.Call)
+		c, err := pgx.ConnectConfig(cctx, cc)
+		if err != nil {
+			cancel()
+			return created, fmt.Errorf("%w: %w", ErrConnect, config.ScrubError(err, node, n.DSN))
+		}
+		var made bool
+		err = c.QueryRow(cctx, `SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1) THEN false
+			ELSE (SELECT true FROM pg_create_logical_replication_slot($1, $2)) END`, s.Name, s.Plugin).Scan(&made)
+		_ = c.Close(context.WithoutCancel(ctx))
+		cancel()
+		if err != nil {
+			return created, fmt.Errorf("create logical slot %s (%s, database %s) on %s: %w", s.Name, s.Plugin, s.Database, node, config.ScrubError(err, node, n.DSN))
+		}
+		if made {
+			created = append(created, s.Name)
+		}
+	}
+	return created, nil
+}
+
+// HoldWrites makes every session that starts on node read-only by default
+// (ALTER SYSTEM SET default_transaction_read_only = on, and a reload), and
+// returns once the reload has taken effect: libpq's read-write check
+// (target_session_attrs) then passes the node by. Sessions that were open
+// get the new default too. The setting it replaces is the caller's to
+// capture first.
+func (p *PG) HoldWrites(ctx context.Context, node string) error {
+	return p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
+		var before time.Time
+		if err := c.QueryRow(ctx, "SELECT pg_conf_load_time()").Scan(&before); err != nil {
+			return err
+		}
+		for _, s := range []string{fenceReadOnlySQL, fenceReloadSQL} {
+			if _, err := c.Exec(ctx, s); err != nil {
+				return fmt.Errorf("%s: %w", firstWords(s), err)
+			}
+		}
+		// This session reloads when the postmaster has: from then on every
+		// new session starts read-only.
+		return PollUntil(ctx, p.Clock, time.Millisecond, func(ctx context.Context) (bool, error) {
+			var at time.Time
+			err := c.QueryRow(ctx, "SELECT pg_conf_load_time()").Scan(&at)
+			return at.After(before), err
+		}, "the configuration reload did not take effect (is postgresql.conf valid?)")
+	})
+}

@@ -1,0 +1,154 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/replctl/replctl/testenv"
+)
+
+// The logical slot handover on real servers: a subscriber in another
+// cluster consumes the primary's publication through a connection string
+// that names every node with target_session_attrs=read-write, while a
+// writer commits every 5 ms. A planned switchover (the default
+// --logical-slots handover) ends with the subscriber holding every row the
+// writer got acknowledged, streaming from the new primary. Then, with the
+// subscription disabled (the consumer stopped), the switchover is refused
+// after the fence and undone, nothing half-done; --logical-slots drop then
+// switches over and says the slot is lost.
+func TestIntegrationLogicalHandover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs PostgreSQL and etcd")
+	}
+	t.Parallel()
+	ctx := t.Context()
+	c := testenv.Start(t, testenv.Options{Replicas: 2, Logical: true})
+	sub := testenv.Start(t, testenv.Options{Replicas: 0, NoEtcd: true, Logical: true})
+	var ports []string
+	for _, n := range c.Nodes {
+		ports = append(ports, fmt.Sprint(n.Port))
+	}
+	multi := "host=" + strings.TrimSuffix(strings.Repeat("127.0.0.1,", len(ports)), ",") + " port=" + strings.Join(ports, ",") +
+		" user=postgres dbname=postgres sslmode=disable target_session_attrs=read-write"
+	must := func(node *testenv.Cluster, name string, stmts ...string) {
+		t.Helper()
+		for _, s := range stmts {
+			if err := node.Exec(ctx, name, s); err != nil {
+				t.Fatalf("%s: %s: %v", name, s, err)
+			}
+		}
+	}
+	must(c, "pg1", "CREATE TABLE items (id bigint PRIMARY KEY)", "CREATE PUBLICATION pub FOR TABLE items")
+	must(sub, "pg1", "CREATE TABLE items (id bigint PRIMARY KEY)",
+		"CREATE SUBSCRIPTION s CONNECTION '"+multi+"' PUBLICATION pub WITH (slot_name = 's')")
+
+	// The writer, through the same multi-host string.
+	var mu sync.Mutex
+	var acked []int64
+	wctx, stopWriter := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var conn *pgx.Conn
+		defer func() {
+			if conn != nil {
+				conn.Close(context.WithoutCancel(ctx))
+			}
+		}()
+		for id := int64(1); wctx.Err() == nil; id++ {
+			if conn == nil || conn.IsClosed() {
+				cctx, cancel := context.WithTimeout(wctx, time.Second)
+				conn, _ = pgx.Connect(cctx, multi)
+				cancel()
+				if conn == nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+			}
+			ectx, cancel := context.WithTimeout(wctx, time.Second)
+			_, err := conn.Exec(ectx, "INSERT INTO items VALUES ($1)", id)
+			cancel()
+			if err == nil {
+				mu.Lock()
+				acked = append(acked, id)
+				mu.Unlock()
+			} else {
+				conn.Close(context.WithoutCancel(ctx))
+				conn = nil
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	subCount := func() int64 {
+		var n int64
+		if err := sub.QueryRow(ctx, "pg1", "SELECT count(*) FROM items").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	awaitRows := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s (subscriber has %d rows)", what, subCount())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	awaitRows("the subscription to stream", func() bool { return subCount() > 20 })
+
+	r := emExpect(t, 0, c.ConfigPath, "promote", "pg2", "--yes")
+	if !strings.Contains(r.stderr, "create the logical slots s (pgoutput, database postgres)") {
+		t.Errorf("the switchover did not hand the slot over:\n%s", r)
+	}
+	time.Sleep(2 * time.Second)
+	stopWriter()
+	wg.Wait()
+	mu.Lock()
+	want := slices.Clone(acked)
+	mu.Unlock()
+	awaitRows("every acknowledged row on the subscriber", func() bool { return subCount() >= int64(len(want)) })
+	var missing int64
+	if err := sub.QueryRow(ctx, "pg1", "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE id NOT IN (SELECT id FROM items)", want).Scan(&missing); err != nil {
+		t.Fatal(err)
+	}
+	if missing > 0 {
+		t.Fatalf("%d of %d acknowledged rows never reached the subscriber", missing, len(want))
+	}
+	var streaming int
+	if err := c.QueryRow(ctx, "pg2", "SELECT count(*) FROM pg_stat_replication WHERE application_name = 's' AND state = 'streaming'").Scan(&streaming); err != nil {
+		t.Fatal(err)
+	}
+	if streaming != 1 {
+		t.Errorf("the subscription does not stream from the new primary pg2")
+	}
+	var ro string
+	if err := c.QueryRow(ctx, "pg2", "SELECT current_setting('default_transaction_read_only')").Scan(&ro); err != nil || ro != "off" {
+		t.Errorf("writes still held on pg2: %q %v", ro, err)
+	}
+	t.Logf("%d acknowledged rows, all on the subscriber", len(want))
+
+	// The consumer stopped: refused after the fence, and undone.
+	must(sub, "pg1", "ALTER SUBSCRIPTION s DISABLE")
+	must(c, "pg2", "INSERT INTO items VALUES (-1)")
+	r = emExpect(t, ExitFailed, c.ConfigPath, "--timeout", "2s", "promote", "pg1", "--yes", "--catchup-timeout", "3s")
+	if !strings.Contains(r.stderr+r.stdout, "did not confirm") {
+		t.Errorf("the refusal does not name the consumer:\n%s", r)
+	}
+	st := emAwaitStatus(t, c.ConfigPath, "pg2 the primary again, pg1 and pg3 streaming", func(s *emStatus) bool { return s.streamsOn("pg2", 2, "pg1", "pg3") })
+	_ = st
+	if err := c.QueryRow(ctx, "pg1", "SELECT current_setting('default_transaction_read_only')").Scan(&ro); err != nil || ro != "off" {
+		t.Errorf("writes left held on pg1 after the undo: %q %v", ro, err)
+	}
+	r = emExpect(t, 0, c.ConfigPath, "promote", "pg1", "--yes", "--logical-slots", "drop")
+	if !strings.Contains(r.stdout+r.stderr, "LOST") {
+		t.Errorf("drop did not say the slot is lost:\n%s", r)
+	}
+}
