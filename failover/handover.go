@@ -114,7 +114,7 @@ func (sw *switchover) stepWaitLogical() plan.Step {
 func (sw *switchover) stepHoldWrites() plan.Step {
 	c := sw.candidate.Name
 	return plan.Step{ID: StepHoldWrites, Node: c, Mutates: true, Timeout: sw.t.Call, Budget: sw.budget(2 * sw.t.Call),
-		Description: fmt.Sprintf("%s: hold writes until the logical slots exist: capture default_transaction_read_only, ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf(), and wait until it took effect", c),
+		Description:     fmt.Sprintf("%s: hold writes until the logical slots exist: capture default_transaction_read_only, ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_reload_conf(), and wait until it took effect", c),
 		UndoDescription: fmt.Sprintf("%s: restore default_transaction_read_only as captured (ALTER SYSTEM), SELECT pg_reload_conf()", c),
 		Run: func(ctx context.Context) error {
 			snap, err := sw.env.Ctl.CaptureSettings(ctx, c, holdWritesSettings)
