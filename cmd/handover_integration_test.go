@@ -1,8 +1,12 @@
 package cmd
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -31,12 +35,7 @@ func TestIntegrationLogicalHandover(t *testing.T) {
 	ctx := t.Context()
 	c := testenv.Start(t, testenv.Options{Replicas: 2, Logical: true})
 	sub := testenv.Start(t, testenv.Options{Replicas: 0, NoEtcd: true, Logical: true})
-	var ports []string
-	for _, n := range c.Nodes {
-		ports = append(ports, fmt.Sprint(n.Port))
-	}
-	multi := "host=" + strings.TrimSuffix(strings.Repeat("127.0.0.1,", len(ports)), ",") + " port=" + strings.Join(ports, ",") +
-		" user=postgres dbname=postgres sslmode=disable target_session_attrs=read-write"
+	multi := hoMultiDSN(c)
 	must := func(node *testenv.Cluster, name string, stmts ...string) {
 		t.Helper()
 		for _, s := range stmts {
@@ -50,41 +49,7 @@ func TestIntegrationLogicalHandover(t *testing.T) {
 		"CREATE SUBSCRIPTION s CONNECTION '"+multi+"' PUBLICATION pub WITH (slot_name = 's')")
 
 	// The writer, through the same multi-host string.
-	var mu sync.Mutex
-	var acked []int64
-	wctx, stopWriter := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		var conn *pgx.Conn
-		defer func() {
-			if conn != nil {
-				conn.Close(context.WithoutCancel(ctx))
-			}
-		}()
-		for id := int64(1); wctx.Err() == nil; id++ {
-			if conn == nil || conn.IsClosed() {
-				cctx, cancel := context.WithTimeout(wctx, time.Second)
-				conn, _ = pgx.Connect(cctx, multi)
-				cancel()
-				if conn == nil {
-					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-			}
-			ectx, cancel := context.WithTimeout(wctx, time.Second)
-			_, err := conn.Exec(ectx, "INSERT INTO items VALUES ($1)", id)
-			cancel()
-			if err == nil {
-				mu.Lock()
-				acked = append(acked, id)
-				mu.Unlock()
-			} else {
-				conn.Close(context.WithoutCancel(ctx))
-				conn = nil
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
+	stopWriter := hoWriter(t, multi)
 	subCount := func() int64 {
 		var n int64
 		if err := sub.QueryRow(ctx, "pg1", "SELECT count(*) FROM items").Scan(&n); err != nil {
@@ -109,11 +74,7 @@ func TestIntegrationLogicalHandover(t *testing.T) {
 		t.Errorf("the switchover did not hand the slot over:\n%s", r)
 	}
 	time.Sleep(2 * time.Second)
-	stopWriter()
-	wg.Wait()
-	mu.Lock()
-	want := slices.Clone(acked)
-	mu.Unlock()
+	want := stopWriter()
 	awaitRows("every acknowledged row on the subscriber", func() bool { return subCount() >= int64(len(want)) })
 	var missing int64
 	if err := sub.QueryRow(ctx, "pg1", "SELECT count(*) FROM unnest($1::bigint[]) AS a(id) WHERE id NOT IN (SELECT id FROM items)", want).Scan(&missing); err != nil {
@@ -150,5 +111,149 @@ func TestIntegrationLogicalHandover(t *testing.T) {
 	r = emExpect(t, 0, c.ConfigPath, "promote", "pg1", "--yes", "--logical-slots", "drop")
 	if !strings.Contains(r.stdout+r.stderr, "LOST") {
 		t.Errorf("drop did not say the slot is lost:\n%s", r)
+	}
+}
+
+// hoMultiDSN names every node of c, for clients that follow the primary.
+func hoMultiDSN(c *testenv.Cluster) string {
+	var ports []string
+	for _, n := range c.Nodes {
+		ports = append(ports, fmt.Sprint(n.Port))
+	}
+	return "host=" + strings.TrimSuffix(strings.Repeat("127.0.0.1,", len(ports)), ",") + " port=" + strings.Join(ports, ",") +
+		" user=postgres dbname=postgres sslmode=disable target_session_attrs=read-write"
+}
+
+// hoWriter inserts ids 1, 2, ... into items every 5 ms through dsn until
+// the returned stop, which returns the ids acknowledged.
+func hoWriter(t *testing.T, dsn string) (stop func() []int64) {
+	ctx := t.Context()
+	var mu sync.Mutex
+	var acked []int64
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var conn *pgx.Conn
+		defer func() {
+			if conn != nil {
+				conn.Close(context.WithoutCancel(ctx))
+			}
+		}()
+		for id := int64(1); wctx.Err() == nil; id++ {
+			if conn == nil || conn.IsClosed() {
+				cctx, ccancel := context.WithTimeout(wctx, time.Second)
+				conn, _ = pgx.Connect(cctx, dsn)
+				ccancel()
+				if conn == nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+			}
+			ectx, ecancel := context.WithTimeout(wctx, time.Second)
+			_, err := conn.Exec(ectx, "INSERT INTO items VALUES ($1)", id)
+			ecancel()
+			if err == nil {
+				mu.Lock()
+				acked = append(acked, id)
+				mu.Unlock()
+			} else {
+				conn.Close(context.WithoutCancel(ctx))
+				conn = nil
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return func() []int64 {
+		cancel()
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(acked)
+	}
+}
+
+// TestIntegrationLogicalHandoverCDC: a CDC client (pg_recvlogical with
+// test_decoding, following the primary through a connection string naming
+// every node) keeps its slot across a planned switchover and misses no
+// change: every row the writer got acknowledged is in its output.
+func TestIntegrationLogicalHandoverCDC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs PostgreSQL and etcd")
+	}
+	t.Parallel()
+	ctx := t.Context()
+	c := testenv.Start(t, testenv.Options{Replicas: 2, Logical: true})
+	bin := filepath.Join(c.BinDir, "pg_recvlogical")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("no pg_recvlogical next to the server binaries (%s): %v", c.BinDir, err)
+	}
+	for _, sql := range []string{"CREATE TABLE items (id bigint PRIMARY KEY)", "SELECT pg_create_logical_replication_slot('cdc', 'test_decoding')"} {
+		if err := c.Exec(ctx, "pg1", sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	multi := hoMultiDSN(c)
+	out := filepath.Join(t.TempDir(), "cdc.out")
+	// -F 1 -s 1: flush and confirm every second; it reconnects by itself
+	// (every 5 s) when its walsender ends.
+	rl := exec.Command(bin, "-d", multi, "-S", "cdc", "--start", "-f", out, "-F", "1", "-s", "1")
+	var rlErr bytes.Buffer
+	rl.Stderr = &rlErr
+	if err := rl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = rl.Process.Kill()
+		_ = rl.Wait()
+		if t.Failed() {
+			t.Logf("pg_recvlogical:\n%s", rlErr.String())
+		}
+	})
+	stopWriter := hoWriter(t, multi)
+	seen := func() map[int64]bool {
+		b, _ := os.ReadFile(out)
+		m := map[int64]bool{}
+		for _, line := range strings.Split(string(b), "\n") {
+			if i := strings.Index(line, "id[bigint]:"); i >= 0 {
+				var id int64
+				if _, err := fmt.Sscan(line[i+len("id[bigint]:"):], &id); err == nil {
+					m[id] = true
+				}
+			}
+		}
+		return m
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for len(seen()) < 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pg_recvlogical does not receive changes:\n%s", rlErr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	emExpect(t, 0, c.ConfigPath, "promote", "pg2", "--yes")
+	time.Sleep(2 * time.Second)
+	want := stopWriter()
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		got := seen()
+		var missing []int64
+		for _, id := range want {
+			if !got[id] {
+				missing = append(missing, id)
+			}
+		}
+		if len(missing) == 0 {
+			t.Logf("%d acknowledged rows, every one decoded by the CDC client", len(want))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acknowledged rows never reached the CDC client (first %d)", len(missing), len(want), missing[0])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var active bool
+	if err := c.QueryRow(ctx, "pg2", "SELECT active FROM pg_replication_slots WHERE slot_name = 'cdc'").Scan(&active); err != nil || !active {
+		t.Errorf("the CDC client does not stream from the new primary's slot: %v %v", active, err)
 	}
 }
