@@ -212,10 +212,10 @@ func logicalFailover(s *topology.Snapshot, _ *config.Config) []Result {
 		}
 		if p.Major() < 17 {
 			out = append(out, Result{Level: Warning, Code: "logical_failover", Node: p.Name,
-				Message: fmt.Sprintf("%s would be lost by a promotion: PostgreSQL %d keeps logical slots on the primary only, "+
-					"so a switchover or failover leaves it behind and the new primary has no slot %s (%s)", where, p.Major(), sl.Name, resync),
-				Hint: "before a switchover, stop the consumer once it has caught up, re-create the slot on the new primary before it reconnects, " +
-					"and resynchronise what it may have missed; or upgrade to PostgreSQL 17 and use failover slots (failover = true, sync_replication_slots = on on the standbys)"})
+				Message: fmt.Sprintf("%s would be lost by an emergency failover: PostgreSQL %d keeps logical slots on the primary only, "+
+					"so the new primary would have no slot %s (%s); a planned switchover hands it over (replctl promote --logical-slots handover, the default)", where, p.Major(), sl.Name, resync),
+				Hint: "give its consumer a connection string naming every node with target_session_attrs=read-write, so that it follows a handover; " +
+					"to survive a failover too, upgrade to PostgreSQL 17 and use failover slots (failover = true, sync_replication_slots = on on the standbys)"})
 			continue
 		}
 		if sl.Failover == nil || !*sl.Failover {

@@ -80,7 +80,7 @@ func TestLogicalChecks(t *testing.T) {
 			st[0].Slots = []topology.Slot{logicalSlot("cdc", true), tmp, {Name: "pg2", Type: "physical", Active: true}}
 			return st
 		}, checks: []string{"logical_failover"}, want: []string{"WARNING:logical_failover:pg1"},
-			msg: []string{"cdc (pgoutput, database app) on pg1 would be lost by a promotion: PostgreSQL 15"}},
+			msg: []string{"cdc (pgoutput, database app) on pg1 would be lost by an emergency failover: PostgreSQL 15"}},
 		{name: "17, synced everywhere", mutate: pg17, checks: []string{"logical_failover"}},
 		{name: "17, failover = false", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
 			st = pg17(st)
