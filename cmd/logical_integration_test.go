@@ -225,6 +225,13 @@ func TestIntegrationLogical(t *testing.T) {
 	out, code = runCLI(t, "--config", c.ConfigPath, "promote", "pg2", "--dry-run")
 	t.Logf("promote --dry-run: exit %d\n%s", code, out)
 	for _, slot := range []string{"cdc (test_decoding, database postgres)", "sub_ok (pgoutput, database postgres)"} {
+		if !strings.Contains(out, "logical slot "+slot+" on pg1: handed over to pg2") {
+			t.Errorf("the dry-run does not say slot %s is handed over:\n%s", slot, out)
+		}
+	}
+	out, code = runCLI(t, "--config", c.ConfigPath, "promote", "pg2", "--dry-run", "--logical-slots", "drop")
+	t.Logf("promote --dry-run --logical-slots drop: exit %d\n%s", code, out)
+	for _, slot := range []string{"cdc (test_decoding, database postgres)", "sub_ok (pgoutput, database postgres)"} {
 		if !strings.Contains(out, "logical slot "+slot+" on pg1: LOST by this promotion (") {
 			t.Errorf("the dry-run does not say slot %s is lost:\n%s", slot, out)
 		}
