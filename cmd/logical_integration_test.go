@@ -408,8 +408,8 @@ func TestIntegrationLogicalFailoverSlots(t *testing.T) {
 }
 
 // TestIntegrationLogicalDrill: a switchover drill on PostgreSQL before 17
-// measures logical_slots_kept == 0 (no logical slot survives a promotion
-// there) and reports it.
+// measures logical_slots_kept == 1: the switchover hands the slot over
+// (its consumer, idle, has confirmed everything), and the report says so.
 func TestIntegrationLogicalDrill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: runs PostgreSQL and etcd")
@@ -436,7 +436,7 @@ steps:
     timeout: 60s
   - assert:
       - "primary != initial_primary"
-      - "logical_slots_kept == 0"
+      - "logical_slots_kept == 1"
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -446,12 +446,12 @@ steps:
 		t.Fatalf("drill exit %d\n%s\n%s", code, out, errOut)
 	}
 	rep := readReport(t, rj)
-	if rep.Metrics.LogicalSlotsKept == nil || *rep.Metrics.LogicalSlotsKept != 0 || rep.FinalPrimary != "pg2" {
+	if rep.Metrics.LogicalSlotsKept == nil || *rep.Metrics.LogicalSlotsKept != 1 || rep.FinalPrimary != "pg2" {
 		t.Fatalf("report metrics %+v, final primary %s", rep.Metrics, rep.FinalPrimary)
 	}
 	// What the metric measured, read from PostgreSQL itself.
 	var n int
-	if err := c.QueryRow(ctx, "pg2", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cdc'").Scan(&n); err != nil || n != 0 {
+	if err := c.QueryRow(ctx, "pg2", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cdc'").Scan(&n); err != nil || n != 1 {
 		t.Fatalf("slot cdc on the new primary pg2: %d (%v)", n, err)
 	}
 }
