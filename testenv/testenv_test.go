@@ -360,6 +360,24 @@ func TestRejoin(t *testing.T) {
 	if err := c.Exec(ctx, "pg1", "CHECKPOINT"); err != nil {
 		t.Fatal(err)
 	}
+	// pg3 follows pg1 past the fork: it must have that CHECKPOINT too, or
+	// its last restartpoint precedes the fork and pg_rewind finds "no
+	// rewind required" for a standby that cannot follow pg2 (a race the
+	// test lost under load).
+	var end string
+	if err := c.QueryRow(ctx, "pg1", "SELECT pg_current_wal_flush_lsn()::text").Scan(&end); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() error {
+		var ok bool
+		if err := c.QueryRow(ctx, "pg3", "SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", end).Scan(&ok); err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("pg3 has not replayed pg1's checkpoint at %s", end)
+		}
+		return nil
+	})
 	if err := c.KillNode(ctx, "pg1"); err != nil {
 		t.Fatal(err)
 	}
