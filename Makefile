@@ -51,9 +51,11 @@ smoke-deps:
 	    echo "warning: could not fetch PostgreSQL $$v (make deps PG=$$v): its smoke tests will be skipped"; \
 	done
 
-# demo brings the sandbox up (3 PostgreSQL nodes + etcd) and shows its status.
+# demo brings the sandbox up (3 PostgreSQL nodes + etcd, synchronous: ANY 1
+# of the replicas, so that replctl watch can fail over without losing an
+# acknowledged write) and shows its status.
 demo: deps build
-	./$(BIN) testenv up --dir $(SANDBOX)
+	./$(BIN) testenv up --sync --dir $(SANDBOX)
 	@echo
 	REPLCTL_CONFIG=$(SANDBOX)/replctl.yaml ./$(BIN) status
 	@echo
