@@ -3,6 +3,7 @@ package cmd
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -255,5 +256,83 @@ func TestIntegrationLogicalHandoverCDC(t *testing.T) {
 	var active bool
 	if err := c.QueryRow(ctx, "pg2", "SELECT active FROM pg_replication_slots WHERE slot_name = 'cdc'").Scan(&active); err != nil || !active {
 		t.Errorf("the CDC client does not stream from the new primary's slot: %v %v", active, err)
+	}
+}
+
+// TestIntegrationLogicalPeers: two clusters replicating a table to each
+// other (a subscription on each side, the other cluster's primary as
+// publisher): with the other cluster's configuration in peers, status
+// names each subscription's publisher as the peer cluster's node and the
+// pair as bidirectional.
+func TestIntegrationLogicalPeers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: runs PostgreSQL")
+	}
+	t.Parallel()
+	ctx := t.Context()
+	east := testenv.Start(t, testenv.Options{Cluster: "east", Replicas: 0, NoEtcd: true, Logical: true})
+	west := testenv.Start(t, testenv.Options{Cluster: "west", Replicas: 0, NoEtcd: true, Logical: true})
+	dsn := func(c *testenv.Cluster) string {
+		return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", c.Node("pg1").Port)
+	}
+	for _, side := range []struct {
+		c        *testenv.Cluster
+		pub, sub string
+		from     *testenv.Cluster
+	}{{east, "pub_east", "from_west", west}, {west, "pub_west", "from_east", east}} {
+		for _, sql := range []string{"CREATE TABLE items (id bigint PRIMARY KEY)", "CREATE PUBLICATION " + side.pub + " FOR TABLE items"} {
+			if err := side.c.Exec(ctx, "pg1", sql); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, side := range []struct {
+		c        *testenv.Cluster
+		sub, pub string
+		from     *testenv.Cluster
+	}{{east, "from_west", "pub_west", west}, {west, "from_east", "pub_east", east}} {
+		if err := side.c.Exec(ctx, "pg1", "CREATE SUBSCRIPTION "+side.sub+" CONNECTION '"+dsn(side.from)+"' PUBLICATION "+side.pub+" WITH (copy_data = false)"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := filepath.Join(t.TempDir(), "east.yaml")
+	if err := os.WriteFile(cfg, []byte(readFile(t, east.ConfigPath)+"peers: ["+fmt.Sprintf("%q", west.ConfigPath)+"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runCLI(t, "--config", cfg, "status", "-o", "json")
+	if code != 0 {
+		t.Fatalf("status exit %d\n%s", code, out)
+	}
+	var doc struct {
+		Nodes []struct {
+			Name          string `json:"name"`
+			Subscriptions []struct {
+				Name              string  `json:"name"`
+				Kind              string  `json:"kind"`
+				PublisherCluster  string  `json:"publisher_cluster"`
+				PublisherNode     *string `json:"publisher_node"`
+				BidirectionalWith *string `json:"bidirectional_with"`
+			} `json:"subscriptions"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	su := doc.Nodes[0].Subscriptions
+	if len(su) != 1 || su[0].Kind != "peer" || su[0].PublisherCluster != "west" || su[0].PublisherNode == nil || *su[0].PublisherNode != "pg1" ||
+		su[0].BidirectionalWith == nil || *su[0].BidirectionalWith != "west/pg1/postgres/from_east" {
+		t.Fatalf("subscriptions of east: %+v\n%s", su, out)
+	}
+	table, _ := runCLI(t, "--config", cfg, "status")
+	if !strings.Contains(table, "(west/pg1, peer), bidirectional with west/pg1/postgres/from_east") {
+		t.Errorf("the status table does not name the peer and the pair:\n%s", table)
+	}
+	// A peer file that does not load is an error naming it.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte(readFile(t, east.ConfigPath)+"peers: [\"/nonexistent/west.yaml\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := runIO(t, "--config", bad, "status"); code != ExitUsage || !strings.Contains(errOut, "peers[0]: stat /nonexistent/west.yaml") {
+		t.Errorf("a missing peer file: exit %d\n%s", code, errOut)
 	}
 }

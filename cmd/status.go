@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -409,7 +411,9 @@ func logicalTable(s *topology.Snapshot) (header []string, rows [][]string) {
 				if su.PublisherDB != nil && *su.PublisherDB != "" {
 					from += "/" + *su.PublisherDB
 				}
-				if su.PublisherNode != "" {
+				if su.PublisherCluster != "" {
+					from += " (" + su.PublisherCluster + "/" + string(su.PublisherNode) + ", " + su.Kind + ")"
+				} else if su.PublisherNode != "" {
 					from += " (" + string(su.PublisherNode) + ", " + su.Kind + ")"
 				} else if su.Kind != "" {
 					from += " (" + su.Kind + ")"
@@ -535,6 +539,9 @@ func runStatus(ctx context.Context, o *StatusOptions) error {
 func statusOnce(ctx context.Context, o *StatusOptions, cfg *config.Config, w io.Writer, prev *topology.Snapshot) (*topology.Snapshot, error) {
 	obs := observe(ctx, cfg, o.Timeout, o.Prober, o.Record)
 	obs.Snap.Previous = prev
+	if err := linkPeers(ctx, cfg, obs.Snap, o.Timeout, o.Prober); err != nil {
+		return nil, err
+	}
 	if o.Output == "prometheus" {
 		if err := writeStatusPrometheus(w, cfg, obs); err != nil {
 			return obs.Snap, err
@@ -554,4 +561,47 @@ func statusOnce(ctx context.Context, o *StatusOptions, cfg *config.Config, w io.
 		return obs.Snap, withCode(ExitFailed, errNoNodeReachable(obs.Snap))
 	}
 	return obs.Snap, nil
+}
+
+// linkPeers probes the nodes of the peer clusters (config peers),
+// read-only and concurrently, and names the subscriptions of snap that
+// cross clusters. A peer configuration that cannot be read is an error
+// naming it.
+func linkPeers(ctx context.Context, cfg *config.Config, snap *topology.Snapshot, timeout time.Duration, p topology.Prober) error {
+	if len(cfg.Peers) == 0 {
+		return nil
+	}
+	if p == nil {
+		p = topology.PgProber{Timeout: timeout}
+	}
+	peers := make([]topology.Peer, len(cfg.Peers))
+	errs := make([]error, len(cfg.Peers))
+	var wg sync.WaitGroup
+	for i, path := range cfg.Peers {
+		if !filepath.IsAbs(path) && cfg.File != "" {
+			path = filepath.Join(filepath.Dir(cfg.File), path)
+		}
+		wg.Go(func() {
+			if _, err := os.Stat(path); err != nil {
+				errs[i] = &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s: peers[%d]: %w: give the path of another cluster's replctl.yaml (relative to this file)", cfg.File, i, err)}
+				return
+			}
+			pc, err := config.Load(path)
+			if err != nil {
+				errs[i] = &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s: peers[%d]: %w", cfg.File, i, err)}
+				return
+			}
+			if pc.Cluster == cfg.Cluster {
+				errs[i] = &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s: peers[%d] (%s) is cluster %s, this one: list other clusters' files", cfg.File, i, path, pc.Cluster)}
+				return
+			}
+			peers[i] = topology.Peer{Cfg: pc, Snap: topology.Classify(pc, topology.ProbeAll(ctx, p, pc.Nodes, timeout), nil)}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	topology.LinkPeers(cfg, snap, peers)
+	return nil
 }

@@ -46,6 +46,11 @@ type Config struct {
 	Failover Failover `mapstructure:"failover" json:"failover" yaml:"failover"`
 	// Watch tunes automatic failover (replctl watch).
 	Watch Watch `mapstructure:"watch" json:"watch" yaml:"watch"`
+	// Peers are the configuration files of other clusters replctl manages
+	// (relative to this file): status probes their nodes, read-only, to
+	// name subscriptions that cross clusters and pairs that replicate in
+	// both directions.
+	Peers []string `mapstructure:"peers" json:"peers,omitempty" yaml:"peers,omitempty"`
 
 	// File is the path the configuration was read from (not a key).
 	File string `mapstructure:"-" json:"-" yaml:"-"`

@@ -423,6 +423,11 @@ func (c *Config) validate() error {
 	if c.History.Keep < 0 {
 		return &Error{File: f, Key: "history.keep", Msg: "negative", Hint: "use a positive number (default 500)"}
 	}
+	for i, p := range c.Peers {
+		if strings.TrimSpace(p) == "" {
+			return &Error{File: f, Key: fmt.Sprintf("peers[%d]", i), Msg: "empty", Hint: "give the path of another cluster's replctl.yaml"}
+		}
+	}
 	if c.Watch.ElectionTTL < 2*time.Second {
 		return &Error{File: f, Key: "watch.election_ttl", Msg: fmt.Sprintf("%s is too short", c.Watch.ElectionTTL), Hint: "use at least 2s (default lock.ttl): etcd leases are granted in whole seconds"}
 	}

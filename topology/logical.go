@@ -194,3 +194,91 @@ func hasAny(a, b []hostPort) bool {
 	}
 	return false
 }
+
+// Peer is another cluster replctl manages (config.Config.Peers), as
+// probed: what a subscription crossing clusters is named against.
+type Peer struct {
+	Cfg  *config.Config
+	Snap *Snapshot
+}
+
+// LinkPeers names the subscriptions of s whose publisher is a node of a
+// peer cluster (Kind peer, PublisherCluster, PublisherNode that cluster's
+// node), and pairs those that replicate in both directions across
+// clusters: a subscription of s in database dA consuming from the peer's
+// database dB, and one of the peer in dB consuming from s's dA. The
+// reverse subscription is named "cluster/node/database/name". Only the
+// primaries' subscriptions count: a standby's are copies. It does no I/O.
+func LinkPeers(cfg *config.Config, s *Snapshot, peers []Peer) {
+	type cluster struct {
+		name  string
+		cfg   *config.Config
+		snap  *Snapshot
+		addrs map[string][]hostPort
+	}
+	all := []cluster{{name: cfg.Cluster, cfg: cfg, snap: s}}
+	for _, p := range peers {
+		if p.Cfg != nil && p.Snap != nil {
+			all = append(all, cluster{name: p.Cfg.Cluster, cfg: p.Cfg, snap: p.Snap})
+		}
+	}
+	for i := range all {
+		all[i].addrs = map[string][]hostPort{}
+		for _, cn := range all[i].cfg.Nodes {
+			all[i].addrs[cn.Name] = nodeAddrs(cn.DSN)
+		}
+	}
+	type end struct{ system, db string }
+	type side struct {
+		su       *Subscription
+		ref      string
+		self     bool
+		at, from end
+	}
+	var sides []side
+	for ci, c := range all {
+		for _, n := range c.snap.Nodes {
+			if !n.Reachable || n.InRecovery || n.SystemID == "" {
+				continue
+			}
+			for i := range n.Subscriptions {
+				su := &n.Subscriptions[i]
+				pa := publisherAddrs(*su)
+				if pa == nil || su.PublisherDB == nil {
+					continue
+				}
+			match:
+				for pi, pc := range all {
+					if pi == ci {
+						continue
+					}
+					for _, cn := range pc.cfg.Nodes {
+						if !hasAny(pc.addrs[cn.Name], pa) {
+							continue
+						}
+						if ci == 0 {
+							su.Kind, su.PublisherCluster, su.PublisherNode = SubscriptionPeer, pc.name, NodeName(cn.Name)
+						}
+						if pub := pc.snap.Node(cn.Name); pub != nil && pub.SystemID != "" {
+							sides = append(sides, side{su: su, ref: c.name + "/" + n.Name + "/" + su.Database + "/" + su.Name, self: ci == 0,
+								at: end{n.SystemID, su.Database}, from: end{pub.SystemID, *su.PublisherDB}})
+						}
+						break match
+					}
+				}
+			}
+		}
+	}
+	for _, a := range sides {
+		if !a.self {
+			continue
+		}
+		for _, b := range sides {
+			if !b.self && a.at == b.from && a.from == b.at {
+				ref := b.ref
+				a.su.BidirectionalWith = &ref
+				break
+			}
+		}
+	}
+}

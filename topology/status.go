@@ -307,9 +307,13 @@ type Subscription struct {
 	// publisher address matches, null when none does.
 	PublisherNode NodeName `json:"publisher_node"`
 	// Kind is "internal" when the publisher is a node of this
-	// configuration, "external" when it is not, "" when unknown (the
-	// publisher address is unreadable).
+	// configuration, "peer" when it is a node of a peer cluster (the
+	// configuration's peers), "external" when it is neither, "" when
+	// unknown (the publisher address is unreadable).
 	Kind string `json:"kind"`
+	// PublisherCluster names the peer cluster of a "peer" publisher
+	// (PublisherNode is then that cluster's node), "" otherwise.
+	PublisherCluster string `json:"publisher_cluster,omitempty"`
 	// BidirectionalWith names the subscription replicating the other way
 	// ("node/database/name"): it consumes from this one's database and
 	// this one consumes from its database. Null when there is none.
@@ -319,6 +323,7 @@ type Subscription struct {
 // Subscription kinds (Subscription.Kind).
 const (
 	SubscriptionInternal = "internal"
+	SubscriptionPeer     = "peer"
 	SubscriptionExternal = "external"
 )
 
