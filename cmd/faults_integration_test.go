@@ -32,8 +32,10 @@ import (
 //
 // `make test` runs a representative slice (each fault kind and each plan
 // kind at least once); `make faults` (REPLCTL_FAULTS=full) runs every
-// mutating step of both switchovers, the rejoin and the drill, with each
-// fault.
+// mutating step of the five plan kinds (both switchovers, the rejoin, the
+// emergency failover and the drill) with each fault (faultPlans says which
+// node faults each step gets, and why some cannot exist). A case whose
+// failpoint never fires is a violation: it would test nothing.
 
 // Faults.
 const (
@@ -80,49 +82,132 @@ var faultSlice = []matrixCase{
 	{setup: "emergency", kind: "emergency", step: "promote", phase: plan.PhaseChanged, fault: faultKill},
 }
 
-// faultFull is what `make faults` runs: every mutating step of each plan
-// with a kill before it and after its change, and the node, lease and etcd
-// faults at the steps where they matter most.
+// faultStep is one step of a plan as the full matrix faults it.
+type faultStep struct {
+	id string
+	// after: the step makes one change and verifies nothing after it, so
+	// it never calls plan.Changed and a "changed" failpoint would never
+	// fire; the kill after its change is at PhaseAfter, the same place
+	// (the change made, the step not yet journaled done).
+	after bool
+	// observe: a step that changes nothing (wait-replay), faulted for the
+	// window it opens between the fence and the promotion: no kill of
+	// replctl (the one before the next step is the same), the other faults.
+	observe bool
+	// nodes are killed and hung at PhaseBefore: the node the step acts
+	// on, and the candidate (or the rejoin's source) where a step depends
+	// on it; nodes that are down at that point are left out (see the plans).
+	nodes []string
+	// nodesChanged are killed and hung at PhaseChanged: nodes the step
+	// itself brings up (the stop-fenced old primary, started by the
+	// rejoin command), so that no fault can reach them before the step.
+	nodesChanged []string
+}
+
+// faultPlans are the steps of each plan kind, in plan order, as
+// `promote --dry-run -o json` (and `rejoin --dry-run`) prints them for
+// runFaultCase's setups: pg1 primary, pg2 the candidate, pg3 the other
+// replica. Every mutating step is there; steps that change nothing
+// (lock, catchup, final-lsn, replay-received, verify) are not, except
+// wait-replay. A node fault is left out where the node cannot take it:
+//   - etcd-only steps (save-settings, mark-fenced, unfence) touch no node;
+//     a node fault there is the same as at the next step on that node;
+//   - after the stop fence pg1 is down until the rejoin command starts
+//     it: no pg1 fault at wait-replay, promote, record or repoint, and at
+//     rejoin only once the command has run (PhaseChanged);
+//   - the rejoin kind starts from that state (a switchover with
+//     --no-rejoin): pg1 is down until its rejoin step's change;
+//   - in the emergency failover pg1 has crashed before the operation
+//     starts: no pg1 fault at all (fence-sql finds it unreachable).
+var faultPlans = map[string][]faultStep{
+	"switchover/" + fenceStop: {
+		{id: "save-settings", after: true},
+		{id: "create-slots", nodes: []string{"pg2"}},
+		{id: "checkpoint", after: true, nodes: []string{"pg1"}},
+		{id: "mark-fenced"},
+		{id: "fence", nodes: []string{"pg1", "pg2"}},
+		{id: "wait-replay", observe: true, nodes: []string{"pg2"}},
+		{id: "promote", nodes: []string{"pg2"}},
+		{id: "record", after: true, nodes: []string{"pg2"}},
+		{id: "repoint-pg3", nodes: []string{"pg3"}},
+		{id: "rejoin", nodes: []string{"pg2"}, nodesChanged: []string{"pg1"}},
+	},
+	"switchover/" + fenceSQLRejoin: {
+		{id: "save-settings", after: true},
+		{id: "create-slots", nodes: []string{"pg2"}},
+		{id: "detach-pg3", nodes: []string{"pg3"}},
+		{id: "mark-fenced"},
+		{id: "fence", nodes: []string{"pg1", "pg2"}},
+		// The SQL-fenced pg1 stays up: it is faulted until its rejoin.
+		{id: "wait-replay", observe: true, nodes: []string{"pg2", "pg1"}},
+		{id: "promote", nodes: []string{"pg2", "pg1"}},
+		{id: "record", after: true, nodes: []string{"pg2"}},
+		// pg3 cascades from pg2 since detach-pg3; the step still runs.
+		{id: "repoint-pg3", nodes: []string{"pg3"}},
+		{id: "rejoin", nodes: []string{"pg1", "pg2"}},
+	},
+	"rejoin/" + fenceStop: {
+		{id: "save-settings", after: true},
+		{id: "create-slots", nodes: []string{"pg2"}},
+		{id: "rejoin", nodes: []string{"pg2"}, nodesChanged: []string{"pg1"}},
+		{id: "drop-old-slots", after: true, nodes: []string{"pg1"}},
+		{id: "unfence", after: true},
+	},
+	"emergency/emergency": {
+		{id: "mark-fenced"},
+		{id: "fence-sql"},
+		{id: "create-slots", nodes: []string{"pg2"}},
+		{id: "promote", nodes: []string{"pg2"}},
+		{id: "record", after: true, nodes: []string{"pg2"}},
+		{id: "repoint-pg3", nodes: []string{"pg3"}},
+	},
+	// The drill's first switchover (pg1 to pg2, stop fence: the sandbox's
+	// own commands) fires the failpoint; its steps are the stop-fence
+	// switchover's. wait-replay is left to the switchover's row.
+	"drill/drill": {
+		{id: "save-settings", after: true},
+		{id: "create-slots", nodes: []string{"pg2"}},
+		{id: "checkpoint", after: true, nodes: []string{"pg1"}},
+		{id: "mark-fenced"},
+		{id: "fence", nodes: []string{"pg1", "pg2"}},
+		{id: "promote", nodes: []string{"pg2"}},
+		{id: "record", after: true, nodes: []string{"pg2"}},
+		{id: "repoint-pg3", nodes: []string{"pg3"}},
+		{id: "rejoin", nodes: []string{"pg2"}, nodesChanged: []string{"pg1"}},
+	},
+}
+
+// faultFull is what `make faults` runs: every step of faultPlans with each
+// fault: replctl killed before the step and after its change, each node
+// fault of the step, and the lease revoked, etcd stopped and the etcd
+// leader killed before it.
 func faultFull() []matrixCase {
 	var out []matrixCase
-	steps := map[string][]string{
-		fenceStop:      {"save-settings", "create-slots", "checkpoint", "mark-fenced", "fence", "promote", "record", "repoint-pg3", "rejoin"},
-		fenceSQLRejoin: {"save-settings", "create-slots", "detach-pg3", "mark-fenced", "fence", "promote", "record", "repoint-pg3", "rejoin"},
-	}
-	for _, setup := range []string{fenceStop, fenceSQLRejoin} {
-		for _, s := range steps[setup] {
-			if setup == fenceSQLRejoin && s == "repoint-pg3" {
-				continue // pg3 cascades from the candidate: no repoint
+	for _, key := range []string{"switchover/" + fenceStop, "switchover/" + fenceSQLRejoin, "rejoin/" + fenceStop, "emergency/emergency", "drill/drill"} {
+		kind, setup, _ := strings.Cut(key, "/")
+		for _, s := range faultPlans[key] {
+			at := func(phase, fault, node string) {
+				out = append(out, matrixCase{setup: setup, kind: kind, step: s.id, phase: phase, fault: fault, node: node})
 			}
-			for _, ph := range []string{plan.PhaseBefore, plan.PhaseChanged} {
-				out = append(out, matrixCase{setup: setup, kind: "switchover", step: s, phase: ph, fault: faultKill})
+			if !s.observe {
+				changed := plan.PhaseChanged
+				if s.after {
+					changed = plan.PhaseAfter
+				}
+				at(plan.PhaseBefore, faultKill, "")
+				at(changed, faultKill, "")
 			}
-		}
-		for _, s := range []string{"fence", "wait-replay", "promote"} {
-			out = append(out,
-				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultRevoke},
-				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultEtcd},
-				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultLeader},
-				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultNode, node: "pg2"},
-				matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultHang, node: "pg2"},
-			)
-			if setup == fenceSQLRejoin || s == "fence" {
-				// After the stop fence pg1 is already down.
-				out = append(out, matrixCase{setup: setup, kind: "switchover", step: s, phase: plan.PhaseBefore, fault: faultNode, node: "pg1"})
+			for _, n := range s.nodes {
+				at(plan.PhaseBefore, faultNode, n)
+				at(plan.PhaseBefore, faultHang, n)
 			}
-		}
-	}
-	for _, s := range []string{"create-slots", "rejoin", "unfence"} {
-		for _, ph := range []string{plan.PhaseBefore, plan.PhaseChanged} {
-			out = append(out, matrixCase{setup: fenceStop, kind: "rejoin", step: s, phase: ph, fault: faultKill})
-		}
-	}
-	for _, s := range []string{"fence", "promote", "repoint-pg3", "rejoin"} {
-		out = append(out, matrixCase{setup: "drill", kind: "drill", step: s, phase: plan.PhaseChanged, fault: faultKill})
-	}
-	for _, s := range []string{"fence-sql", "mark-fenced", "create-slots", "promote", "record", "repoint-pg3"} {
-		for _, ph := range []string{plan.PhaseBefore, plan.PhaseChanged} {
-			out = append(out, matrixCase{setup: "emergency", kind: "emergency", step: s, phase: ph, fault: faultKill})
+			for _, n := range s.nodesChanged {
+				at(plan.PhaseChanged, faultNode, n)
+				at(plan.PhaseChanged, faultHang, n)
+			}
+			for _, f := range []string{faultRevoke, faultEtcd, faultLeader} {
+				at(plan.PhaseBefore, f, "")
+			}
 		}
 	}
 	return out
@@ -234,14 +319,15 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase) {
 		emCrash(t, c, "pg1")
 		args = []string{"--config", cfg, "promote", "--emergency", "pg2", "--yes"}
 	case "drill":
-		args = []string{"--config", cfg, "runbook", "run", filepath.Join("..", "runbooks", "examples", "switchover-and-back.yaml"), "--yes", "--quiet"}
+		args = []string{"--config", cfg, "runbook", "run", faultDrill(t), "--yes", "--quiet"}
 	}
 	action := "pause"
 	if fc.fault == faultKill {
 		action = "kill"
 	}
+	spec := fmt.Sprintf("%s:%s:%s", fc.step, fc.phase, action)
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s:%s:%s", plan.FailpointEnv, fc.step, fc.phase, action))
+	cmd.Env = append(os.Environ(), plan.FailpointEnv+"="+spec)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -250,17 +336,28 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase) {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	var resume func()
+	finished := make(chan struct{})
 	if action == "pause" {
 		if faultWaitStopped(cmd.Process.Pid, done) {
 			resume = injectFault(t, c, fc)
 			_ = syscall.Kill(cmd.Process.Pid, syscall.SIGCONT)
+			// The failpoint fires wherever its step runs again: in a
+			// drill, the switch back and the on_failure promotion have
+			// the same step IDs. Only the first stop gets the fault; the
+			// later ones are let go at once.
+			go faultResumeLater(cmd.Process.Pid, finished)
 		}
 	}
 	select {
 	case <-done:
+		close(finished)
 	case <-time.After(3 * time.Minute):
+		close(finished)
 		_ = cmd.Process.Kill()
 		<-done
+		faultRowsMu.Lock()
+		faultRows = append(faultRows, faultcheck.Outcome{Case: fc.name(), Result: "killed", Violations: []string{"replctl did not finish within 3 minutes"}})
+		faultRowsMu.Unlock()
 		t.Fatalf("replctl did not finish:\n%s", out.String())
 	}
 	if resume != nil {
@@ -270,12 +367,19 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase) {
 
 	recovered := faultRecover(t, cfg)
 	var problems []string
+	if !strings.Contains(out.String(), "failpoint "+spec) {
+		// The case would test nothing: the operation ran unhindered.
+		problems = append(problems, "the failpoint "+spec+" never fired")
+	}
 	if recovered == "recover failed" {
 		problems = append(problems, "recover failed")
 	}
-	if fc.kind == "emergency" && recovered == failover.RollBack {
-		// Rolled back, the dead primary stays fenced and there is no
-		// primary: the documented recovery is to run the failover again.
+	failed := cmd.ProcessState.ExitCode() != 0 && recovered == "" && faultNoPrimary(ctx, cfg)
+	if fc.kind == "emergency" && (recovered == failover.RollBack || failed) {
+		// Rolled back, or failed and undone by itself (the candidate
+		// killed or hung before its promotion, say), the dead primary
+		// stays fenced and there is no primary: the documented recovery
+		// is to run the failover again.
 		if r := replctl(ctx, nil, "--config", cfg, "promote", "--emergency", "--yes"); r.Code != 0 {
 			problems = append(problems, "the emergency failover run again failed: "+r.String())
 		} else {
@@ -283,6 +387,18 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase) {
 		}
 	}
 	final := faultSettle(ctx, target, w)
+	if len(final) > 0 && cmd.ProcessState.ExitCode() == ExitPartial && (recovered == "" || strings.HasPrefix(recovered, ",")) {
+		// Partly done, nothing interrupted, and the cluster did not come
+		// whole by itself: the output says what remains (the repoint or
+		// rejoin of the node the fault stopped), and the plan's note says
+		// how: `replctl rejoin NODE`.
+		rejoined, errs := faultRepair(ctx, cfg)
+		problems = append(problems, errs...)
+		if len(rejoined) > 0 {
+			recovered += ", rejoin " + strings.Join(rejoined, " ") + " run"
+		}
+		final = faultSettle(ctx, target, w)
+	}
 	rep := w.Stop()
 	for _, v := range rep.Violations {
 		problems = append(problems, v.String())
@@ -306,6 +422,66 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase) {
 	for _, p := range problems {
 		t.Error(p)
 	}
+}
+
+// faultDrill is the example drill (runbooks/examples/switchover-and-back.yaml)
+// with a shorter wait in its on_failure: the faulted node is brought back
+// only once replctl has exited, so that wait (120 s in the example) cannot
+// succeed while it runs and would only make each case last minutes.
+func faultDrill(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "runbooks", "examples", "switchover-and-back.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const long, short = "    timeout: 120s\n", "    timeout: 15s\n"
+	if !bytes.Contains(b, []byte(long)) {
+		t.Fatalf("switchover-and-back.yaml: no on_failure wait %q to shorten", strings.TrimSpace(long))
+	}
+	p := filepath.Join(t.TempDir(), "switchover-and-back.yaml")
+	if err := os.WriteFile(p, bytes.Replace(b, []byte(long), []byte(short), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// faultRepair is the documented follow-up of an operation that was partly
+// done: `replctl rejoin NODE` for every node that answers and does
+// not follow the primary (the repoint or rejoin the operation could not
+// make, the plan and its output name that command). rejoin does nothing on a
+// healthy replica. A node that does not answer is left alone: the checker
+// tolerates it (the emergency failover's dead primary stays down). It
+// returns the nodes rejoined and what failed.
+func faultRepair(ctx context.Context, cfg string) (rejoined, problems []string) {
+	var st emStatus
+	r := replctl(ctx, nil, "--config", cfg, "status", "-o", "json")
+	if err := json.Unmarshal([]byte(r.Out), &st); err != nil || st.Primary == nil {
+		return nil, nil
+	}
+	for _, n := range st.Nodes {
+		if n.Name == *st.Primary || strings.HasPrefix(n.State, "unreachable") {
+			continue
+		}
+		r := replctl(ctx, nil, "--config", cfg, "-o", "json", "rejoin", n.Name, "--yes")
+		var doc struct {
+			NothingToDo bool `json:"nothing_to_do"`
+		}
+		_ = json.Unmarshal([]byte(r.Out), &doc)
+		switch {
+		case r.Code != 0:
+			problems = append(problems, fmt.Sprintf("rejoin %s after the operation failed: %s", n.Name, r))
+		case !doc.NothingToDo:
+			rejoined = append(rejoined, n.Name)
+		}
+	}
+	return rejoined, problems
+}
+
+// faultNoPrimary reports whether status finds no primary.
+func faultNoPrimary(ctx context.Context, cfg string) bool {
+	var st emStatus
+	r := replctl(ctx, nil, "--config", cfg, "status", "-o", "json")
+	return json.Unmarshal([]byte(r.Out), &st) == nil && st.Primary == nil
 }
 
 // faultTarget is the cluster as the independent checker sees it.
@@ -342,6 +518,26 @@ func faultWaitStopped(pid int, done chan error) bool {
 		}
 	}
 	return false
+}
+
+// faultResumeLater sends SIGCONT whenever the process stops itself again,
+// until finished is closed.
+func faultResumeLater(pid int, finished chan struct{}) {
+	for {
+		select {
+		case <-finished:
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) && (s[i+2] == 'T' || s[i+2] == 't') {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
 }
 
 // injectFault makes the case's fault while replctl is stopped at the

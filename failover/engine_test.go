@@ -13,6 +13,7 @@ import (
 	"github.com/replctl/replctl/checks"
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/topology"
 	tt "github.com/replctl/replctl/topology/topologytest"
@@ -677,5 +678,81 @@ func TestPlanRejoinFromTheNode(t *testing.T) {
 	p, results, err := PlanRejoin(cfg, snap, "pg3", nil)
 	if err != nil || p == nil || len(p.Steps) != 0 || !strings.Contains(strings.Join(p.Notes, ""), "nothing to do") {
 		t.Fatalf("healthy replica: %v %+v %v", err, p, results)
+	}
+}
+
+// crashAfterRejoin is the fake whose node dies right after its rejoin
+// command ran (rewound, following the primary through its slot), before
+// it streams: the matrix's rejoin:changed/kill-node-pg1 on real servers.
+type crashAfterRejoin struct{ *fakeCluster }
+
+func (c crashAfterRejoin) RunCommand(ctx context.Context, node, action string, env map[string]string) (pgctl.CommandResult, error) {
+	res, err := c.fakeCluster.RunCommand(ctx, node, action, env)
+	if action == pgctl.ActionRejoin {
+		c.mu.Lock()
+		n := c.nodes[node]
+		c.stopReceiver(n)
+		n.up = false
+		c.mu.Unlock()
+	}
+	return res, err
+}
+
+// A rejoin that fails after its command ran keeps the slot it created on
+// the primary: the node now follows the primary through it, and would
+// never stream once started again if the undo dropped it.
+func TestEngineRejoinKeepsSlotOnceCommandRan(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "rejoin")
+	c.env.Ctl = crashAfterRejoin{c.ctl}
+	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeFailed {
+		t.Fatalf("outcome %s, want failed: %v", res.Outcome, res.Err)
+	}
+	c.ctl.mu.Lock()
+	pg1 := c.ctl.nodes["pg1"]
+	pg1.up = true
+	c.ctl.mu.Unlock()
+	if d := c.ctl.dangling(); len(d) > 0 {
+		t.Errorf("pg1, started again, names a slot the undo dropped: %v", d)
+	}
+	if !strings.Contains(strings.Join(res.Left, "\n"), "keeping slot pg1 on pg2") {
+		t.Errorf("the report does not say the slot was kept: %q", res.Left)
+	}
+}
+
+// The lease lost during the last step, past the point of no return (the
+// emergency failover's repoint-pg3): the step fails with a bare "operation
+// was canceled". The run must still say the lock was lost and record
+// lock_lost, so that status reports the operation interrupted and recover
+// finishes it, as it does when a step remains after the one cut short.
+func TestDriverLockLostInLastStep(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "emergency")
+	obs := Observation{Snap: c.snap, State: c.state}
+	d := &Driver{Cfg: c.cfg, Observe: func(context.Context) Observation { return obs }}
+	prep := d.Prepare(t.Context(), c.req, nil)
+	if prep.Op.Plan == nil {
+		t.Fatalf("prepared: %+v", prep.Op)
+	}
+	env := &Env{Ctl: c.ctl}
+	op := d.Replan(prep, env)
+	last := &op.Plan.Steps[len(op.Plan.Steps)-1]
+	if !strings.HasPrefix(last.ID, StepRepoint) {
+		t.Fatalf("last step %s, want a repoint", last.ID)
+	}
+	last.Run = func(ctx context.Context) error {
+		c.rec.lose()
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
+		return fmt.Errorf("cannot connect: pg3: %w", ctx.Err())
+	}
+	locker := &fakeLocker{rec: c.rec}
+	res := d.Run(t.Context(), prep, op, env, OperationSpec{Cfg: c.cfg, Locker: locker})
+	var lost *etcdlock.LockLostError
+	if res.Outcome != plan.OutcomePartial || !errors.As(res.Err, &lost) || locker.end != etcdlock.OutcomeLockLost {
+		t.Fatalf("outcome %s (recorded %s): %v", res.Outcome, locker.end, res.Err)
 	}
 }

@@ -210,7 +210,12 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *plan.Plan, env *En
 		histErr = errors.New(strings.Join(res.Warnings, "; "))
 		res.Warnings = nil
 	}
-	if res.Err != nil && res.Outcome == plan.OutcomeFailed {
+	if res.Err != nil && (res.Outcome == plan.OutcomeFailed || res.Outcome == plan.OutcomePartial) {
+		// A step the lock's loss cut short fails with a bare "context
+		// canceled" (pgx: "operation was canceled"); the cause says why,
+		// and makes the record lock_lost. Partial too: when that step is
+		// the last one past the point of no return, no "stopped before"
+		// error carries the cause.
 		if cause := context.Cause(opCtx); cause != nil && !errors.Is(res.Err, cause) {
 			res.Err = errors.Join(res.Err, cause)
 		}

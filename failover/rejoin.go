@@ -110,12 +110,20 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 					return err
 				}
 				made, err := env.Ctl.CreateSlots(ctx, primary.Name, []string{node})
+				plan.Changed(ctx)
 				r.created = append(r.created, made...)
 				return err
 			},
 			Undo: func(ctx context.Context) error {
 				if len(r.created) == 0 {
 					return nil
+				}
+				if r.commandRan {
+					// Rewound and set to follow the primary through
+					// this slot, the node needs it to stream once it
+					// runs again (a rewind cannot be undone).
+					return fmt.Errorf("keeping slot %s on %s: the rejoin command ran on %s, which now follows %s through it; run `replctl rejoin %s` again, or drop the slot by hand if %s is rebuilt otherwise",
+						joinNames(r.created), primary.Name, node, primary.Name, node, node)
 				}
 				if err := env.Ctl.DropSlots(ctx, primary.Name, r.created); err != nil {
 					return err
@@ -213,11 +221,16 @@ type rejoin struct {
 	stale    []string
 	// stream bounds the wait until it streams (Timeouts.Stream).
 	stream time.Duration
-	// created is the slot the operation made for it, dropped on undo.
-	created []string
+	// created is the slot the operation made for it, dropped on undo
+	// unless the rejoin command ran (commandRan).
+	created    []string
+	commandRan bool
 }
 
 func (r *rejoin) run(ctx context.Context) error {
+	// Set before the command starts: it may have rewound the node and
+	// pointed it at the primary's slot even if it then fails.
+	r.commandRan = true
 	_, err := r.env.Ctl.RunCommand(ctx, r.node, pgctl.ActionRejoin, map[string]string{
 		"REPLCTL_PRIMARY_CONNINFO": r.conninfo,
 		"REPLCTL_PRIMARY_SLOT":     r.node,

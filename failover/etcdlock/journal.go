@@ -42,11 +42,15 @@ func (r *OpRecord) Interrupted(holder *LockHolder) bool {
 		return holder == nil || holder.Token != r.Token || holder.Dead()
 	case OutcomeLockLost, OutcomeLockBroken:
 		return r.changedAndNotUndone()
-	case plan.OutcomeFailed:
+	case plan.OutcomeFailed, plan.OutcomePartial:
 		// Failed, and the undo of a fence failed or was skipped: a node
 		// is left fenced, possibly without a primary, as after a process
 		// that died. Other failed undos (a slot on a node that is down)
 		// are reported by the operation itself and block nothing.
+		// Partial too: a drill whose promotion failed that way ends
+		// partial (it needs attention), not failed. A partial plan (one
+		// that committed) never undoes anything, so for the other kinds
+		// this finds nothing.
 		for _, js := range r.Journal() {
 			if js.Fences && (js.Undo == string(plan.StepUndoFailed) || js.Undo == string(plan.StepUndoSkipped)) {
 				return true
