@@ -756,3 +756,28 @@ func TestDriverLockLostInLastStep(t *testing.T) {
 		t.Fatalf("outcome %s (recorded %s): %v", res.Outcome, locker.end, res.Err)
 	}
 }
+
+// D5 of the full fault matrix: the lock lost while the rejoin command
+// (pg_rewind) runs must not cut it off halfway, which leaves the node
+// with data files of both histories; the command finishes, and no later
+// step runs without the lock.
+func TestEngineRejoinCommandNotCutOff(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "rejoin")
+	c.ctl.rejoinTakes = 300 * time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() {
+		for !c.ctl.called("rejoin pg1 started") {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+		cancel() // what RunOperation does when the lock is lost
+	}()
+	res := plan.Execute(ctx, c.plan, c.env, nil, nil)
+	if c.ctl.called("rejoin pg1 cut off halfway") {
+		t.Fatalf("the rejoin command was cut off when the lock was lost (outcome %s: %v)", res.Outcome, res.Err)
+	}
+	if n := c.ctl.nodes["pg1"]; !n.up || !n.inRecovery {
+		t.Fatalf("pg1 after the rejoin command: up %v, in recovery %v", n.up, n.inRecovery)
+	}
+}

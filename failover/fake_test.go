@@ -58,6 +58,8 @@ type fakeCluster struct {
 	catchupStep uint64
 	// logical is each node's logical slots and their confirmed positions.
 	logical map[string]map[string]topology.LSN
+	// rejoinTakes is how long the rejoin command runs.
+	rejoinTakes time.Duration
 }
 
 type fakeNode struct {
@@ -526,6 +528,22 @@ func (f *fakeCluster) RecordToken(ctx context.Context, node string, _ int64, _ s
 }
 
 func (f *fakeCluster) RunCommand(ctx context.Context, node, action string, _ map[string]string) (pgctl.CommandResult, error) {
+	if action == pgctl.ActionRejoin && f.rejoinTakes > 0 {
+		// pg_rewind takes a while, and killed halfway it leaves the node
+		// broken for good.
+		f.mu.Lock()
+		f.log("rejoin %s started", node)
+		f.mu.Unlock()
+		select {
+		case <-time.After(f.rejoinTakes):
+		case <-ctx.Done():
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.nodes[node].up = false
+			f.log("rejoin %s cut off halfway", node)
+			return pgctl.CommandResult{Node: node, Action: action, ExitCode: -1}, ctx.Err()
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := f.nodes[node]

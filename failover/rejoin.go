@@ -231,7 +231,14 @@ func (r *rejoin) run(ctx context.Context) error {
 	// Set before the command starts: it may have rewound the node and
 	// pointed it at the primary's slot even if it then fails.
 	r.commandRan = true
-	_, err := r.env.Ctl.RunCommand(ctx, r.node, pgctl.ActionRejoin, map[string]string{
+	// The command runs to its end even when the lock is lost or the
+	// step's budget passes meanwhile: cut off halfway, pg_rewind leaves
+	// data files of both histories that no later rewind repairs (the
+	// fault matrix saw it). It only ever makes the node a replica, so
+	// finishing it without the lock is safe, and nothing after it runs
+	// without the lock. It stays bounded by command_timeout, and dies
+	// with replctl (pgctl.RunTied).
+	_, err := r.env.Ctl.RunCommand(context.WithoutCancel(ctx), r.node, pgctl.ActionRejoin, map[string]string{
 		"REPLCTL_PRIMARY_CONNINFO": r.conninfo,
 		"REPLCTL_PRIMARY_SLOT":     r.node,
 	})
