@@ -93,16 +93,15 @@ type Watcher struct {
 	// Who names this watcher in the seen record.
 	Who string
 
-	det       detector
-	mu        sync.Mutex
-	last      Analysis
-	lastLook  Look
-	said      map[string]string // what was last logged per topic, to log changes only
-	rejoinAt  map[string]time.Time
-	refenced  map[string]bool
-	leading   bool
-	stopped   bool
-	runningOp bool
+	det      detector
+	mu       sync.Mutex
+	last     Analysis
+	lastLook Look
+	said     map[string]string // what was last logged per topic, to log changes only
+	rejoinAt map[string]time.Time
+	refenced map[string]bool
+	leading  bool
+	stopped  bool
 
 	holdNode   string
 	holdCh     <-chan struct{}
@@ -408,14 +407,6 @@ func (w *Watcher) act(ctx context.Context, f func(context.Context) Outcome) Outc
 	if err := w.Elector.Check(ctx); err != nil {
 		return Outcome{Refused: true, Message: "not acting: " + err.Error()}
 	}
-	w.mu.Lock()
-	w.runningOp = true
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		w.runningOp = false
-		w.mu.Unlock()
-	}()
 	return f(context.WithoutCancel(ctx))
 }
 
