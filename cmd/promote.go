@@ -49,8 +49,8 @@ type PromoteOptions struct {
 
 // unattended is what replctl watch adds to an operation it runs through the
 // command's own code: the history kind, the lock tied to its leadership,
-// the probes that confirmed the primary dead, and the report, kept for the
-// watcher's log.
+// the probes that confirmed the primary dead, and (promote) the report,
+// kept for the watcher's log.
 type unattended struct {
 	kind   string
 	locker failover.Locker

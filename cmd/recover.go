@@ -117,9 +117,6 @@ func runRecover(ctx context.Context, o *RecoverOptions) error {
 	req := failover.Request{Kind: failover.KindRecover, Recover: failover.RecoverOptions{Resolved: o.Resolved}}
 	prep := drv.Prepare(ctx, req, nil)
 	rep := &recoverReport{DryRun: o.DryRun}
-	if o.auto != nil {
-		o.auto.report = rep
-	}
 	show := func() error {
 		return render(o.IO, o.Output, rep, func(w io.Writer) error { return writeRecoverText(w, o.IO.StdoutTTY, rep) })
 	}

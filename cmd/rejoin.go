@@ -105,9 +105,6 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 	drv, last := newDriver(cfg, o.auto.observeTimeout(o.Timeout), recordFn, o.IO)
 	prep := drv.Prepare(ctx, failover.Request{Kind: failover.KindRejoin, Node: o.Node}, nil)
 	rep := &rejoinReport{DryRun: o.DryRun, Node: o.Node, Primary: prep.Op.Primary}
-	if o.auto != nil {
-		o.auto.report = rep
-	}
 	var perr error
 	if prep.Op.Error != "" {
 		perr = errors.New(prep.Op.Error)

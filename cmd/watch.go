@@ -327,7 +327,7 @@ func (c *watchCluster) Failover(ctx context.Context, look watch.Look, probes []f
 		Command: append(append([]string(nil), c.o.Command...), "(automatic failover)"), auto: u}
 	err := runPromote(ctx, o)
 	rep, _ := u.report.(*promoteReport)
-	return outcomeOf(rep, err, func() string {
+	return outcomeOf(err, func() string {
 		if rep == nil {
 			return ""
 		}
@@ -364,7 +364,7 @@ func failedSummary(rs []checks.Result) string {
 }
 
 // outcomeOf maps a command's exit to the watcher's outcome.
-func outcomeOf(rep any, err error, done func() string) watch.Outcome {
+func outcomeOf(err error, done func() string) watch.Outcome {
 	var ee *ExitError
 	switch {
 	case err == nil:
@@ -382,7 +382,7 @@ func (c *watchCluster) Recover(ctx context.Context, lock failover.Locker) watch.
 	o := &RecoverOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout, Yes: true,
 		Command: append(append([]string(nil), c.o.Command...), "(recover)"), auto: u}
 	err := runRecover(ctx, o)
-	return outcomeOf(u.report, err, func() string { return "the interrupted operation was recovered" })
+	return outcomeOf(err, func() string { return "the interrupted operation was recovered" })
 }
 
 // Rejoin implements watch.Cluster: replctl rejoin NODE --yes.
@@ -392,7 +392,7 @@ func (c *watchCluster) Rejoin(ctx context.Context, node string, lock failover.Lo
 	o := &RejoinOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout, Node: node, Yes: true,
 		Command: append(append([]string(nil), c.o.Command...), "(rejoin "+node+")"), auto: u}
 	err := runRejoin(ctx, o)
-	return outcomeOf(u.report, err, func() string { return node + " rejoined as a replica" })
+	return outcomeOf(err, func() string { return node + " rejoined as a replica" })
 }
 
 // Fence implements watch.Cluster: commands.fence when configured, then the

@@ -61,10 +61,9 @@ type Analysis struct {
 // detector keeps what one look cannot tell: since when the primary has been
 // silent, and the probes that failed.
 type detector struct {
-	primary  string
-	probes   []failover.ProbeAttempt
-	since    time.Time
-	lastSeen time.Time
+	primary string
+	probes  []failover.ProbeAttempt
+	since   time.Time
 }
 
 // maxProbes bounds the probes kept as evidence: enough to show the window.
@@ -104,7 +103,6 @@ func (d *detector) observe(cfg *config.Config, obs failover.Observation, now tim
 	}
 	if n.Reachable {
 		d.reset(old)
-		d.lastSeen = now
 		if n.Writable() {
 			a.Verdict, a.Message = Healthy, fmt.Sprintf("%s accepts writes", old)
 		} else {

@@ -447,9 +447,6 @@ func (w *Watcher) logOp(level, code, node, op, msg string) {
 	}
 }
 
-// Verdicts lists the states for documentation and tests.
-var Verdicts = []Verdict{Healthy, Unreachable, Suspect, Dead, NotWritable, Unknown}
-
 // Describe is the last analysis in a sentence (for --once).
 func (w *Watcher) Describe() (Analysis, Look) {
 	w.mu.Lock()
