@@ -49,8 +49,9 @@ func engineConfig(stop bool, nodes ...string) *config.Config {
 }
 
 // newEngineCase builds kind: "switchover-stop", "switchover-sql",
-// "emergency" or "rejoin", on pg1..pg3 with pg1 the primary to replace
-// (or, for rejoin, the fenced former primary).
+// "emergency", "rejoin" or "rejoin-cascade", on pg1..pg3 with pg1 the
+// primary to replace (for rejoin, the fenced former primary; for
+// rejoin-cascade, the primary pg3 is brought under).
 func newEngineCase(t *testing.T, kind string) *engineCase {
 	t.Helper()
 	lsn := topology.LSN(0x3000060)
@@ -107,6 +108,26 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 		if len(results) > 0 {
 			t.Fatalf("rejoin refused: %v", results)
 		}
+	case "rejoin-cascade":
+		// pg3 streams through pg2 (a switchover that could not repoint it
+		// left it there); pg1 has no slot for it.
+		c.cfg = engineConfig(false, "pg1", "pg2", "pg3")
+		f := c.ctl
+		pg2, pg3 := f.nodes["pg2"], f.nodes["pg3"]
+		pg2.slots["pg3"] = false
+		pg3.auto["primary_conninfo"] = "host=127.0.0.1 port=5433 user=postgres application_name=pg3 sslmode=prefer"
+		f.reload(pg3)
+		delete(f.nodes["pg1"].slots, "pg3")
+		mid := tt.Replica("pg2", 5432, lsn)
+		mid.Replication = []topology.Replication{tt.Walsender("pg3", lsn)}
+		mid.Slots = []topology.Slot{{Name: "pg3", Type: "physical", Active: true}}
+		snap := topology.Classify(c.cfg, []topology.NodeStatus{tt.Primary("pg1", lsn, "pg2"), mid, tt.Replica("pg3", 5433, lsn)}, nil)
+		c.snap, c.req = snap, Request{Kind: KindRejoin, Node: "pg3"}
+		var results []checks.Result
+		c.plan, results, err = PlanRejoin(c.cfg, snap, "pg3", c.env)
+		if failed := checks.Failed(results); len(failed) > 0 {
+			t.Fatalf("rejoin refused: %v", failed)
+		}
 	default:
 		t.Fatalf("unknown kind %q", kind)
 	}
@@ -142,7 +163,7 @@ func ponrIndex(p *plan.Plan) int {
 // does not exist.
 func TestEngineFaultMatrix(t *testing.T) {
 	t.Parallel()
-	for _, kind := range []string{"switchover-stop", "switchover-sql", "emergency", "rejoin"} {
+	for _, kind := range []string{"switchover-stop", "switchover-sql", "emergency", "rejoin", "rejoin-cascade"} {
 		n := len(newEngineCase(t, kind).plan.Steps)
 		for k := range n {
 			for _, mode := range []string{"fail", "lose-before", "lose-during"} {
@@ -204,7 +225,7 @@ func TestEngineFaultMatrix(t *testing.T) {
 						if mode == "fail" && !step.Optional {
 							t.Errorf("succeeded despite the injected failure")
 						}
-					case k > ponr:
+					case ponr >= 0 && k > ponr:
 						if res.Outcome != plan.OutcomePartial {
 							t.Errorf("outcome %s after the point of no return, want partial", res.Outcome)
 						}
@@ -779,5 +800,36 @@ func TestEngineRejoinCommandNotCutOff(t *testing.T) {
 	}
 	if n := c.ctl.nodes["pg1"]; !n.up || !n.inRecovery {
 		t.Fatalf("pg1 after the rejoin command: up %v, in recovery %v", n.up, n.inRecovery)
+	}
+}
+
+// The drill case of the full fault matrix: pg3, killed as a switchover
+// detached it to cascade from the candidate, came back streaming through
+// pg2 once pg1 was primary again. The plan told the operator to run
+// `replctl rejoin pg3`, which said "nothing to do". It must repoint pg3 at
+// the primary, with a slot there, and drop the slot pg3 used on pg2.
+func TestEngineRejoinRepointsACascade(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "rejoin-cascade")
+	var ids []string
+	for _, s := range c.plan.Steps {
+		ids = append(ids, s.ID)
+	}
+	if want := []string{StepLock, StepCreateSlots, StepRepoint + "-pg3", StepDropSlots}; !reflect.DeepEqual(ids, want) {
+		t.Fatalf("steps %v, want %v", ids, want)
+	}
+	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	pg3 := c.ctl.nodes["pg3"]
+	if pg3.upstream != "pg1" || conninfoPort(pg3.auto["primary_conninfo"]) != 5432 || pg3.auto["primary_slot_name"] != "pg3" {
+		t.Errorf("pg3 follows %s with %q slot %q, want pg1 through slot pg3", pg3.upstream, pg3.auto["primary_conninfo"], pg3.auto["primary_slot_name"])
+	}
+	if _, ok := c.ctl.nodes["pg2"].slots["pg3"]; ok {
+		t.Errorf("slot pg3 left on pg2")
+	}
+	if d := c.ctl.dangling(); len(d) > 0 {
+		t.Errorf("half-moved: %v", d)
 	}
 }

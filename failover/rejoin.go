@@ -75,6 +75,9 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 		return &plan.Plan{Kind: "rejoin", Primary: p.Name, Candidate: node, Notes: []string{msg}},
 			[]checks.Result{{Name: "already_replica", Node: node, Level: checks.OK, Code: "ok", Message: msg}}, nil
 	}
+	if up := cascadeUpstream(snap, node); up != nil {
+		return planRepointCascade(cfg, snap, node, up, env)
+	}
 	results := RejoinPreflight(cfg, snap, node)
 	if len(checks.Failed(results)) > 0 {
 		return nil, results, nil
@@ -138,15 +141,7 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 		{ID: StepDropSlots, Node: node, Mutates: true, Timeout: t.Call, Budget: budget,
 			Description: fmt.Sprintf("%s: drop the inactive slots it kept as a primary (%s)", node, staleDesc),
 			Run:         func(ctx context.Context) error { return env.Ctl.DropSlots(ctx, node, stale) }},
-		{ID: StepUnfence, Mutates: true, Timeout: t.Etcd, Budget: min(budget, t.Etcd),
-			Description: fmt.Sprintf("etcd: unmark %s fenced in the cluster record", node),
-			Run: func(ctx context.Context) error {
-				_, _, err := env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
-					s.Unfence(node)
-					return nil
-				})
-				return err
-			}},
+		unfenceStep(env, node, t, budget),
 	}
 	if len(stale) == 0 {
 		rp.Steps = slices.DeleteFunc(rp.Steps, func(s plan.Step) bool { return s.ID == StepDropSlots })
@@ -178,12 +173,171 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 }
 
 // FollowsPrimary reports whether node is a healthy replica of snap's
-// primary: a member, streaming from it (directly or through a cascade) on
-// its timeline, not fenced. Rejoining it has nothing to do.
+// primary: a member, streaming from it directly on its timeline, not
+// fenced. Rejoining it has nothing to do. A replica that cascades from
+// another replica does not count: `replctl rejoin` makes it stream from the
+// primary (see cascadeUpstream).
 func FollowsPrimary(snap *topology.Snapshot, node string) bool {
 	n, p := snap.Node(node), snap.PrimaryNode()
-	return n != nil && p != nil && n.Member() && n.Streaming() && !n.Fenced && snap.Root(n) == p &&
+	return n != nil && p != nil && n.Member() && n.Streaming() && !n.Fenced && string(n.Upstream) == p.Name &&
 		n.Timeline != nil && p.Timeline != nil && *n.Timeline == *p.Timeline
+}
+
+// cascadeUpstream is the replica node streams through when node is a
+// healthy replica of snap's primary's history (a member, streaming, on the
+// primary's timeline) that cascades from another replica rather than from
+// the primary; nil otherwise. An operation that could not repoint it leaves
+// it there (a switchover that found it down after its detach, say): such a
+// node needs no rewind, only its primary_conninfo changed.
+func cascadeUpstream(snap *topology.Snapshot, node string) *topology.Node {
+	n, p := snap.Node(node), snap.PrimaryNode()
+	if n == nil || p == nil || !n.Member() || !n.Streaming() || n.Upstream == "" || string(n.Upstream) == p.Name ||
+		snap.Root(n) != p || n.Timeline == nil || p.Timeline == nil || *n.Timeline != *p.Timeline {
+		return nil
+	}
+	return snap.Node(string(n.Upstream))
+}
+
+// planRepointCascade plans making node, which streams through the replica
+// up, stream from the primary itself: a slot for it on the primary, its
+// primary_conninfo and primary_slot_name changed (captured first, restored
+// on undo) and verified, and the slot it used on up dropped. Nothing is
+// rewound or restarted, so no rejoin command is needed.
+func planRepointCascade(cfg *config.Config, snap *topology.Snapshot, node string, up *topology.Node, env *Env) (*plan.Plan, []checks.Result, error) {
+	p, n := snap.PrimaryNode(), snap.Node(node)
+	primary, _ := cfg.Node(p.Name)
+	ci, err := pgctl.ReplicaConninfo(primary, node)
+	if err != nil {
+		return nil, nil, err
+	}
+	t := TimeoutsFor(cfg, 0, 0)
+	budget := min(5*time.Second, cfg.Lock.TTL/2)
+	oldSlot := ""
+	if n.Settings.PrimarySlotName != nil {
+		oldSlot = *n.Settings.PrimarySlotName
+	}
+	rc := &cascade{env: env, node: node, primary: primary, upstream: up.Name, conninfo: ci, slot: node, oldSlot: oldSlot, timeline: *p.Timeline}
+	msg := fmt.Sprintf("%s streams from %s, a replica, not from the primary %s: it is repointed at %s (no rewind needed: it is on timeline %d)",
+		node, up.Name, p.Name, p.Name, *p.Timeline)
+	results := []checks.Result{
+		{Name: "primary", Node: node, Level: checks.OK, Code: "ok", Message: "current primary: " + p.Name},
+		{Name: "cascade", Node: node, Level: checks.OK, Code: "ok", Message: msg},
+	}
+	rp := &plan.Plan{Kind: "rejoin", Primary: p.Name, Candidate: node, Notes: []string{msg}}
+	var created []string
+	rp.Steps = []plan.Step{
+		{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight", cfg.Etcd.Prefix, cfg.Cluster, cfg.Lock.TTL),
+			Run: func(ctx context.Context) error { return env.Acquire(ctx) }},
+		{ID: StepCreateSlots, Node: p.Name, Mutates: true, Timeout: t.Call, Budget: budget,
+			Description:     fmt.Sprintf("%s: create physical replication slot %s for it, if missing", p.Name, node),
+			UndoDescription: fmt.Sprintf("%s: drop slot %s if this operation created it and it is inactive", p.Name, node),
+			Run: func(ctx context.Context) error {
+				if err := captureSlots(ctx, []string{node}, p); err != nil {
+					return err
+				}
+				made, err := env.Ctl.CreateSlots(ctx, p.Name, []string{node})
+				plan.Changed(ctx)
+				created = append(created, made...)
+				return err
+			},
+			Undo: func(ctx context.Context) error {
+				if err := env.Ctl.DropSlots(ctx, p.Name, created); err != nil {
+					return err
+				}
+				created = nil
+				return nil
+			}},
+		{ID: StepRepoint + "-" + node, Node: node, Mutates: true, Timeout: t.Stream, Budget: budget,
+			Description: fmt.Sprintf("%s: capture its primary_conninfo and primary_slot_name, ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf(); wait until its WAL receiver streams from %s on timeline %d (timeout %s)",
+				node, pgctl.QuoteLiteral(ci), pgctl.QuoteLiteral(node), p.Name, *p.Timeline, t.Stream),
+			UndoDescription: fmt.Sprintf("%s: restore the primary_conninfo and primary_slot_name it had (ALTER SYSTEM), SELECT pg_reload_conf(), so that it streams from %s again", node, up.Name),
+			Run:             rc.repoint, Undo: rc.restore},
+	}
+	if oldSlot != "" && slices.ContainsFunc(up.Slots, func(s topology.Slot) bool { return s.Name == oldSlot && s.Type == "physical" }) {
+		rp.Steps = append(rp.Steps, plan.Step{ID: StepDropSlots, Node: up.Name, Mutates: true, Timeout: t.Call, Budget: budget,
+			Description:     fmt.Sprintf("%s: drop slot %s, which %s streamed through (it would retain WAL on %s for nothing)", up.Name, oldSlot, node, up.Name),
+			UndoDescription: fmt.Sprintf("%s: create slot %s again", up.Name, oldSlot),
+			Run:             rc.dropOld, Undo: rc.recreateOld})
+	}
+	if n.Fenced {
+		rp.Steps = append(rp.Steps, unfenceStep(env, node, t, budget))
+	}
+	return rp, results, nil
+}
+
+// cascade is the state of planRepointCascade's steps.
+type cascade struct {
+	env            *Env
+	node, upstream string
+	primary        config.Node
+	conninfo       string
+	slot, oldSlot  string
+	timeline       uint32
+	captured       *pgctl.SettingsSnapshot
+	droppedOld     bool
+}
+
+func (c *cascade) repoint(ctx context.Context) error {
+	if c.captured == nil {
+		s, err := c.env.Ctl.CaptureSettings(ctx, c.node, replicationSettings...)
+		if err != nil {
+			return err
+		}
+		c.captured = s
+	}
+	if err := captureSettings(ctx, c.captured); err != nil {
+		return err
+	}
+	host, port, err := hostPort(c.primary)
+	if err != nil {
+		return err
+	}
+	if err := c.env.Ctl.Repoint(ctx, c.node, c.conninfo, c.slot); err != nil {
+		return err
+	}
+	plan.Changed(ctx)
+	err = pgctl.PollUntil(ctx, c.env.Clock, 5*time.Millisecond, func(ctx context.Context) (bool, error) {
+		pid, h, p, err := c.env.Ctl.ReceiverUpstream(ctx, c.node)
+		return pid != 0 && h == host && p == port, err
+	}, fmt.Sprintf("%s's WAL receiver does not connect to %s after its primary_conninfo changed", c.node, c.primary.Name))
+	if err != nil {
+		return err
+	}
+	return c.env.Ctl.WaitStreaming(ctx, c.node, c.timeline)
+}
+
+// restore puts the captured settings back; the receiver then follows them
+// (a reload changes primary_conninfo of a streaming replica).
+func (c *cascade) restore(ctx context.Context) error {
+	if c.captured == nil {
+		return nil
+	}
+	return c.env.Ctl.RestoreSettings(ctx, c.node, c.captured)
+}
+
+// dropOld drops the slot node used on its former upstream, once no
+// walsender holds it (its stream there ends when its receiver moved).
+func (c *cascade) dropOld(ctx context.Context) error {
+	err := pgctl.PollUntil(ctx, c.env.Clock, 10*time.Millisecond, func(ctx context.Context) (bool, error) {
+		n, err := c.env.Ctl.TerminateWALSenders(ctx, c.upstream, c.oldSlot, "")
+		return n == 0, err
+	}, fmt.Sprintf("%s: slot %s stays in use", c.upstream, c.oldSlot))
+	if err != nil {
+		return err
+	}
+	c.droppedOld = true
+	return c.env.Ctl.DropSlots(ctx, c.upstream, []string{c.oldSlot})
+}
+
+func (c *cascade) recreateOld(ctx context.Context) error {
+	if !c.droppedOld {
+		return nil
+	}
+	if _, err := c.env.Ctl.CreateSlots(ctx, c.upstream, []string{c.oldSlot}); err != nil {
+		return err
+	}
+	c.droppedOld = false
+	return nil
 }
 
 // staleSlots are the slots a rejoined node kept from its time as primary,
@@ -281,4 +435,17 @@ func syncBack(snap *topology.Snapshot, primary *topology.Node, node string) *top
 	out := *ss
 	out.Names = append(slices.Clone(ss.Names), node)
 	return &out
+}
+
+// unfenceStep removes node's fence mark from the cluster record.
+func unfenceStep(env *Env, node string, t Timeouts, budget time.Duration) plan.Step {
+	return plan.Step{ID: StepUnfence, Mutates: true, Timeout: t.Etcd, Budget: min(budget, t.Etcd),
+		Description: fmt.Sprintf("etcd: unmark %s fenced in the cluster record", node),
+		Run: func(ctx context.Context) error {
+			_, _, err := env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
+				s.Unfence(node)
+				return nil
+			})
+			return err
+		}}
 }
