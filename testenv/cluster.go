@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -378,14 +379,14 @@ func (c *Cluster) checkTraversable(dir string) error {
 
 // portsGiven remembers the ports handed out in this process: the kernel
 // may hand a just-closed port out again, and parallel tests must not get
-// the same one.
+// the same one. claimPort does the same across processes.
 var (
 	portsMu    sync.Mutex
 	portsGiven = map[int]bool{}
 )
 
 func freePort() (int, error) {
-	for range 50 {
+	for range 200 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return 0, fmt.Errorf("testenv: pick a port: %w", err)
@@ -396,11 +397,76 @@ func freePort() (int, error) {
 		fresh := !portsGiven[p]
 		portsGiven[p] = true
 		portsMu.Unlock()
-		if fresh {
+		if fresh && claimPort(p) {
 			return p, nil
 		}
 	}
 	return 0, errors.New("testenv: no free port")
+}
+
+// portClaims is where processes of this machine record the ports they
+// handed out, one file per port holding the owner's PID. `go test ./...`
+// runs packages as parallel processes, and a port is unbound whenever its
+// node is stopped (a stop fence, a rejoin): without a claim, another
+// process's freePort may get it then, and the node cannot start again.
+// Its name does not start with TempPrefix: ReapStale removes those.
+func portClaims() string { return filepath.Join(os.TempDir(), "replctl-ports") }
+
+// claimPort records port as this process's, unless a live process holds
+// it. A claim of a dead process is taken over. Claims are never released
+// while the process lives (its own portsGiven keeps it from reusing them
+// either); ReapPortClaims removes those of dead processes.
+func claimPort(port int) bool {
+	dir := portClaims()
+	if err := os.MkdirAll(dir, 0o1777); err != nil {
+		return true // no registry: fall back to this process's own record
+	}
+	_ = os.Chmod(dir, 0o1777) // past the umask: every user's tests share it
+	path := filepath.Join(dir, strconv.Itoa(port))
+	for range 2 {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err == nil {
+			_, err = fmt.Fprintf(f, "%d\n", os.Getpid())
+			return errors.Join(err, f.Close()) == nil
+		}
+		if !errors.Is(err, fs.ErrExist) || claimAlive(path) {
+			return false
+		}
+		_ = os.Remove(path)
+	}
+	return false
+}
+
+// claimAlive reports whether the claim file names a running process.
+func claimAlive(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return !errors.Is(err, fs.ErrNotExist)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return false
+	}
+	return pid == os.Getpid() || syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM)
+}
+
+// ReapPortClaims removes the port claims of processes that are gone.
+func ReapPortClaims() error {
+	entries, err := os.ReadDir(portClaims())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if p := filepath.Join(portClaims(), e.Name()); !claimAlive(p) {
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (c *Cluster) pickPort() (int, error) {

@@ -320,7 +320,8 @@ func dataDirs(dir string, st *State) []string {
 // os.TempDir()/replctl-testenv-* whose owning process is gone, it stops the
 // postmasters named by postmaster.pid in its data directories and the
 // detached etcd members recorded in testenv.json, by those PIDs only, then
-// removes the directory. A directory whose owner still runs is left alone,
+// removes the directory, and the port claims of dead processes (see
+// claimPort). A directory whose owner still runs is left alone,
 // so it is safe while other tests run. Clusters made by UpDetached are
 // owned by their etcd processes (while any member runs: a fault test may
 // have killed the first), so a CLI should not keep them under os.TempDir()
@@ -364,6 +365,9 @@ func ReapStale() error {
 		if err := os.RemoveAll(dir); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := ReapPortClaims(); err != nil {
+		errs = append(errs, fmt.Errorf("reap port claims: %w", err))
 	}
 	return errors.Join(errs...)
 }
