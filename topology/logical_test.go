@@ -2,6 +2,7 @@ package topology
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -237,5 +238,63 @@ func TestProbeQueryWithoutSubscriptionOID(t *testing.T) {
 	}
 	if st.Subscriptions[0].WorkerState != "" || st.Subscriptions[1].WorkerState != WorkerDisabled {
 		t.Fatalf("%+v", st.Subscriptions)
+	}
+}
+
+// LinkPeers marks a subscription whose publisher is a node of a peer
+// cluster as Kind peer, naming that cluster and node, and pairs it with the
+// peer's subscription that replicates the other way; a one-way one stays
+// unpaired, and a standby's catalog copy on either side never pairs.
+func TestLinkPeers(t *testing.T) {
+	t.Parallel()
+	west := testConfig(t, "pg1", "pg2")
+	east, err := config.Parse("east.yaml", []byte("cluster: east\nnodes:\n  - name: e1\n    dsn: host=127.0.0.1 port=45432 user=postgres\n  - name: e2\n    dsn: host=127.0.0.1 port=55432 user=postgres\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := func(name, db string, port int, pubdb string) Subscription {
+		return Subscription{Name: name, Database: db, Enabled: true, WorkerState: WorkerRunning,
+			PublisherHost: ptr("127.0.0.1"), PublisherPort: ptr(strconv.Itoa(port)), PublisherDB: ptr(pubdb)}
+	}
+	w1 := primary("pg1", 0x3000000, walsender("pg2", 0x3000000))
+	w1.Subscriptions = []Subscription{
+		sub("from_east", "app", 45432, "app"), // app <- e1/app, and e1/app <- pg1/app: a pair
+		sub("one_way", "logs", 55432, "logs"), // logs <- e2/logs, nothing back
+	}
+	w2 := replica("pg2", port(0), 0x3000000, 0x3000000)
+	w2.Subscriptions = []Subscription{sub("from_east", "app", 45432, "app")}
+	ws := Classify(west, []NodeStatus{w1, w2}, nil)
+
+	e1 := primary("e1", 0x1000000, walsender("e2", 0x1000000))
+	e1.SystemID = sysB
+	e1.Subscriptions = []Subscription{sub("from_west", "app", port(0), "app")}
+	e2 := replica("e2", 45432, 0x1000000, 0x1000000)
+	e2.SystemID = sysB
+	es := Classify(east, []NodeStatus{e1, e2}, nil)
+
+	LinkPeers(west, ws, []Peer{{Cfg: east, Snap: es}})
+	got := map[string]string{}
+	for _, n := range ws.Nodes {
+		for _, su := range n.Subscriptions {
+			bi := "-"
+			if su.BidirectionalWith != nil {
+				bi = *su.BidirectionalWith
+			}
+			got[n.Name+"/"+su.Name] = fmt.Sprintf("%s %s/%s %s", su.Kind, su.PublisherCluster, su.PublisherNode, bi)
+		}
+	}
+	want := map[string]string{
+		"pg1/from_east": "peer east/e1 east/e1/app/from_west",
+		"pg1/one_way":   "peer east/e2 -",
+		"pg2/from_east": "external / -", // a standby's copy: left as Classify saw it
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: %q, want %q", k, got[k], w)
+		}
+	}
+	// The peer's own snapshot is read, never changed.
+	if es.Node("e1").Subscriptions[0].Kind == SubscriptionPeer {
+		t.Errorf("LinkPeers changed the peer's snapshot")
 	}
 }
