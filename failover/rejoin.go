@@ -99,41 +99,21 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 	budget := min(5*time.Second, cfg.Lock.TTL/2)
 	rp := &plan.Plan{Kind: "rejoin", Primary: primary.Name, Candidate: node}
 	rp.Steps = []plan.Step{
-		{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight", cfg.Etcd.Prefix, cfg.Cluster, cfg.Lock.TTL),
-			Run: func(ctx context.Context) error { return env.Acquire(ctx) }},
+		rejoinLockStep(cfg, env),
 		{ID: StepSaveConfig, Node: primary.Name, Mutates: true, Timeout: t.Etcd, Budget: min(budget, t.Etcd),
 			Description: fmt.Sprintf("etcd: save %s's synchronous_standby_names (%s) and synchronous_commit (%s) in the cluster record",
 				primary.Name, quoteOrEmpty(p.Settings.SynchronousStandbyNames), orUnknown(p.Settings.SynchronousCommit)),
 			Run: func(ctx context.Context) error { return SaveSyncSettings(ctx, env.Lock, p) }},
-		{ID: StepCreateSlots, Node: primary.Name, Mutates: true, Timeout: t.Call, Budget: budget,
-			Description:     fmt.Sprintf("%s: create physical replication slot %s for it, if missing", primary.Name, node),
-			UndoDescription: fmt.Sprintf("%s: drop slot %s if this operation created it and it is inactive", primary.Name, node),
-			Run: func(ctx context.Context) error {
-				if err := captureSlots(ctx, []string{node}, p); err != nil {
-					return err
-				}
-				made, err := env.Ctl.CreateSlots(ctx, primary.Name, []string{node})
-				plan.Changed(ctx)
-				r.created = append(r.created, made...)
-				return err
-			},
-			Undo: func(ctx context.Context) error {
-				if len(r.created) == 0 {
-					return nil
-				}
-				if r.commandRan {
-					// Rewound and set to follow the primary through
-					// this slot, the node needs it to stream once it
-					// runs again (a rewind cannot be undone).
-					return fmt.Errorf("keeping slot %s on %s: the rejoin command ran on %s, which now follows %s through it; run `replctl rejoin %s` again, or drop the slot by hand if %s is rebuilt otherwise",
-						joinNames(r.created), primary.Name, node, primary.Name, node, node)
-				}
-				if err := env.Ctl.DropSlots(ctx, primary.Name, r.created); err != nil {
-					return err
-				}
-				r.created = nil
+		slotStep(env, p, node, t, budget, &r.created, func() error {
+			if !r.commandRan {
 				return nil
-			}},
+			}
+			// Rewound and set to follow the primary through this slot, the
+			// node needs it to stream once it runs again (a rewind cannot
+			// be undone).
+			return fmt.Errorf("keeping slot %s on %s: the rejoin command ran on %s, which now follows %s through it; run `replctl rejoin %s` again, or drop the slot by hand if %s is rebuilt otherwise",
+				joinNames(r.created), primary.Name, node, primary.Name, node, node)
+		}),
 		{ID: StepRejoin, Node: node, Mutates: true, Timeout: t.Command + t.Stream, Budget: budget, PointOfNoReturn: true,
 			Description: fmt.Sprintf("%s: rejoin as a replica of %s: commands.rejoin (%s) with REPLCTL_PRIMARY_CONNINFO=%s; wait until it streams on timeline %d (timeout %s)",
 				node, primary.Name, target.Commands.Rejoin, pgctl.QuoteLiteral(ci), tl, t.Stream),
@@ -224,29 +204,10 @@ func planRepointCascade(cfg *config.Config, snap *topology.Snapshot, node string
 		{Name: "cascade", Node: node, Level: checks.OK, Code: "ok", Message: msg},
 	}
 	rp := &plan.Plan{Kind: "rejoin", Primary: p.Name, Candidate: node, Notes: []string{msg}}
-	var created []string
+	var created []string // the slot slotStep made, for its undo
 	rp.Steps = []plan.Step{
-		{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight", cfg.Etcd.Prefix, cfg.Cluster, cfg.Lock.TTL),
-			Run: func(ctx context.Context) error { return env.Acquire(ctx) }},
-		{ID: StepCreateSlots, Node: p.Name, Mutates: true, Timeout: t.Call, Budget: budget,
-			Description:     fmt.Sprintf("%s: create physical replication slot %s for it, if missing", p.Name, node),
-			UndoDescription: fmt.Sprintf("%s: drop slot %s if this operation created it and it is inactive", p.Name, node),
-			Run: func(ctx context.Context) error {
-				if err := captureSlots(ctx, []string{node}, p); err != nil {
-					return err
-				}
-				made, err := env.Ctl.CreateSlots(ctx, p.Name, []string{node})
-				plan.Changed(ctx)
-				created = append(created, made...)
-				return err
-			},
-			Undo: func(ctx context.Context) error {
-				if err := env.Ctl.DropSlots(ctx, p.Name, created); err != nil {
-					return err
-				}
-				created = nil
-				return nil
-			}},
+		rejoinLockStep(cfg, env),
+		slotStep(env, p, node, t, budget, &created, nil),
 		{ID: StepRepoint + "-" + node, Node: node, Mutates: true, Timeout: t.Stream, Budget: budget,
 			Description: fmt.Sprintf("%s: capture its primary_conninfo and primary_slot_name, ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf(); wait until its WAL receiver streams from %s on timeline %d (timeout %s)",
 				node, pgctl.QuoteLiteral(ci), pgctl.QuoteLiteral(node), p.Name, *p.Timeline, t.Stream),
@@ -447,5 +408,44 @@ func unfenceStep(env *Env, node string, t Timeouts, budget time.Duration) plan.S
 				return nil
 			})
 			return err
+		}}
+}
+
+// rejoinLockStep takes the cluster lock for a rejoin.
+func rejoinLockStep(cfg *config.Config, env *Env) plan.Step {
+	return plan.Step{ID: StepLock, Description: fmt.Sprintf("take the cluster lock (%s/%s/lock, ttl %s), re-read the topology under it and re-run the preflight", cfg.Etcd.Prefix, cfg.Cluster, cfg.Lock.TTL),
+		Run: func(ctx context.Context) error { return env.Acquire(ctx) }}
+}
+
+// slotStep creates node's physical slot on the primary p if missing,
+// recording in created what it made. Its undo drops that, unless keep
+// (when set) returns why the slot must stay.
+func slotStep(env *Env, p *topology.Node, node string, t Timeouts, budget time.Duration, created *[]string, keep func() error) plan.Step {
+	return plan.Step{ID: StepCreateSlots, Node: p.Name, Mutates: true, Timeout: t.Call, Budget: budget,
+		Description:     fmt.Sprintf("%s: create physical replication slot %s for it, if missing", p.Name, node),
+		UndoDescription: fmt.Sprintf("%s: drop slot %s if this operation created it and it is inactive", p.Name, node),
+		Run: func(ctx context.Context) error {
+			if err := captureSlots(ctx, []string{node}, p); err != nil {
+				return err
+			}
+			made, err := env.Ctl.CreateSlots(ctx, p.Name, []string{node})
+			plan.Changed(ctx)
+			*created = append(*created, made...)
+			return err
+		},
+		Undo: func(ctx context.Context) error {
+			if len(*created) == 0 {
+				return nil
+			}
+			if keep != nil {
+				if err := keep(); err != nil {
+					return err
+				}
+			}
+			if err := env.Ctl.DropSlots(ctx, p.Name, *created); err != nil {
+				return err
+			}
+			*created = nil
+			return nil
 		}}
 }
