@@ -243,7 +243,10 @@ func TestEngineFaultMatrix(t *testing.T) {
 						if fenced && !strings.Contains(strings.Join(res.Left, "\n"), "pg1 left fenced because the lock was lost") {
 							t.Errorf("the report does not say pg1 was left fenced: %q", res.Left)
 						}
-					case k == ponr && mode == "fail":
+					// A cascade's repoint (its point of no return) that
+					// fails is undone like the steps before it: the
+					// default case checks that everything is restored.
+					case k == ponr && mode == "fail" && c.kind != "rejoin-cascade":
 						// Promoted, then "failed": the fence must stay.
 						if w := c.ctl.writable(); !reflect.DeepEqual(w, []string{"pg2"}) && c.kind != "rejoin" {
 							t.Errorf("writable %v, want only the promoted pg2", w)

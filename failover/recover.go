@@ -441,8 +441,13 @@ func (rc *recovery) rollForward(p *plan.Plan, r *etcdlock.OpRecord, obs Observat
 func (rc *recovery) rejoinForward(p *plan.Plan, r *etcdlock.OpRecord, obs Observation) ([]checks.Result, error) {
 	node := r.Plan.Candidate
 	if FollowsPrimary(obs.Snap, node) {
+		t := TimeoutsFor(rc.cfg, 0, 0)
+		if slot, on := cascadeSlotLeft(r, node); slot != "" {
+			if up := obs.Snap.Node(on); up != nil && slices.ContainsFunc(up.Slots, func(s topology.Slot) bool { return s.Name == slot }) {
+				p.Steps = append(p.Steps, dropOldSlotStep(&cascade{env: rc.env, node: node, upstream: on, oldSlot: slot}, t, min(5*time.Second, rc.cfg.Lock.TTL/2)))
+			}
+		}
 		if obs.State != nil && obs.State.IsFenced(node) {
-			t := TimeoutsFor(rc.cfg, 0, 0)
 			p.Steps = append(p.Steps, plan.Step{ID: StepUnfence, Node: node, Mutates: true, Timeout: t.Etcd, Budget: min(t.Etcd, rc.cfg.Lock.TTL/2),
 				Description: fmt.Sprintf("etcd: %s streams from the primary: unmark it fenced in the cluster record", node),
 				Run: func(ctx context.Context) error {

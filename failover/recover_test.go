@@ -222,3 +222,59 @@ func TestInterruptedOperationRefusesOthers(t *testing.T) {
 		t.Errorf("recover refused: %+v", op)
 	}
 }
+
+// A rejoin that repoints a cascade, killed once the repoint has made its
+// change, is finished by recover: pg3 streams from the primary, and the
+// slot it used on pg2 (which would retain WAL there) is dropped. Killed
+// after creating the slot on the primary, before the repoint, it is rolled
+// back: that slot is dropped and pg3 still cascades, as it did.
+func TestRecoverCascadeRepoint(t *testing.T) {
+	t.Parallel()
+	for _, killAt := range []string{StepRepoint + "-pg3", StepCreateSlots} {
+		t.Run(killAt, func(t *testing.T) {
+			t.Parallel()
+			c := newEngineCase(t, "rejoin-cascade")
+			before := confOf(c.ctl)
+			rec := runUntilKilled(t, c, killAt)
+			// The topology recover sees: pg3 where the kill left it.
+			pg3 := tt.Replica("pg3", 5433, 0x3000060)
+			pg1 := tt.Primary("pg1", 0x3000060, "pg2")
+			mid := tt.Replica("pg2", 5432, 0x3000060)
+			mid.Slots = []topology.Slot{{Name: "pg3", Type: "physical"}}
+			if c.ctl.nodes["pg3"].upstream == "pg1" {
+				pg3 = tt.Replica("pg3", 5432, 0x3000060)
+				pg1.Replication = append(pg1.Replication, tt.Walsender("pg3", 0x3000060))
+			}
+			snap := topology.Classify(c.cfg, []topology.NodeStatus{pg1, mid, pg3}, nil)
+			st := c.rec.st
+			p, res := recoverWith(t, c, Observation{Snap: snap, State: &st, Interrupted: []etcdlock.OpRecord{rec}})
+			if res.Outcome != plan.OutcomeSucceeded {
+				t.Fatalf("recover %v: %s: %v", stepIDs(p), res.Outcome, res.Err)
+			}
+			n := c.ctl.nodes["pg3"]
+			if killAt == StepCreateSlots {
+				if !strings.HasPrefix(p.Notes[0], RollBack) {
+					t.Errorf("direction: %q", p.Notes[0])
+				}
+				if after := confOf(c.ctl); !maps.EqualFunc(before, after, func(a, b nodeConf) bool {
+					return maps.Equal(a.auto, b.auto) && slices.Equal(a.slots, b.slots)
+				}) {
+					t.Errorf("not restored:\nbefore %+v\nafter  %+v\nrecover %v", before, after, stepIDs(p))
+				}
+				return
+			}
+			if !strings.HasPrefix(p.Notes[0], RollForward) {
+				t.Errorf("direction: %q", p.Notes[0])
+			}
+			if n.upstream != "pg1" {
+				t.Errorf("pg3 follows %q after recover %v, want pg1", n.upstream, stepIDs(p))
+			}
+			if _, ok := c.ctl.nodes["pg2"].slots["pg3"]; ok {
+				t.Errorf("slot pg3 left on pg2 after recover %v", stepIDs(p))
+			}
+			if d := c.ctl.dangling(); len(d) > 0 {
+				t.Errorf("half-moved: %v", d)
+			}
+		})
+	}
+}

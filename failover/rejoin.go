@@ -208,22 +208,53 @@ func planRepointCascade(cfg *config.Config, snap *topology.Snapshot, node string
 	rp.Steps = []plan.Step{
 		rejoinLockStep(cfg, env),
 		slotStep(env, p, node, t, budget, &created, nil),
-		{ID: StepRepoint + "-" + node, Node: node, Mutates: true, Timeout: t.Stream, Budget: budget,
+		// The point of no return: once its receiver may have moved, an
+		// interrupted run is finished from the live topology (recover
+		// rolls forward), not rolled back to a cascade.
+		{ID: StepRepoint + "-" + node, Node: node, Mutates: true, Timeout: t.Stream, Budget: budget, PointOfNoReturn: true,
 			Description: fmt.Sprintf("%s: capture its primary_conninfo and primary_slot_name, ALTER SYSTEM SET primary_conninfo = %s, primary_slot_name = %s; SELECT pg_reload_conf(); wait until its WAL receiver streams from %s on timeline %d (timeout %s)",
 				node, pgctl.QuoteLiteral(ci), pgctl.QuoteLiteral(node), p.Name, *p.Timeline, t.Stream),
 			UndoDescription: fmt.Sprintf("%s: restore the primary_conninfo and primary_slot_name it had (ALTER SYSTEM), SELECT pg_reload_conf(), so that it streams from %s again", node, up.Name),
 			Run:             rc.repoint, Undo: rc.restore},
 	}
 	if oldSlot != "" && slices.ContainsFunc(up.Slots, func(s topology.Slot) bool { return s.Name == oldSlot && s.Type == "physical" }) {
-		rp.Steps = append(rp.Steps, plan.Step{ID: StepDropSlots, Node: up.Name, Mutates: true, Timeout: t.Call, Budget: budget,
-			Description:     fmt.Sprintf("%s: drop slot %s, which %s streamed through (it would retain WAL on %s for nothing)", up.Name, oldSlot, node, up.Name),
-			UndoDescription: fmt.Sprintf("%s: create slot %s again", up.Name, oldSlot),
-			Run:             rc.dropOld, Undo: rc.recreateOld})
+		rp.Steps = append(rp.Steps, dropOldSlotStep(rc, t, budget))
 	}
 	if n.Fenced {
 		rp.Steps = append(rp.Steps, unfenceStep(env, node, t, budget))
 	}
 	return rp, results, nil
+}
+
+// dropOldSlotStep drops, on up, the slot a repointed cascade streamed
+// through there.
+func dropOldSlotStep(c *cascade, t Timeouts, budget time.Duration) plan.Step {
+	return plan.Step{ID: StepDropSlots, Node: c.upstream, Mutates: true, Timeout: t.Call, Budget: budget,
+		Description:     fmt.Sprintf("%s: drop slot %s, which %s streamed through (it would retain WAL on %s for nothing)", c.upstream, c.oldSlot, c.node, c.upstream),
+		UndoDescription: fmt.Sprintf("%s: create slot %s again", c.upstream, c.oldSlot),
+		Run:             c.dropOld, Undo: c.recreateOld}
+}
+
+// cascadeSlotLeft is the slot an interrupted cascade repoint of node
+// (planRepointCascade) meant to drop on its former upstream, and that
+// upstream, when that drop did not happen: the slot node streamed through
+// there, as its repoint step captured it. "" when there is none.
+func cascadeSlotLeft(r *etcdlock.OpRecord, node string) (slot, on string) {
+	for _, s := range r.Journal() {
+		switch {
+		case s.ID == StepRepoint+"-"+node:
+			var c capturedSettings
+			if decodeCaptured(s.Captured, &c) && c.Settings["primary_slot_name"] != nil {
+				slot = *c.Settings["primary_slot_name"]
+			}
+		case s.ID == StepDropSlots && s.Node != node && s.Outcome != "done":
+			on = s.Node
+		}
+	}
+	if slot == "" || on == "" {
+		return "", ""
+	}
+	return slot, on
 }
 
 // cascade is the state of planRepointCascade's steps.
