@@ -447,7 +447,11 @@ func claimAlive(path string) bool {
 	if err != nil || pid <= 0 {
 		return false
 	}
-	return pid == os.Getpid() || syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM)
+	if pid == os.Getpid() {
+		return true
+	}
+	err = syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM) // EPERM: another user's, alive
 }
 
 // ReapPortClaims removes the port claims of processes that are gone.
