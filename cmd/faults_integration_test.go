@@ -32,8 +32,9 @@ import (
 //
 // `make test` runs a representative slice (each fault kind and each plan
 // kind at least once); `make faults` (REPLCTL_FAULTS=full) runs every
-// mutating step of the five plan kinds (both switchovers, the rejoin, the
-// emergency failover and the drill) with each fault (faultPlans says which
+// mutating step of the six plan kinds (both switchovers, the rejoin, the
+// rejoin of a cascade, which is a repoint, the emergency failover and the
+// drill) with each fault (faultPlans says which
 // node faults each step gets, and why some cannot exist). A case whose
 // failpoint never fires is a violation: it would test nothing.
 
@@ -161,6 +162,16 @@ var faultPlans = map[string][]faultStep{
 		{id: "record", after: true, nodes: []string{"pg2"}},
 		{id: "repoint-pg3", nodes: []string{"pg3"}},
 	},
+	// The rejoin of pg3, which cascades from pg2 through a slot there
+	// (runFaultCase's "cascade" setup), is a repoint: a slot on pg1, pg3's
+	// primary_conninfo changed, its old slot on pg2 dropped. pg1 is not
+	// faulted at the repoint: without a primary there is nothing to
+	// repoint at, the emergency failover's business.
+	"rejoin/cascade": {
+		{id: "create-slots", nodes: []string{"pg1"}},
+		{id: "repoint-pg3", nodes: []string{"pg3"}},
+		{id: "drop-old-slots", after: true, nodes: []string{"pg2"}},
+	},
 	// The drill's first switchover (pg1 to pg2, stop fence: the sandbox's
 	// own commands) fires the failpoint; its steps are the stop-fence
 	// switchover's. wait-replay is left to the switchover's row.
@@ -183,7 +194,7 @@ var faultPlans = map[string][]faultStep{
 // leader killed before it.
 func faultFull() []matrixCase {
 	var out []matrixCase
-	for _, key := range []string{"switchover/" + fenceStop, "switchover/" + fenceSQLRejoin, "rejoin/" + fenceStop, "emergency/emergency", "drill/drill"} {
+	for _, key := range []string{"switchover/" + fenceStop, "switchover/" + fenceSQLRejoin, "rejoin/" + fenceStop, "rejoin/cascade", "emergency/emergency", "drill/drill"} {
 		kind, setup, _ := strings.Cut(key, "/")
 		for _, s := range faultPlans[key] {
 			at := func(phase, fault, node string) {
@@ -302,6 +313,9 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase, retry bool) bool {
 	case "emergency":
 		cfg = emConfig(t, c, nil, "")
 		emSeedAsync(t, cfg)
+	case "cascade":
+		cfg = c.ConfigPath
+		faultCascade(t, c)
 	default:
 		cfg, _ = switchoverConfig(t, c, fc.setup)
 	}
@@ -315,18 +329,20 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase, retry bool) bool {
 	}
 	defer w.Stop()
 	args := []string{"--config", cfg, "promote", "pg2", "--yes"}
-	switch fc.kind {
-	case "rejoin":
+	switch {
+	case fc.setup == "cascade":
+		args = []string{"--config", cfg, "rejoin", "pg3", "--yes"}
+	case fc.kind == "rejoin":
 		// A switchover that leaves pg1 fenced, for the rejoin to bring back.
 		if r := replctl(ctx, nil, "--config", cfg, "promote", "pg2", "--yes", "--no-rejoin"); r.Code != 0 {
 			t.Fatalf("switchover before the rejoin: %s", r)
 		}
 		args = []string{"--config", cfg, "rejoin", "pg1", "--yes"}
-	case "emergency":
+	case fc.kind == "emergency":
 		// pg1 dies for good: the failover promotes pg2 in its place.
 		emCrash(t, c, "pg1")
 		args = []string{"--config", cfg, "promote", "--emergency", "pg2", "--yes"}
-	case "drill":
+	case fc.kind == "drill":
 		args = []string{"--config", cfg, "runbook", "run", faultDrill(t), "--yes", "--quiet"}
 	}
 	action := "pause"
@@ -399,7 +415,10 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase, retry bool) bool {
 		}
 	}
 	final := faultSettle(ctx, target, w)
-	if len(final) > 0 && cmd.ProcessState.ExitCode() == ExitPartial && (recovered == "" || strings.HasPrefix(recovered, ",")) {
+	// A cascade's rejoin that failed, or was rolled back, leaves pg3
+	// cascading as it began: the documented follow-up is the rejoin again.
+	rerun := fc.setup == "cascade" && (cmd.ProcessState.ExitCode() != 0 || recovered != "")
+	if len(final) > 0 && (rerun || cmd.ProcessState.ExitCode() == ExitPartial && (recovered == "" || strings.HasPrefix(recovered, ","))) {
 		// Partly done, nothing interrupted, and the cluster did not come
 		// whole by itself: the output says what remains (the repoint or
 		// rejoin of the node the fault stopped), and the plan's note says
@@ -456,6 +475,29 @@ func faultDrill(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// faultCascade makes pg3 stream through pg2, with its slot there and none
+// on pg1: what a switchover that could not repoint it leaves.
+func faultCascade(t *testing.T, c *testenv.Cluster) {
+	t.Helper()
+	ctx := t.Context()
+	must(t, c.Exec(ctx, "pg2", "SELECT pg_create_physical_replication_slot('pg3')"))
+	must(t, c.Exec(ctx, "pg3", fmt.Sprintf("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=%d user=postgres application_name=pg3'", c.Node("pg2").Port)))
+	must(t, c.Exec(ctx, "pg3", "SELECT pg_reload_conf()"))
+	waitUntil(t, "pg3 streams from pg2 and pg1's slot pg3 is gone", func() bool {
+		var port *int32
+		conn, err := c.Conn(ctx, "pg3")
+		if err != nil {
+			return false
+		}
+		defer conn.Close(ctx)
+		if conn.QueryRow(ctx, "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'").Scan(&port) != nil ||
+			port == nil || int(*port) != c.Node("pg2").Port {
+			return false
+		}
+		return c.Exec(ctx, "pg1", "SELECT pg_drop_replication_slot('pg3')") == nil
+	})
 }
 
 // faultRepair is the documented follow-up of an operation that was partly

@@ -2,7 +2,6 @@ package cmd
 
 import (
 	"encoding/json"
-	"fmt"
 	"testing"
 	"time"
 
@@ -33,23 +32,7 @@ func TestIntegrationRejoinCascade(t *testing.T) {
 	}
 	defer w.Stop()
 
-	// pg3 cascades from pg2 through a slot there; pg1 keeps none for it.
-	must(t, c.Exec(ctx, "pg2", "SELECT pg_create_physical_replication_slot('pg3')"))
-	must(t, c.Exec(ctx, "pg3", fmt.Sprintf("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=%d user=postgres application_name=pg3'", c.Node("pg2").Port)))
-	must(t, c.Exec(ctx, "pg3", "SELECT pg_reload_conf()"))
-	waitUntil(t, "pg3 streams from pg2 and pg1's slot pg3 is gone", func() bool {
-		var port *int32
-		conn, err := c.Conn(ctx, "pg3")
-		if err != nil {
-			return false
-		}
-		defer conn.Close(ctx)
-		if conn.QueryRow(ctx, "SELECT sender_port FROM pg_stat_wal_receiver WHERE status = 'streaming'").Scan(&port) != nil ||
-			port == nil || int(*port) != c.Node("pg2").Port {
-			return false
-		}
-		return c.Exec(ctx, "pg1", "SELECT pg_drop_replication_slot('pg3')") == nil
-	})
+	faultCascade(t, c)
 
 	r := replctl(ctx, nil, "--config", c.ConfigPath, "-o", "json", "rejoin", "pg3", "--yes")
 	var doc struct {
