@@ -79,6 +79,7 @@ var faultSlice = []matrixCase{
 	{setup: fenceStop, kind: "switchover", step: "final-lsn", phase: plan.PhaseBefore, fault: faultEtcd},
 	{setup: fenceSQLRejoin, kind: "switchover", step: "fence", phase: plan.PhaseBefore, fault: faultLeader},
 	{setup: fenceStop, kind: "rejoin", step: "rejoin", phase: plan.PhaseChanged, fault: faultKill},
+	{setup: "cascade", kind: "rejoin", step: "repoint-pg3", phase: plan.PhaseChanged, fault: faultKill},
 	{setup: "drill", kind: "drill", step: "promote", phase: plan.PhaseChanged, fault: faultKill},
 	{setup: "emergency", kind: "emergency", step: "promote", phase: plan.PhaseChanged, fault: faultKill},
 }
