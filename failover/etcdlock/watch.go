@@ -91,18 +91,24 @@ func ReadMaintenance(ctx context.Context, cli *clientv3.Client, prefix, cluster 
 	if err != nil {
 		return nil, err
 	}
-	resp, err := cli.Get(ctx, k.maintenance())
+	return readJSON[Maintenance](ctx, cli, k.maintenance(), "maintenance record "+k.maintenance())
+}
+
+// readJSON reads the JSON record at key (nil when there is none); what
+// names it in errors.
+func readJSON[T any](ctx context.Context, cli *clientv3.Client, key, what string) (*T, error) {
+	resp, err := cli.Get(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("read maintenance record of %s: %w", cluster, err)
+		return nil, fmt.Errorf("read %s: %w", what, err)
 	}
 	if len(resp.Kvs) == 0 {
 		return nil, nil
 	}
-	var m Maintenance
-	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil {
-		return nil, fmt.Errorf("maintenance record %s is not valid: %w", k.maintenance(), err)
+	var v T
+	if err := json.Unmarshal(resp.Kvs[0].Value, &v); err != nil {
+		return nil, fmt.Errorf("%s is not valid: %w", what, err)
 	}
-	return &m, nil
+	return &v, nil
 }
 
 // WriteMaintenance writes the pause record. Pausing needs no lock: it only
@@ -140,18 +146,7 @@ func ReadSeen(ctx context.Context, cli *clientv3.Client, prefix, cluster string)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := cli.Get(ctx, k.seen())
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", k.seen(), err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, nil
-	}
-	var s Seen
-	if err := json.Unmarshal(resp.Kvs[0].Value, &s); err != nil {
-		return nil, fmt.Errorf("%s is not valid: %w", k.seen(), err)
-	}
-	return &s, nil
+	return readJSON[Seen](ctx, cli, k.seen(), k.seen())
 }
 
 // ErrNotWritten says WriteSeen's guard failed: leadership lost, the lock
