@@ -256,6 +256,17 @@ func wpSkip(t *testing.T) {
 	}
 }
 
+// wpStart is every watch test's start, run in parallel: the replctl binary,
+// a cluster made with opts, and its configuration (wpConfig with extra).
+func wpStart(t *testing.T, opts testenv.Options, extra string) (bin string, c *testenv.Cluster, cfg string) {
+	t.Helper()
+	wpSkip(t)
+	t.Parallel()
+	bin = replctlBinary(t)
+	c = testenv.Start(t, opts)
+	return bin, c, wpConfig(t, c, extra)
+}
+
 // TestWatchKillPrimary: kill -9 of the primary's postmaster under writes
 // on a synchronous cluster: the watcher promotes exactly one replica,
 // writes resume on it, no acknowledged write is lost, the other replica
@@ -263,12 +274,8 @@ func wpSkip(t *testing.T) {
 // and rejoined; a second crash within watch.min_interval is not failed
 // over automatically until an operator acknowledges (replctl resume).
 func TestWatchKillPrimary(t *testing.T) {
-	wpSkip(t)
-	t.Parallel()
+	bin, c, cfg := wpStart(t, testenv.Options{Replicas: 2, Sync: true}, "")
 	ctx := t.Context()
-	bin := replctlBinary(t)
-	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
-	cfg := wpConfig(t, c, "")
 	finish := wpCheck(t, c)
 	w := startWatcher(t, bin, "w1", cfg)
 	w.await(t, "seen_ok", "", 30*time.Second)
@@ -324,12 +331,8 @@ func TestWatchKillPrimary(t *testing.T) {
 // of the next failover (after pg_promote) and a standby completes it with
 // recover: still exactly one promotion per failure.
 func TestWatchThreeWatchers(t *testing.T) {
-	wpSkip(t)
-	t.Parallel()
+	bin, c, cfg := wpStart(t, testenv.Options{Replicas: 2, Sync: true}, "  min_interval: 1s\n")
 	ctx := t.Context()
-	bin := replctlBinary(t)
-	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
-	cfg := wpConfig(t, c, "  min_interval: 1s\n")
 	finish := wpCheck(t, c)
 	// w1 first, so that it is the leader; w2 dies at the promotion of any
 	// failover it runs.
@@ -370,12 +373,8 @@ func TestWatchThreeWatchers(t *testing.T) {
 // proxy that stops forwarding, while the replicas stream from it directly:
 // "unreachable, not dead", for many windows, and no failover.
 func TestWatchUnreachableNotDead(t *testing.T) {
-	wpSkip(t)
-	t.Parallel()
-	bin := replctlBinary(t)
-	c := testenv.Start(t, testenv.Options{Replicas: 2})
+	bin, c, cfg := wpStart(t, testenv.Options{Replicas: 2}, "")
 	px := testenv.StartProxy(t, fmt.Sprintf("127.0.0.1:%d", c.Node("pg1").Port))
-	cfg := wpConfig(t, c, "")
 	viaProxy := strings.Replace(readFile(t, cfg), c.Node("pg1").DSN, c.Node("pg1").DSNVia(px.Addr()), 1)
 	if err := os.WriteFile(cfg, []byte(viaProxy), 0o644); err != nil {
 		t.Fatal(err)
@@ -400,11 +399,7 @@ func TestWatchUnreachableNotDead(t *testing.T) {
 // hung node with commands.fence; after SIGCONT the old primary never
 // acknowledges a write (the checker polls every node throughout).
 func TestWatchHungPrimary(t *testing.T) {
-	wpSkip(t)
-	t.Parallel()
-	bin := replctlBinary(t)
-	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true, FenceCommand: true, ReceiverTimeout: 4 * time.Second})
-	cfg := wpConfig(t, c, "")
+	bin, c, cfg := wpStart(t, testenv.Options{Replicas: 2, Sync: true, FenceCommand: true, ReceiverTimeout: 4 * time.Second}, "")
 	finish := wpCheck(t, c)
 	w := startWatcher(t, bin, "w1", cfg)
 	w.await(t, "seen_ok", "", 30*time.Second)
@@ -423,11 +418,7 @@ func TestWatchHungPrimary(t *testing.T) {
 // TestWatchPaused: a paused watcher reports a dead primary and does not
 // act; resumed, it fails over.
 func TestWatchPaused(t *testing.T) {
-	wpSkip(t)
-	t.Parallel()
-	bin := replctlBinary(t)
-	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
-	cfg := wpConfig(t, c, "")
+	bin, c, cfg := wpStart(t, testenv.Options{Replicas: 2, Sync: true}, "")
 	w := startWatcherArgs(t, bin, "w1", cfg, []string{"--interval", wpInterval.String(), "--metrics-addr", "127.0.0.1:0"})
 	w.await(t, "seen_ok", "", 30*time.Second)
 	base := w.metricsURL(t)
@@ -454,11 +445,7 @@ func TestWatchPaused(t *testing.T) {
 // TestWatchLosesEtcd: with etcd down the watcher never acts (no failover
 // of a dead primary); when etcd returns it is elected again and fails over.
 func TestWatchLosesEtcd(t *testing.T) {
-	wpSkip(t)
-	t.Parallel()
-	bin := replctlBinary(t)
-	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
-	cfg := wpConfig(t, c, "")
+	bin, c, cfg := wpStart(t, testenv.Options{Replicas: 2, Sync: true}, "")
 	w := startWatcher(t, bin, "w1", cfg)
 	w.await(t, "seen_ok", "", 30*time.Second)
 	if err := c.StopEtcd(); err != nil {
@@ -526,11 +513,7 @@ func wpGet(t testing.TB, url string, code int, want string) {
 // automatically without watch.max_data_loss (refused, with what to set);
 // with a bound the measured loss is within, it is.
 func TestWatchAsyncDataLoss(t *testing.T) {
-	wpSkip(t)
-	t.Parallel()
-	bin := replctlBinary(t)
-	c := testenv.Start(t, testenv.Options{Replicas: 2})
-	cfg := wpConfig(t, c, "")
+	bin, c, cfg := wpStart(t, testenv.Options{Replicas: 2}, "")
 	w := startWatcher(t, bin, "w1", cfg)
 	w.await(t, "seen_ok", "", 30*time.Second)
 	emCrash(t, c, "pg1")
@@ -560,11 +543,7 @@ func TestWatchAsyncDataLoss(t *testing.T) {
 // TestWatchTwoWatchers: two live watchers, one primary crash: exactly one
 // failover, run by the leader.
 func TestWatchTwoWatchers(t *testing.T) {
-	wpSkip(t)
-	t.Parallel()
-	bin := replctlBinary(t)
-	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
-	cfg := wpConfig(t, c, "")
+	bin, c, cfg := wpStart(t, testenv.Options{Replicas: 2, Sync: true}, "")
 	w1 := startWatcher(t, bin, "w1", cfg)
 	w1.await(t, "seen_ok", "", 30*time.Second)
 	w2 := startWatcher(t, bin, "w2", cfg)
