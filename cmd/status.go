@@ -245,25 +245,13 @@ func buildStatusReport(cfg *config.Config, obs observation) (*statusReport, erro
 	r.Warnings = append(r.Warnings, interruptedChecks(obs)...)
 	if m := r.Maintenance; m.InForce(time.Now()) {
 		r.Warnings = append(r.Warnings, checks.Result{Name: "maintenance", Level: checks.Warning, Code: "watch_paused",
-			Message: "maintenance mode: " + describePause(m) + "; watchers do not act", Hint: "replctl resume"})
+			Message: "maintenance mode: " + m.Describe() + "; watchers do not act", Hint: "replctl resume"})
 	}
 	if r.Watchers == nil {
 		r.Watchers = []etcdlock.WatcherInfo{}
 	}
 	r.Summary = statusSummary(obs.Snap, len(r.Warnings))
 	return r, nil
-}
-
-// describePause says who paused the watchers, why and until when.
-func describePause(m *etcdlock.Maintenance) string {
-	msg := fmt.Sprintf("paused by %s since %s", m.By, m.Since.Format(time.RFC3339))
-	if !m.Until.IsZero() {
-		msg += " until " + m.Until.Format(time.RFC3339)
-	}
-	if m.Reason != "" {
-		msg += " (" + m.Reason + ")"
-	}
-	return msg
 }
 
 // statusSummary names the primary: Classify makes it a writable node, never

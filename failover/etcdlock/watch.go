@@ -80,6 +80,18 @@ type Maintenance struct {
 	AcknowledgedAt time.Time `json:"acknowledged_at,omitzero"`
 }
 
+// Describe says who paused the watchers, since when, until when and why.
+func (m *Maintenance) Describe() string {
+	msg := fmt.Sprintf("paused by %s since %s", m.By, m.Since.Format(time.RFC3339))
+	if !m.Until.IsZero() {
+		msg += " until " + m.Until.Format(time.RFC3339)
+	}
+	if m.Reason != "" {
+		msg += " (" + m.Reason + ")"
+	}
+	return msg
+}
+
 // InForce reports whether the pause applies at now.
 func (m *Maintenance) InForce(now time.Time) bool {
 	return m != nil && m.Paused && (m.Until.IsZero() || now.Before(m.Until))

@@ -261,14 +261,7 @@ func (w *Watcher) decide(ctx context.Context, look Look, a Analysis) {
 	}
 	w.say("etcd", "info", "etcd_ok", "", "etcd answers")
 	if look.Maintenance.InForce(now) {
-		m := look.Maintenance
-		msg := fmt.Sprintf("paused by %s since %s", m.By, m.Since.Format(time.RFC3339))
-		if !m.Until.IsZero() {
-			msg += " until " + m.Until.Format(time.RFC3339)
-		}
-		if m.Reason != "" {
-			msg += ": " + m.Reason
-		}
+		msg := look.Maintenance.Describe()
 		if a.Verdict == Dead || len(a.Returned) > 0 || len(look.Obs.Interrupted) > 0 {
 			msg += "; the watcher would act now (" + a.Message + ") but observes only"
 		}
