@@ -280,6 +280,12 @@ func (c *watchCluster) unattendedFactory(code string) (*Factory, *IOStreams) {
 
 func (c *watchCluster) configFn() (*config.Config, error) { return c.cfg, nil }
 
+// commandFor is the command line an unattended action records as its
+// actor: the watcher's own, and what it runs.
+func (c *watchCluster) commandFor(action string) []string {
+	return append(append([]string(nil), c.o.Command...), action)
+}
+
 func (c *watchCluster) etcdFn(context.Context) (*clientv3.Client, error) {
 	// The commands close the client they are given: hand them a client of
 	// their own on the same endpoints.
@@ -324,7 +330,7 @@ func (c *watchCluster) Failover(ctx context.Context, look watch.Look, probes []f
 	u := &unattended{kind: kindAutomatic, locker: lock, probes: probes, observe: c.probeFor}
 	o := &PromoteOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout,
 		Emergency: true, Yes: true, AllowDataLoss: allowLoss, CatchupTimeout: 30 * time.Second,
-		Command: append(append([]string(nil), c.o.Command...), "(automatic failover)"), auto: u}
+		Command: c.commandFor("(automatic failover)"), auto: u}
 	err := runPromote(ctx, o)
 	rep, _ := u.report.(*promoteReport)
 	return outcomeOf(err, func() string {
@@ -380,7 +386,7 @@ func (c *watchCluster) Recover(ctx context.Context, lock failover.Locker) watch.
 	f, ios := c.unattendedFactory("recover")
 	u := &unattended{locker: lock, observe: c.probeFor}
 	o := &RecoverOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout, Yes: true,
-		Command: append(append([]string(nil), c.o.Command...), "(recover)"), auto: u}
+		Command: c.commandFor("(recover)"), auto: u}
 	err := runRecover(ctx, o)
 	return outcomeOf(err, func() string { return "the interrupted operation was recovered" })
 }
@@ -390,7 +396,7 @@ func (c *watchCluster) Rejoin(ctx context.Context, node string, lock failover.Lo
 	f, ios := c.unattendedFactory("rejoin")
 	u := &unattended{locker: lock, observe: c.probeFor}
 	o := &RejoinOptions{IO: ios, Config: c.configFn, Etcd: c.etcdFn, Factory: f, Output: "json", Timeout: c.o.Timeout, Node: node, Yes: true,
-		Command: append(append([]string(nil), c.o.Command...), "(rejoin "+node+")"), auto: u}
+		Command: c.commandFor("(rejoin " + node + ")"), auto: u}
 	err := runRejoin(ctx, o)
 	return outcomeOf(err, func() string { return node + " rejoined as a replica" })
 }
