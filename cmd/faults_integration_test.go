@@ -111,11 +111,13 @@ type faultStep struct {
 // runFaultCase's setups: pg1 primary, pg2 the candidate, pg3 the other
 // replica. Every mutating step is there; steps that change nothing
 // (lock, catchup, final-lsn, replay-received, verify) are not, except
-// wait-replay. A node fault is left out where the node cannot take it:
+// wait-replay and stopped. A node fault is left out where the node cannot
+// take it:
 //   - etcd-only steps (save-settings, mark-fenced, unfence) touch no node;
 //     a node fault there is the same as at the next step on that node;
-//   - after the stop fence pg1 is down until the rejoin command starts
-//     it: no pg1 fault at wait-replay, promote, record or repoint, and at
+//   - after the stop fence pg1 is down (or shutting down, after its
+//     shutdown checkpoint) until the rejoin command starts it: no pg1
+//     fault at wait-replay, promote, stopped, record or repoint, and at
 //     rejoin only once the command has run (PhaseChanged);
 //   - the rejoin kind starts from that state (a switchover with
 //     --no-rejoin): pg1 is down until its rejoin step's change;
@@ -130,6 +132,9 @@ var faultPlans = map[string][]faultStep{
 		{id: "fence", nodes: []string{"pg1", "pg2"}},
 		{id: "wait-replay", observe: true, nodes: []string{"pg2"}},
 		{id: "promote", nodes: []string{"pg2"}},
+		// The promotion does not wait for pg1's stop command once pg1's
+		// stream has ended: the window until it has returned.
+		{id: "stopped", observe: true, nodes: []string{"pg2"}},
 		{id: "record", after: true, nodes: []string{"pg2"}},
 		{id: "repoint-pg3", nodes: []string{"pg3"}},
 		{id: "rejoin", nodes: []string{"pg2"}, nodesChanged: []string{"pg1"}},

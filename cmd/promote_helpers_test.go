@@ -240,6 +240,25 @@ func (f *faultController) RunCommand(ctx context.Context, node, action string, e
 	return r, err
 }
 
+// WatchShutdown passes after-fence when the old primary's stream ends,
+// before the stop fence sees it: with the stream, the promotion does not
+// wait for the stop command to return.
+func (f *faultController) WatchShutdown(ctx context.Context, node string) (*pgctl.ShutdownWatch, error) {
+	w, err := f.Controller.WatchShutdown(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	seen, end := pgctl.NewShutdownWatch()
+	go func() {
+		<-w.Done()
+		if _, err := w.End(); err == nil {
+			f.hook(ctx, pointAfterFence, node)
+		}
+		end(w.End())
+	}()
+	return seen, nil
+}
+
 func (f *faultController) Writable(ctx context.Context, node string) (uint32, topology.LSN, error) {
 	f.hook(ctx, pointVerify, node)
 	return f.Controller.Writable(ctx, node)

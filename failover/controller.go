@@ -59,4 +59,8 @@ type Controller interface {
 	StreamingStandbys(ctx context.Context, node string, names []string) (int, error)
 	RecordToken(ctx context.Context, node string, token int64, op string) error
 	RunCommand(ctx context.Context, node, action string, env map[string]string) (pgctl.CommandResult, error)
+	// WatchShutdown follows a primary's WAL over a replication connection
+	// until the stream ends; a clean end gives where its WAL ends once it
+	// has written its shutdown checkpoint (pgctl.ShutdownWatch).
+	WatchShutdown(ctx context.Context, node string) (*pgctl.ShutdownWatch, error)
 }

@@ -61,8 +61,12 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 	c.env.Acquire = func(context.Context) error { c.env.Lock = c.rec; return nil }
 	var err error
 	switch kind {
-	case "switchover-stop", "switchover-sql":
-		c.cfg = engineConfig(kind == "switchover-stop", "pg1", "pg2", "pg3")
+	case "switchover-stop", "switchover-stream", "switchover-sql":
+		// switchover-stream is the stop fence that follows the old
+		// primary's WAL to its end; switchover-stop falls back to waiting
+		// for the stop command.
+		c.ctl.shutdownStream = kind == "switchover-stream"
+		c.cfg = engineConfig(kind != "switchover-sql", "pg1", "pg2", "pg3")
 		snap := topology.Classify(c.cfg, []topology.NodeStatus{
 			tt.Primary("pg1", lsn, "pg2", "pg3"), tt.Replica("pg2", 5432, lsn), tt.Replica("pg3", 5432, lsn)}, nil)
 		c.snap, c.req = snap, Request{Kind: KindSwitchover, Switchover: SwitchoverOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond, MaxLag: 16 << 20}}
@@ -163,7 +167,7 @@ func ponrIndex(p *plan.Plan) int {
 // does not exist.
 func TestEngineFaultMatrix(t *testing.T) {
 	t.Parallel()
-	for _, kind := range []string{"switchover-stop", "switchover-sql", "emergency", "rejoin", "rejoin-cascade"} {
+	for _, kind := range []string{"switchover-stop", "switchover-stream", "switchover-sql", "emergency", "rejoin", "rejoin-cascade"} {
 		n := len(newEngineCase(t, kind).plan.Steps)
 		for k := range n {
 			for _, mode := range []string{"fail", "lose-before", "lose-during"} {
@@ -335,7 +339,7 @@ func TestEngineFailedStepUndoesItsOwnChange(t *testing.T) {
 // waited for; when replay resumes it follows the new primary.
 func TestEnginePausedReplica(t *testing.T) {
 	t.Parallel()
-	for _, kind := range []string{"switchover-stop", "switchover-sql"} {
+	for _, kind := range []string{"switchover-stop", "switchover-stream", "switchover-sql"} {
 		for _, fault := range []string{"paused", "delayed"} {
 			t.Run(kind+"/"+fault, func(t *testing.T) {
 				t.Parallel()
@@ -380,7 +384,7 @@ func TestEnginePausedReplica(t *testing.T) {
 // Defect 4: the candidate far behind is waited for before the fence.
 func TestEngineCatchupWaitsBeforeFence(t *testing.T) {
 	t.Parallel()
-	for _, kind := range []string{"switchover-stop", "switchover-sql"} {
+	for _, kind := range []string{"switchover-stop", "switchover-stream", "switchover-sql"} {
 		c := newEngineCase(t, kind)
 		for _, n := range c.ctl.nodes {
 			n.lsn = 1 << 40
@@ -466,7 +470,7 @@ func TestEnginePromoteTimeout(t *testing.T) {
 // fenced, for both fences and the emergency path.
 func TestEngineRecordsFenceBeforeFencing(t *testing.T) {
 	t.Parallel()
-	for _, kind := range []string{"switchover-stop", "switchover-sql", "emergency"} {
+	for _, kind := range []string{"switchover-stop", "switchover-stream", "switchover-sql", "emergency"} {
 		c := newEngineCase(t, kind)
 		i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.Fences })
 		run := c.plan.Steps[i].Run
@@ -499,6 +503,66 @@ func TestEngineHungReplicaReleasedBeforeStop(t *testing.T) {
 	stop := slices.Index(c.ctl.calls, "command pg1 stop")
 	if term < 0 || term > stop {
 		t.Errorf("calls %v: want pg3's walsender terminated before the stop", c.ctl.calls)
+	}
+}
+
+// With the old primary's WAL followed to its end, the promotion does not
+// wait for the stop command to return; the stopped step does, and an undo
+// never starts the old primary while it is still shutting down.
+func TestEngineStopFencePromotesAtTheStreamsEnd(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-stream")
+	c.ctl.stopTakes = 300 * time.Millisecond
+	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("%s: %v", res.Outcome, res.Err)
+	}
+	promote, returned := slices.Index(c.ctl.calls, "promote pg2"), slices.Index(c.ctl.calls, "command pg1 stop returned")
+	if promote < 0 || returned < 0 || promote > returned {
+		t.Errorf("calls %v: want pg2 promoted before pg1's stop command returned", c.ctl.calls)
+	}
+	for _, s := range res.Steps {
+		if s.ID == StepStopped && s.Outcome != "done" {
+			t.Errorf("stopped: %s", s.Outcome)
+		}
+	}
+
+	// Failing after the fence, before the promotion: pg1 is started again
+	// only once its stop command has returned.
+	c = newEngineCase(t, "switchover-stream")
+	c.ctl.stopTakes = 300 * time.Millisecond
+	i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepWaitReplay })
+	c.plan.Steps[i].Run = func(context.Context) error { return errors.New("injected failure") }
+	res = plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeFailed {
+		t.Fatalf("%s: %v", res.Outcome, res.Err)
+	}
+	if len(c.ctl.violations) > 0 {
+		t.Errorf("violations: %v", c.ctl.violations)
+	}
+	if !c.ctl.nodes["pg1"].up || !c.ctl.called("command pg1 start") {
+		t.Errorf("pg1 not started again: %v", c.ctl.calls)
+	}
+}
+
+// A candidate whose stream was down when the old primary shut down lacks
+// its last WAL (commits acknowledged just before the stop, its shutdown
+// checkpoint): it must not be promoted. Waiting for the stop command alone
+// tells only when another replica received more (the WAL it lacks is past
+// the position read before the stop); the stream's end always does.
+func TestEngineStopFenceCandidateMissingTheEnd(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-stream")
+	c.ctl.unreceived = 0x1000
+	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeFailed || res.Err == nil || !strings.Contains(res.Err.Error(), "not connected at shutdown") {
+		t.Fatalf("%s: %v", res.Outcome, res.Err)
+	}
+	if c.ctl.called("promote") {
+		t.Errorf("pg2 promoted: %v", c.ctl.calls)
+	}
+	if w := c.ctl.writable(); !reflect.DeepEqual(w, []string{"pg1"}) {
+		t.Errorf("writable %v, want pg1 started again", w)
 	}
 }
 
@@ -563,7 +627,7 @@ func TestDriverPinsCandidate(t *testing.T) {
 // records the loss.
 func TestDriverRunsOperations(t *testing.T) {
 	t.Parallel()
-	for _, kind := range []string{"switchover-stop", "switchover-sql", "emergency", "rejoin"} {
+	for _, kind := range []string{"switchover-stop", "switchover-stream", "switchover-sql", "emergency", "rejoin"} {
 		for _, loseLock := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/lose=%v", kind, loseLock), func(t *testing.T) {
 				t.Parallel()

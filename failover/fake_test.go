@@ -60,12 +60,26 @@ type fakeCluster struct {
 	logical map[string]map[string]topology.LSN
 	// rejoinTakes is how long the rejoin command runs.
 	rejoinTakes time.Duration
+	// shutdownStream makes WatchShutdown work: its stream ends cleanly,
+	// at the node's position, when the node is stopped, and with an error
+	// when it is killed or fenced. Without it, WatchShutdown fails, as it
+	// does for a user without the REPLICATION attribute.
+	shutdownStream bool
+	watches        map[string]func(topology.LSN, error)
+	// stopTakes is how long the stop command runs on after the node's
+	// shutdown checkpoint (the stream's end): the node refuses connections
+	// meanwhile, and a start then fails, as pg_ctl's does.
+	stopTakes time.Duration
+	// unreceived is WAL pg1 writes at its shutdown that pg2 never
+	// receives, as when pg2's stream was down then.
+	unreceived topology.LSN
 }
 
 type fakeNode struct {
 	name       string
 	port       int
 	up, hung   bool
+	stopping   bool // the stop command still runs (stopTakes)
 	inRecovery bool
 	paused     bool
 	delayed    bool
@@ -550,13 +564,43 @@ func (f *fakeCluster) RunCommand(ctx context.Context, node, action string, _ map
 	f.change("command %s %s", node, action)
 	switch action {
 	case pgctl.ActionStop, pgctl.ActionFence, pgctl.ActionKill:
+		if action == pgctl.ActionStop && node == "pg1" && f.unreceived > 0 {
+			f.stopReceiver(f.nodes["pg2"])
+			n.lsn += f.unreceived
+		}
+		if end := f.watches[node]; end != nil {
+			var err error
+			if action != pgctl.ActionStop {
+				err = errors.New("fake: connection lost")
+			}
+			end(n.lsn, err)
+			delete(f.watches, node)
+		}
 		n.up = false
 		for _, r := range f.nodes {
 			if r.upstream == node {
+				if action == pgctl.ActionStop {
+					r.lsn = n.lsn // a clean shutdown waits for connected standbys
+				}
 				f.stopReceiver(r)
 			}
 		}
+		if action == pgctl.ActionStop && f.stopTakes > 0 {
+			n.stopping = true
+			f.mu.Unlock()
+			select {
+			case <-time.After(f.stopTakes):
+			case <-ctx.Done():
+			}
+			f.mu.Lock()
+			n.stopping = false
+			f.log("command %s stop returned", node)
+		}
 	case pgctl.ActionStart:
+		if n.stopping {
+			f.violations = append(f.violations, "start "+node+" while it is still shutting down")
+			return pgctl.CommandResult{Node: node, Action: action, ExitCode: 1}, errors.New("fake: another server might be running")
+		}
 		n.up = true
 		f.reload(n)
 	case pgctl.ActionRejoin:
@@ -818,4 +862,22 @@ func (f *fakeCluster) HoldWrites(ctx context.Context, node string) error {
 	f.reload(n)
 	f.log("hold writes on %s", node)
 	return nil
+}
+
+func (f *fakeCluster) WatchShutdown(ctx context.Context, node string) (*pgctl.ShutdownWatch, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, err := f.node(ctx, node); err != nil {
+		return nil, err
+	}
+	if !f.shutdownStream {
+		return nil, errors.New("fake: no replication connection")
+	}
+	w, end := pgctl.NewShutdownWatch()
+	if f.watches == nil {
+		f.watches = map[string]func(topology.LSN, error){}
+	}
+	f.watches[node] = end
+	f.log("watch shutdown %s", node)
+	return w, nil
 }

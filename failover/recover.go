@@ -475,6 +475,15 @@ func (rc *recovery) rejoinForward(p *plan.Plan, r *etcdlock.OpRecord, obs Observ
 // restart starts a node stopped by an interrupted stop fence and waits
 // until it accepts writes.
 func (rc *recovery) restart(ctx context.Context, node string) error {
+	// The interrupted stop fence may have left the server shutting down
+	// (the operation no longer waited for its stop command): a start
+	// fails until it is down.
+	if err := pgctl.PollUntil(ctx, rc.env.Clock, 20*time.Millisecond, func(ctx context.Context) (bool, error) {
+		_, err := rc.env.Ctl.Setting(ctx, node, "server_version")
+		return !pgctl.ShuttingDown(err), nil
+	}, node+" is still shutting down (or starting up): not starting it"); err != nil {
+		return err
+	}
 	if _, err := rc.env.Ctl.RunCommand(ctx, node, pgctl.ActionStart, nil); err != nil {
 		return err
 	}

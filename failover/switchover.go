@@ -36,6 +36,7 @@ const (
 	StepDetach      = "detach"
 	StepWaitReplay  = "wait-replay"
 	StepPromote     = "promote"
+	StepStopped     = "stopped"
 	StepVerify      = "verify"
 	StepRecordState = "record"
 	StepHook        = "post-promote-hook"
@@ -133,6 +134,12 @@ type switchover struct {
 
 	preStopLSN topology.LSN
 	finalLSN   topology.LSN
+	// stop is the stop fence's commands.stop, which runs on while the
+	// promotion goes ahead once the old primary's WAL is known to end
+	// (watch); shutdownEnd is that end, zero when unknown.
+	stop        *background
+	watch       *pgctl.ShutdownWatch
+	shutdownEnd topology.LSN
 	// handover are the logical slots handed over to the candidate;
 	// holdCapture is its default_transaction_read_only before writes were
 	// held, logicalErr why a slot could not be created.
@@ -316,11 +323,11 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 			undoFn = sw.unfenceStop
 		}
 		add(plan.Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Command, Budget: sw.budget(5 * time.Second),
-			Description: fmt.Sprintf("%s: stop fence: terminate the walsender of any other replica that does not answer within %s (a clean shutdown would wait for it), then stop it cleanly with commands.stop (%s); a clean shutdown waits for connected standbys to flush its last WAL",
+			Description: fmt.Sprintf("%s: stop fence: terminate the walsender of any other replica that does not answer within %s (a clean shutdown would wait for it), open a replication connection to it, then stop it cleanly with commands.stop (%s); done once that stream ends cleanly, which a walsender does only after the shutdown checkpoint, with all WAL sent: its end is the final WAL position (without the stream: once commands.stop has finished)",
 				primary.Name, hungProbe, primary.Commands.Stop),
 			UndoDescription: undo, Run: sw.fenceStop, Undo: undoFn})
-		add(plan.Step{ID: StepFinalLSN, Node: candidate.Name, Timeout: t.Call,
-			Description: fmt.Sprintf("%s: read %s's final WAL position as received (after a clean shutdown it is final)", candidate.Name, primary.Name),
+		add(plan.Step{ID: StepFinalLSN, Node: candidate.Name, Timeout: t.Command,
+			Description: fmt.Sprintf("%s: wait until it has received %s's final WAL position, the end of the stream (without the stream: read what it received once commands.stop finished; a clean shutdown waits for connected standbys to flush its last WAL)", candidate.Name, primary.Name),
 			Run:         sw.finalFromCandidate})
 	} else {
 		// The SQL-fenced primary stays up and may still write WAL of its
@@ -366,6 +373,11 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		add(sw.stepHoldWrites())
 	}
 	add(sw.stepPromote())
+	if sw.fence == FenceStop {
+		add(plan.Step{ID: StepStopped, Node: primary.Name, Timeout: t.Command,
+			Description: fmt.Sprintf("%s: wait until commands.stop has finished (timeout %s)", primary.Name, t.Command),
+			Run:         sw.waitStopped})
+	}
 	if len(sw.handover) > 0 {
 		add(sw.stepCreateLogical())
 		add(sw.stepReleaseWrites())
@@ -642,9 +654,96 @@ func (sw *switchover) fenceStop(ctx context.Context) error {
 	}
 	sw.preStopLSN = lsn
 	sw.releaseHung(ctx)
-	_, err = sw.env.Ctl.RunCommand(ctx, sw.primary.Name, pgctl.ActionStop, nil)
+	w, werr := sw.env.Ctl.WatchShutdown(ctx, sw.primary.Name)
+	if werr != nil {
+		sw.env.progress(StepFence, "no replication stream from %s (%v): waiting for commands.stop to finish", sw.primary.Name, werr)
+	}
+	sw.watch = w
+	// The command outlives the step when the stream's end comes first; it
+	// has its own timeout (command_timeout).
+	sw.stop = runBackground(context.WithoutCancel(ctx), func(ctx context.Context) error {
+		_, err := sw.env.Ctl.RunCommand(ctx, sw.primary.Name, pgctl.ActionStop, nil)
+		return err
+	})
 	plan.Changed(ctx)
-	return err
+	var watchDone <-chan struct{}
+	if w != nil {
+		watchDone = w.Done()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sw.stop.done:
+			if sw.stop.err != nil {
+				return sw.stop.err
+			}
+			if w != nil {
+				select {
+				case <-w.Done():
+					if end, err := w.End(); err == nil {
+						sw.shutdownEnd = end
+					}
+				default:
+				}
+			}
+			return nil
+		case <-watchDone:
+			end, err := w.End()
+			if err != nil {
+				sw.env.progress(StepFence, "the replication stream from %s ended without its shutdown (%v): waiting for commands.stop to finish", sw.primary.Name, err)
+				watchDone = nil
+				continue
+			}
+			sw.shutdownEnd = end
+			sw.env.progress(StepFence, "%s wrote its shutdown checkpoint: its WAL ends at %s", sw.primary.Name, end)
+			return nil
+		}
+	}
+}
+
+// background is a function running on in its own goroutine.
+type background struct {
+	done chan struct{}
+	err  error
+}
+
+func runBackground(ctx context.Context, fn func(context.Context) error) *background {
+	b := &background{done: make(chan struct{})}
+	go func() {
+		defer close(b.done)
+		b.err = fn(ctx)
+	}()
+	return b
+}
+
+// wait returns fn's error once it has returned, or ctx's.
+func (b *background) wait(ctx context.Context) error {
+	select {
+	case <-b.done:
+		return b.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// waitStopped waits for the stop fence's command, which the promotion did
+// not wait for once the old primary's WAL was known to end.
+func (sw *switchover) waitStopped(ctx context.Context) error {
+	if sw.stop == nil {
+		return nil
+	}
+	defer sw.closeWatch()
+	if err := sw.stop.wait(ctx); err != nil {
+		return fmt.Errorf("%s wrote its shutdown checkpoint and accepts no writes, but commands.stop failed: %w; make sure it is down before anything starts it", sw.primary.Name, err)
+	}
+	return nil
+}
+
+func (sw *switchover) closeWatch() {
+	if sw.watch != nil {
+		sw.watch.Close()
+	}
 }
 
 // releaseHung terminates, on the old primary, the walsender of every other
@@ -685,11 +784,29 @@ func (sw *switchover) unfenceStop(ctx context.Context) error {
 	if sw.promoteSent {
 		return fmt.Errorf("not restarting %s: %s may have been promoted; check both before starting it", sw.primary.Name, sw.candidate.Name)
 	}
+	// A server still shutting down cannot be started. The wait may be
+	// long: the lock is checked again after it.
+	if sw.stop != nil {
+		sw.closeWatch()
+		select {
+		case <-sw.stop.done:
+		default:
+			if err := sw.stop.wait(ctx); err != nil && ctx.Err() != nil {
+				return err
+			}
+			if err := sw.env.Check(ctx, sw.budget(sw.t.Command)); err != nil {
+				return err
+			}
+		}
+	}
 	_, err := sw.env.Ctl.RunCommand(ctx, sw.primary.Name, pgctl.ActionStart, nil)
 	return err
 }
 
 func (sw *switchover) finalFromCandidate(ctx context.Context) error {
+	if sw.shutdownEnd != 0 {
+		return sw.receiveEnd(ctx)
+	}
 	recv, _, err := sw.env.Ctl.ReceiveReplay(ctx, sw.candidate.Name)
 	if err != nil {
 		return err
@@ -711,6 +828,36 @@ func (sw *switchover) finalFromCandidate(ctx context.Context) error {
 	}
 	sw.finalLSN = recv
 	return nil
+}
+
+// receiveEnd waits until the candidate has received the old primary's WAL
+// up to its end. Its walsender there waits for that too, and the shutdown
+// for the walsender: once commands.stop has finished, a candidate that has
+// less was not connected and never gets the rest.
+func (sw *switchover) receiveEnd(ctx context.Context) error {
+	end := sw.shutdownEnd
+	return pgctl.PollUntil(ctx, sw.env.Clock, time.Millisecond, func(ctx context.Context) (bool, error) {
+		stopped := false
+		select {
+		case <-sw.stop.done:
+			stopped = true
+		default:
+		}
+		recv, _, err := sw.env.Ctl.ReceiveReplay(ctx, sw.candidate.Name)
+		if err != nil {
+			return false, err
+		}
+		if recv >= end {
+			sw.finalLSN = end
+			return true, nil
+		}
+		if stopped {
+			return false, fmt.Errorf("%s received only up to %s but %s's WAL ends at %s: it was not connected at shutdown",
+				sw.candidate.Name, recv, sw.primary.Name, end)
+		}
+		sw.env.progress(StepFinalLSN, "%s left to receive", config.HumanBytes(topology.LagBytes(end, recv)))
+		return false, nil
+	}, fmt.Sprintf("%s did not receive %s's WAL up to its end (%s)", sw.candidate.Name, sw.primary.Name, end))
 }
 
 // sqlFenceSettings are the settings the SQL fence changes.

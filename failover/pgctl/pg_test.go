@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -91,4 +92,19 @@ func testCA(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// Only a server's "cannot connect now" (57P03: shutting down, starting
+// up) counts as a server still there.
+func TestShuttingDown(t *testing.T) {
+	t.Parallel()
+	now := &pgconn.PgError{Code: "57P03", Message: "the database system is shutting down"}
+	if !ShuttingDown(fmt.Errorf("pg1: %w", now)) {
+		t.Error("57P03: want shutting down")
+	}
+	for _, err := range []error{nil, ErrConnect, &pgconn.PgError{Code: "57P01"}} {
+		if ShuttingDown(err) {
+			t.Errorf("%v: want not shutting down", err)
+		}
+	}
 }
