@@ -555,7 +555,8 @@ func TestEngineStopFenceCandidateMissingTheEnd(t *testing.T) {
 	c := newEngineCase(t, "switchover-stream")
 	c.ctl.unreceived = 0x1000
 	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
-	if res.Outcome != plan.OutcomeFailed || res.Err == nil || !strings.Contains(res.Err.Error(), "not connected at shutdown") {
+	// At once, not at the step's timeout: the write outage lasts as long.
+	if res.Outcome != plan.OutcomeFailed || res.Err == nil || !strings.Contains(res.Err.Error(), "not connected at shutdown") || strings.Contains(res.Err.Error(), "did not receive") {
 		t.Fatalf("%s: %v", res.Outcome, res.Err)
 	}
 	if c.ctl.called("promote") {
@@ -898,5 +899,29 @@ func TestEngineRejoinRepointsACascade(t *testing.T) {
 	}
 	if d := c.ctl.dangling(); len(d) > 0 {
 		t.Errorf("half-moved: %v", d)
+	}
+}
+
+// A candidate that dies once the old primary's stream has ended fails the
+// switchover at once, as it did before the stream: the write outage lasts
+// as long as the wait.
+func TestEngineStopFenceCandidateDiesAfterTheStream(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-stream")
+	i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepFence })
+	run := c.plan.Steps[i].Run
+	c.plan.Steps[i].Run = func(ctx context.Context) error {
+		err := run(ctx)
+		c.ctl.mu.Lock()
+		c.ctl.nodes["pg2"].up = false
+		c.ctl.mu.Unlock()
+		return err
+	}
+	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomeFailed || res.Err == nil || strings.Contains(res.Err.Error(), "did not receive") {
+		t.Fatalf("%s: %v", res.Outcome, res.Err)
+	}
+	if w := c.ctl.writable(); !reflect.DeepEqual(w, []string{"pg1"}) {
+		t.Errorf("writable %v, want pg1 started again", w)
 	}
 }

@@ -845,15 +845,17 @@ func (sw *switchover) receiveEnd(ctx context.Context) error {
 		}
 		recv, _, err := sw.env.Ctl.ReceiveReplay(ctx, sw.candidate.Name)
 		if err != nil {
-			return false, err
+			// As without the stream: a candidate that does not answer now,
+			// with writes down, is not waited for.
+			return false, pgctl.Fatal(err)
 		}
 		if recv >= end {
 			sw.finalLSN = end
 			return true, nil
 		}
 		if stopped {
-			return false, fmt.Errorf("%s received only up to %s but %s's WAL ends at %s: it was not connected at shutdown",
-				sw.candidate.Name, recv, sw.primary.Name, end)
+			return false, pgctl.Fatal(fmt.Errorf("%s received only up to %s but %s's WAL ends at %s: it was not connected at shutdown",
+				sw.candidate.Name, recv, sw.primary.Name, end))
 		}
 		sw.env.progress(StepFinalLSN, "%s left to receive", config.HumanBytes(topology.LagBytes(end, recv)))
 		return false, nil

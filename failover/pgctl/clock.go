@@ -43,6 +43,10 @@ func PollUntil(ctx context.Context, clock Clock, interval time.Duration, cond fu
 		if err == nil && ok {
 			return nil
 		}
+		var fe *fatalError
+		if errors.As(err, &fe) {
+			return fe.err
+		}
 		last = err
 		select {
 		case <-ctx.Done():
@@ -57,3 +61,12 @@ func PollUntil(ctx context.Context, clock Clock, interval time.Duration, cond fu
 		}
 	}
 }
+
+// Fatal marks an error of a PollUntil condition that waiting cannot mend:
+// PollUntil returns it (unmarked) at once instead of polling on.
+func Fatal(err error) error { return &fatalError{err: err} }
+
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }

@@ -1,12 +1,14 @@
 package pgctl
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
@@ -106,5 +108,19 @@ func TestShuttingDown(t *testing.T) {
 		if ShuttingDown(err) {
 			t.Errorf("%v: want not shutting down", err)
 		}
+	}
+}
+
+// A condition's Fatal error ends the wait at once, unmarked.
+func TestPollUntilFatal(t *testing.T) {
+	t.Parallel()
+	calls := 0
+	cause := errors.New("cannot get better")
+	err := PollUntil(t.Context(), nil, time.Millisecond, func(context.Context) (bool, error) {
+		calls++
+		return false, Fatal(cause)
+	}, "timed out")
+	if err != cause || calls != 1 {
+		t.Errorf("err %v after %d calls, want %v after 1", err, calls, cause)
 	}
 }
