@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/replctl/replctl/failover/etcdlock"
 	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/failover/plan"
@@ -70,6 +72,9 @@ type fakeCluster struct {
 	// shutdown checkpoint (the stream's end): the node refuses connections
 	// meanwhile, and a start then fails, as pg_ctl's does.
 	stopTakes time.Duration
+	// stoppingLooks is how many more looks at a node left stopping (a
+	// stop fence whose process died) answer 57P03 before it is down.
+	stoppingLooks int
 	// unreceived is WAL pg1 writes at its shutdown that pg2 never
 	// receives, as when pg2's stream was down then.
 	unreceived topology.LSN
@@ -164,6 +169,13 @@ func (f *fakeCluster) node(ctx context.Context, name string) (*fakeNode, error) 
 		return nil, fmt.Errorf("node %q is not configured", name)
 	}
 	if !n.up {
+		if n.stopping && f.stoppingLooks > 0 {
+			// Still shutting down: the postmaster answers, and refuses.
+			if f.stoppingLooks--; f.stoppingLooks == 0 {
+				n.stopping = false
+			}
+			return nil, fmt.Errorf("%s: %w", name, &pgconn.PgError{Severity: "FATAL", Code: "57P03", Message: "the database system is shutting down"})
+		}
 		return nil, fmt.Errorf("%w: %s: connection refused", pgctl.ErrConnect, name)
 	}
 	if n.hung {

@@ -132,6 +132,31 @@ func TestRecoverRollsBackFromTheJournal(t *testing.T) {
 	}
 }
 
+// A stop fence no longer waits for its stop command to return once the old
+// primary's stream has ended: killed right then, the operation may leave
+// the server still shutting down. Recover waits that out (57P03) before
+// starting it: a start meanwhile fails (another postmaster holds the data
+// directory).
+func TestRecoverWaitsOutAShutdown(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-stream")
+	rec := runUntilKilled(t, c, StepFence)
+	c.ctl.nodes["pg1"].stopping, c.ctl.stoppingLooks = true, 3
+	snap := topology.Classify(c.cfg, []topology.NodeStatus{{Name: "pg1", Error: "the database system is shutting down"},
+		tt.Replica("pg2", 5432, 0x3000060), tt.Replica("pg3", 5432, 0x3000060)}, nil)
+	st := c.rec.st
+	p, res := recoverWith(t, c, Observation{Snap: snap, State: &st, Interrupted: []etcdlock.OpRecord{rec}})
+	if res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("recover %v: %s: %v", stepIDs(p), res.Outcome, res.Err)
+	}
+	if len(c.ctl.violations) > 0 {
+		t.Errorf("violations: %v", c.ctl.violations)
+	}
+	if w := c.ctl.writable(); len(w) != 1 || w[0] != "pg1" {
+		t.Errorf("writable after recover: %v", w)
+	}
+}
+
 // Killed after pg_promote reached the candidate, a switchover is rolled
 // forward: the candidate is recorded, the other replica repointed, the old
 // primary rejoined as the plan said; killed just before pg_promote, the
