@@ -2,6 +2,7 @@ package pgctl_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,6 +33,17 @@ func watchCluster(t *testing.T) (*testenv.Cluster, *pgctl.PG) {
 	return c, pg
 }
 
+// startWatch follows pg1's WAL until the test ends.
+func startWatch(t *testing.T, pg *pgctl.PG) *pgctl.ShutdownWatch {
+	t.Helper()
+	w, err := pg.WatchShutdown(t.Context(), "pg1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Close)
+	return w
+}
+
 func receiveLSN(t *testing.T, c *testenv.Cluster, node string) topology.LSN {
 	t.Helper()
 	var s string
@@ -45,16 +57,29 @@ func receiveLSN(t *testing.T, c *testenv.Cluster, node string) topology.LSN {
 	return l
 }
 
+// eventually fails the test with cond's message unless cond holds within
+// a generous 10 s.
+func eventually(t *testing.T, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // The stream of a cleanly stopped primary ends where its WAL ends: past
 // its shutdown checkpoint, exactly what its connected standby received.
 func TestIntegrationShutdownWatchEndsAtTheShutdownCheckpoint(t *testing.T) {
 	c, pg := watchCluster(t)
 	ctx := t.Context()
-	w, err := pg.WatchShutdown(ctx, "pg1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	w := startWatch(t, pg)
 	if err := c.Write(ctx, 50); err != nil {
 		t.Fatal(err)
 	}
@@ -97,11 +122,7 @@ func TestIntegrationShutdownWatchEndsAtTheShutdownCheckpoint(t *testing.T) {
 func TestIntegrationShutdownWatchKilledPrimary(t *testing.T) {
 	c, pg := watchCluster(t)
 	ctx := t.Context()
-	w, err := pg.WatchShutdown(ctx, "pg1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	w := startWatch(t, pg)
 	if err := c.KillNode(ctx, "pg1"); err != nil {
 		t.Fatal(err)
 	}
@@ -116,11 +137,7 @@ func TestIntegrationShutdownWatchKilledPrimary(t *testing.T) {
 func TestIntegrationShutdownWatchIsNeverSynchronous(t *testing.T) {
 	c, pg := watchCluster(t)
 	ctx := t.Context()
-	w, err := pg.WatchShutdown(ctx, "pg1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	startWatch(t, pg)
 	if err := c.Exec(ctx, "pg1", "ALTER SYSTEM SET synchronous_standby_names = 'replctl_shutdown_watch'"); err != nil {
 		t.Fatal(err)
 	}
@@ -129,23 +146,16 @@ func TestIntegrationShutdownWatchIsNeverSynchronous(t *testing.T) {
 	}
 	// The reload has reached the postmaster's children once a new
 	// session sees it.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually(t, func() (bool, string) {
 		var v string
 		if err := c.QueryRow(ctx, "pg1", "SHOW synchronous_standby_names").Scan(&v); err != nil {
 			t.Fatal(err)
 		}
-		if v == "replctl_shutdown_watch" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("synchronous_standby_names is %q after the reload", v)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return v == "replctl_shutdown_watch", fmt.Sprintf("synchronous_standby_names is %q after the reload", v)
+	})
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	err = c.Exec(wctx, "pg1", "CREATE TABLE replctl_watch_sync (id int)")
+	err := c.Exec(wctx, "pg1", "CREATE TABLE replctl_watch_sync (id int)")
 	if err == nil {
 		t.Fatal("a commit was acknowledged with the watch as the only synchronous standby")
 	}
@@ -180,18 +190,11 @@ func TestIntegrationShuttingDown(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil { // smart shutdown
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually(t, func() (bool, string) {
 		pg.Close() // a new connection each time, as after a fast shutdown
 		_, err := pg.Setting(ctx, "pg1", "server_version")
-		if pgctl.ShuttingDown(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pg1 after a smart shutdown request: %v, want 57P03", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return pgctl.ShuttingDown(err), fmt.Sprintf("pg1 after a smart shutdown request: %v, want 57P03", err)
+	})
 	if _, err := pg.Setting(ctx, "pg2", "server_version"); pgctl.ShuttingDown(err) {
 		t.Errorf("pg2 counted as shutting down: %v", err)
 	}
