@@ -2,13 +2,16 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/replctl/replctl/failover"
 	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/testenv"
 )
 
@@ -51,9 +54,13 @@ func TestIntegrationSwitchoverStopFence(t *testing.T) {
 	cli := etcdClient(t, c)
 	tl := timelineOf(t, c, "pg1")
 
-	d := switchover(t, c, cfg, "pg1", "pg2", nil)
+	stream := &streamSeen{}
+	d := switchover(t, c, cfg, "pg1", "pg2", stream.wrap)
 	if d.Plan.Fence != failover.FenceStop {
 		t.Errorf("fence %q", d.Plan.Fence)
+	}
+	if err := stream.result(); err != nil {
+		t.Errorf("the stop fence did not follow pg1's stream to its end: %v", err)
 	}
 	awaitTopology(t, c, "pg2", tl+1, "pg1", "pg3")
 	if got := commandsRun(t, log); !slices.Equal(got, []string{"pg1_stop", "pg1_rejoin"}) {
@@ -64,7 +71,11 @@ func TestIntegrationSwitchoverStopFence(t *testing.T) {
 	}
 
 	// And back: the rejoined former primary is a candidate like any other.
-	switchover(t, c, cfg, "pg2", "pg1", nil)
+	// This time without the stream (as for a user without the REPLICATION
+	// attribute): the fence waits for the stop command, with the same
+	// guarantees.
+	noStream := &streamSeen{refuse: true}
+	switchover(t, c, cfg, "pg2", "pg1", noStream.wrap)
 	awaitTopology(t, c, "pg1", tl+2, "pg2", "pg3")
 	if st := clusterRecord(t, cli, c); st.Primary != "pg1" || len(st.Fenced) != 0 {
 		t.Errorf("cluster record %+v", st)
@@ -72,6 +83,56 @@ func TestIntegrationSwitchoverStopFence(t *testing.T) {
 	if s := statusJSON(t, cfg); s.Primary == nil || *s.Primary != "pg1" || len(s.Warnings) != 0 {
 		t.Errorf("status after switching back: primary %v warnings %+v", s.Primary, s.Warnings)
 	}
+}
+
+// streamSeen wraps a controller to see how the stop fence's replication
+// stream from the old primary went, or to refuse it.
+type streamSeen struct {
+	refuse bool
+	mu     sync.Mutex
+	opened bool
+	err    error // how the stream ended
+}
+
+func (s *streamSeen) wrap(ctl failover.Controller) failover.Controller {
+	return &streamController{Controller: ctl, seen: s}
+}
+
+// result is nil when a stream was opened and ended cleanly.
+func (s *streamSeen) result() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.opened {
+		return errors.New("no stream was opened")
+	}
+	return s.err
+}
+
+type streamController struct {
+	failover.Controller
+	seen *streamSeen
+}
+
+func (c *streamController) WatchShutdown(ctx context.Context, node string) (*pgctl.ShutdownWatch, error) {
+	if c.seen.refuse {
+		return nil, errors.New("injected: permission denied to start WAL sender")
+	}
+	w, err := c.Controller.WatchShutdown(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	c.seen.mu.Lock()
+	c.seen.opened = true
+	c.seen.mu.Unlock()
+	seen, end := pgctl.NewShutdownWatch()
+	go func() {
+		lsn, err := w.End()
+		c.seen.mu.Lock()
+		c.seen.err = err
+		c.seen.mu.Unlock()
+		end(lsn, err)
+	}()
+	return seen, nil
 }
 
 // TestIntegrationSwitchoverSQLFenceRejoin switches over a cluster whose
