@@ -56,6 +56,23 @@ func TestIntegrationRejoinCascade(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pg3'").Scan(&left); err != nil || left != 0 {
 		t.Errorf("slot pg3 left on pg2 (%d, %v): it would retain WAL there", left, err)
 	}
+
+	// Had that drop failed (pg2 down then), the slot would be there still,
+	// as it is again now: rejoin pg3, which streams from pg1, drops it;
+	// then there is nothing to do.
+	if _, err := conn.Exec(ctx, "SELECT pg_create_physical_replication_slot('pg3')"); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []bool{false, true} {
+		r := replctl(ctx, nil, "--config", c.ConfigPath, "-o", "json", "rejoin", "pg3", "--yes")
+		doc.NothingToDo = false
+		if err := json.Unmarshal([]byte(r.Out), &doc); r.Code != 0 || err != nil || doc.NothingToDo != want {
+			t.Fatalf("rejoin pg3 with slot pg3 left on pg2, run %d: nothing to do %v, want %v: %s", i+1, doc.NothingToDo, want, r)
+		}
+	}
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pg3'").Scan(&left); err != nil || left != 0 {
+		t.Errorf("slot pg3 still on pg2 after rejoin pg3 (%d, %v)", left, err)
+	}
 }
 
 // waitUntil polls cond every 50 ms for up to a minute.

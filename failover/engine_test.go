@@ -925,3 +925,52 @@ func TestEngineStopFenceCandidateDiesAfterTheStream(t *testing.T) {
 		t.Errorf("writable %v, want pg1 started again", w)
 	}
 }
+
+// A cascade's repoint whose drop of the old slot failed (its former
+// upstream was down) leaves that slot on the replica, inactive, retaining
+// WAL there. Rejoin of the node, which now streams from the primary, said
+// "nothing to do" and left it; it drops it, under the lock, and only that.
+func TestEngineRejoinDropsASlotLeftByACascade(t *testing.T) {
+	t.Parallel()
+	lsn := topology.LSN(0x3000060)
+	f := newFakeCtl(lsn)
+	rec := &fakeRecorder{}
+	f.lock = rec
+	env := &Env{Ctl: f}
+	env.Acquire = func(context.Context) error { env.Lock = rec; return nil }
+	cfg := engineConfig(false, "pg1", "pg2", "pg3")
+	f.nodes["pg2"].slots["pg3"], f.nodes["pg2"].slots["keep"] = false, false
+	left := tt.Replica("pg2", 5432, lsn)
+	left.Slots = []topology.Slot{{Name: "pg3", Type: "physical", Active: false}, {Name: "keep", Type: "physical", Active: false}}
+	snap := topology.Classify(cfg, []topology.NodeStatus{tt.Primary("pg1", lsn, "pg2", "pg3"), left, tt.Replica("pg3", 5432, lsn)}, nil)
+	p, results, err := PlanRejoin(cfg, snap, "pg3", env)
+	if err != nil || len(checks.Failed(results)) > 0 {
+		t.Fatalf("rejoin: %v %v", err, checks.Failed(results))
+	}
+	var ids []string
+	for _, s := range p.Steps {
+		ids = append(ids, s.ID+"@"+s.Node)
+	}
+	if want := []string{StepLock + "@", StepDropSlots + "@pg2"}; !reflect.DeepEqual(ids, want) {
+		t.Fatalf("steps %v, want %v", ids, want)
+	}
+	if res := plan.Execute(t.Context(), p, env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("%s: %v", res.Outcome, res.Err)
+	}
+	if _, ok := f.nodes["pg2"].slots["pg3"]; ok {
+		t.Errorf("slot pg3 still on pg2")
+	}
+	if _, ok := f.nodes["pg2"].slots["keep"]; !ok {
+		t.Errorf("slot keep, not pg3's, was dropped")
+	}
+	if len(f.violations) > 0 {
+		t.Errorf("violations: %v", f.violations)
+	}
+
+	// Without such a slot: nothing to do, no step, no lock.
+	left.Slots = []topology.Slot{{Name: "keep", Type: "physical", Active: false}}
+	snap = topology.Classify(cfg, []topology.NodeStatus{tt.Primary("pg1", lsn, "pg2", "pg3"), left, tt.Replica("pg3", 5432, lsn)}, nil)
+	if p, _, _ := PlanRejoin(cfg, snap, "pg3", env); len(p.Steps) != 0 {
+		t.Errorf("steps %v for a healthy replica", p.Steps)
+	}
+}

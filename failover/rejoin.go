@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/replctl/replctl/checks"
@@ -69,11 +70,22 @@ func RejoinPreflight(cfg *config.Config, snap *topology.Snapshot, node string) [
 func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *Env) (*plan.Plan, []checks.Result, error) {
 	if FollowsPrimary(snap, node) {
 		// A healthy replica: nothing to rewind, nothing to run, whatever
-		// commands it has.
+		// commands it has; only a slot its time as a cascade left on
+		// another replica, if any, to drop.
 		p := snap.PrimaryNode()
 		msg := fmt.Sprintf("%s already streams from %s on timeline %d: nothing to do", node, p.Name, *p.Timeline)
-		return &plan.Plan{Kind: "rejoin", Primary: p.Name, Candidate: node, Notes: []string{msg}},
-			[]checks.Result{{Name: "already_replica", Node: node, Level: checks.OK, Code: "ok", Message: msg}}, nil
+		rp := &plan.Plan{Kind: "rejoin", Primary: p.Name, Candidate: node}
+		if left := leftCascadeSlots(snap, node); len(left) > 0 {
+			msg = fmt.Sprintf("%s already streams from %s on timeline %d; %s still has the slot %s it streamed through as a cascade, inactive and retaining WAL there: it is dropped",
+				node, p.Name, *p.Timeline, strings.Join(left, ", "), node)
+			t := TimeoutsFor(cfg, 0, 0)
+			rp.Steps = append(rp.Steps, rejoinLockStep(cfg, env))
+			for _, on := range left {
+				rp.Steps = append(rp.Steps, dropOldSlotStep(&cascade{env: env, node: node, upstream: on, oldSlot: node}, t, min(5*time.Second, cfg.Lock.TTL/2)))
+			}
+		}
+		rp.Notes = []string{msg}
+		return rp, []checks.Result{{Name: "already_replica", Node: node, Level: checks.OK, Code: "ok", Message: msg}}, nil
 	}
 	if up := cascadeUpstream(snap, node); up != nil {
 		return planRepointCascade(cfg, snap, node, up, env)
@@ -161,6 +173,26 @@ func FollowsPrimary(snap *topology.Snapshot, node string) bool {
 	n, p := snap.Node(node), snap.PrimaryNode()
 	return n != nil && p != nil && n.Member() && n.Streaming() && !n.Fenced && string(n.Upstream) == p.Name &&
 		n.Timeline != nil && p.Timeline != nil && *n.Timeline == *p.Timeline
+}
+
+// leftCascadeSlots are the replicas other than node that hold an inactive
+// physical slot named after node: what a repoint of node, once a cascade,
+// leaves behind when dropping that slot failed (its former upstream was
+// down, say). replctl names the slots it makes after the node they serve.
+func leftCascadeSlots(snap *topology.Snapshot, node string) []string {
+	var out []string
+	p := snap.PrimaryNode()
+	for _, n := range snap.Nodes {
+		if n.Name == node || n == p || !n.Reachable || !n.Member() || n.Role != topology.RoleReplica {
+			continue
+		}
+		if slices.ContainsFunc(n.Slots, func(s topology.Slot) bool {
+			return s.Name == node && s.Type == "physical" && !s.Active && !s.Temporary
+		}) {
+			out = append(out, n.Name)
+		}
+	}
+	return out
 }
 
 // cascadeUpstream is the replica node streams through when node is a
