@@ -248,15 +248,23 @@ func (f *faultController) WatchShutdown(ctx context.Context, node string) (*pgct
 	if err != nil {
 		return nil, err
 	}
-	seen, end := pgctl.NewShutdownWatch()
-	go func() {
-		<-w.Done()
-		if _, err := w.End(); err == nil {
+	return relayWatch(w, func(err error) {
+		if err == nil {
 			f.hook(ctx, pointAfterFence, node)
 		}
-		end(w.End())
+	}), nil
+}
+
+// relayWatch passes w's end on through a watch of its own, once atEnd has
+// run with how w ended: a test acts there before the engine sees the end.
+func relayWatch(w *pgctl.ShutdownWatch, atEnd func(err error)) *pgctl.ShutdownWatch {
+	relay, end := pgctl.NewShutdownWatch()
+	go func() {
+		lsn, err := w.End()
+		atEnd(err)
+		end(lsn, err)
 	}()
-	return seen, nil
+	return relay
 }
 
 func (f *faultController) Writable(ctx context.Context, node string) (uint32, topology.LSN, error) {

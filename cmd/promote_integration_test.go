@@ -124,15 +124,11 @@ func (c *streamController) WatchShutdown(ctx context.Context, node string) (*pgc
 	c.seen.mu.Lock()
 	c.seen.opened = true
 	c.seen.mu.Unlock()
-	seen, end := pgctl.NewShutdownWatch()
-	go func() {
-		lsn, err := w.End()
+	return relayWatch(w, func(err error) {
 		c.seen.mu.Lock()
 		c.seen.err = err
 		c.seen.mu.Unlock()
-		end(lsn, err)
-	}()
-	return seen, nil
+	}), nil
 }
 
 // TestIntegrationSwitchoverSQLFenceRejoin switches over a cluster whose
