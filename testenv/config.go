@@ -48,12 +48,12 @@ func nodeCommands(in *install, dir string, n *Node) NodeCommands {
 		rejoin = clone // no pg_rewind: re-clone (clone.go)
 	}
 	return NodeCommands{
-		// pg_ctl -w polls every 100 ms; waiting for postmaster.pid (which the
-		// postmaster removes last, after its shutdown checkpoint and once
-		// the standbys flushed it) in 5 ms steps makes the demo's stop fence,
-		// and so its switchover outage, shorter by most of that.
-		Stop: p + pgCtl + " -D " + d + " -W stop -m fast && i=0 && while [ -e " + pidFile + " ] && [ $i -lt 12000 ]; do sleep 0.005; i=$((i+1)); done && " +
-			"if [ -e " + pidFile + " ]; then echo 'server did not stop within 60 s' >&2; exit 1; fi",
+		// pg_ctl -w polls every 100 ms; waiting for the postmaster to exit
+		// in 5 ms steps returns soon after its shutdown checkpoint. One tail
+		// process checks the PID: a shell loop of sleep commands forks 200
+		// processes a second, on the CPUs the candidate's promotion needs.
+		Stop: "pid=$(head -n 1 " + pidFile + ") && " + p + pgCtl + " -D " + d + " -W stop -m fast && " +
+			"{ timeout 60 tail --pid=\"$pid\" -s 0.005 -f /dev/null || { echo 'server did not stop within 60 s' >&2; exit 1; }; }",
 		Start: p + pgCtl + " -D " + d + " -l " + shQuote(n.LogPath) + " -w -t 60 start",
 		Kill:  "kill -9 $(head -n 1 " + pidFile + ")",
 		// As the postgres user when root, like rejoin: pg_ctl refuses
