@@ -760,10 +760,10 @@ func (l *fakeLocker) Lock(context.Context, OperationSpec) (HeldLock, History, er
 
 func (l *fakeLocker) ID() string { return "42" }
 
-func (l *fakeLocker) Observe(_ context.Context, e plan.Event) error {
+func (l *fakeLocker) Observe(_ context.Context, events ...plan.Event) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.events = append(l.events, e)
+	l.events = append(l.events, events...)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -78,7 +79,7 @@ type OperationSpec struct {
 	Sink    plan.Sink
 	// Journal receives the journal when the caller holds the lock and
 	// the record (Held: a drill journals its promotion in its own record).
-	Journal func(ctx context.Context, e plan.Event) error
+	Journal func(ctx context.Context, events ...plan.Event) error
 	Now     func() time.Time
 }
 
@@ -96,7 +97,7 @@ type HeldLock interface {
 // History records one operation: *etcdlock.Operation.
 type History interface {
 	ID() string
-	Observe(ctx context.Context, e plan.Event) error
+	Observe(ctx context.Context, events ...plan.Event) error
 	Finish(ctx context.Context, outcome plan.Outcome, err error) error
 }
 
@@ -137,6 +138,15 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *plan.Plan, env *En
 	defer cancel(nil)
 	var lock HeldLock
 	var op History
+	// opMu guards op: the executor journals in the background, and the
+	// lock step sets op once the lock and the record exist. Events before
+	// that (the lock step's start) have no record to go to.
+	var opMu sync.Mutex
+	history := func() History {
+		opMu.Lock()
+		defer opMu.Unlock()
+		return op
+	}
 	watch := func(l HeldLock) {
 		go func() {
 			<-l.Context().Done()
@@ -165,15 +175,21 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *plan.Plan, env *En
 			if err != nil {
 				return err
 			}
+			var jerr error
+			if h != nil {
+				// The journal starts with the plan, before any change.
+				jerr = h.Observe(actx, plan.Event{Type: plan.PlanStarted, Time: time.Now(), Plan: p.Summary()})
+			}
+			// Published also when the plan could not be journaled: the
+			// record must still be finished.
+			opMu.Lock()
 			op = h
-		}
-		env.Lock = lock
-		if op != nil {
-			// The journal starts with the plan, before any change.
-			if err := op.Observe(actx, plan.Event{Type: plan.PlanStarted, Time: time.Now(), Plan: p.Summary()}); err != nil {
-				return fmt.Errorf("journal the plan in history record %s: %w", op.ID(), err)
+			opMu.Unlock()
+			if jerr != nil {
+				return fmt.Errorf("journal the plan in history record %s: %w", h.ID(), jerr)
 			}
 		}
+		env.Lock = lock
 		p2, results, err := spec.Rebuild(actx)
 		if failed := checks.Failed(results); len(failed) > 0 {
 			return &RefusedError{Failed: failed, UnderLock: true}
@@ -196,12 +212,13 @@ func RunOperation(ctx context.Context, spec OperationSpec, p *plan.Plan, env *En
 		return ""
 	}
 	var histErr error
-	env.JournalTo = func(ctx context.Context, e plan.Event) error {
+	env.JournalTo = func(ctx context.Context, events ...plan.Event) error {
+		op := history()
 		switch {
 		case spec.Journal != nil:
-			return spec.Journal(ctx, e)
+			return spec.Journal(ctx, events...)
 		case op != nil:
-			return op.Observe(ctx, e)
+			return op.Observe(ctx, events...)
 		}
 		return nil
 	}

@@ -28,7 +28,12 @@ type killed struct{}
 func runUntilKilled(t *testing.T, c *engineCase, id string) etcdlock.OpRecord {
 	t.Helper()
 	rec := etcdlock.OpRecord{ID: "42", Kind: c.plan.Kind, Token: 7, Outcome: etcdlock.OutcomeRunning}
-	c.env.JournalTo = func(_ context.Context, e plan.Event) error { rec.Apply(e); return nil }
+	c.env.JournalTo = func(_ context.Context, events ...plan.Event) error {
+		for _, e := range events {
+			rec.Apply(e)
+		}
+		return nil
+	}
 	i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == id })
 	if i < 0 {
 		t.Fatalf("no step %s in %v", id, stepIDs(c.plan))

@@ -73,15 +73,15 @@ type Env struct {
 	Clock pgctl.Clock
 	// JournalTo writes the operation's journal (its history record, under
 	// the lock); nil keeps none. Set by RunOperation.
-	JournalTo func(ctx context.Context, e plan.Event) error
+	JournalTo func(ctx context.Context, events ...plan.Event) error
 }
 
 // Journal lets Env be the executor's plan.Journaler.
-func (e *Env) Journal(ctx context.Context, ev plan.Event) error {
+func (e *Env) Journal(ctx context.Context, events ...plan.Event) error {
 	if e == nil || e.JournalTo == nil {
 		return nil
 	}
-	return e.JournalTo(ctx, ev)
+	return e.JournalTo(ctx, events...)
 }
 
 func (e *Env) progress(step, format string, a ...any) {

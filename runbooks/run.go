@@ -308,10 +308,14 @@ func (d *drill) sink(s *Step, sr *StepReport) plan.Sink {
 // journal writes a plan's journal into the drill's history record, its
 // step IDs prefixed with the drill step's (the plan's own prefix is then
 // "<step>/"), so that recover finds the promotion inside the drill.
-func (d *drill) journal(s *Step) func(ctx context.Context, ev plan.Event) error {
-	return func(ctx context.Context, ev plan.Event) error {
-		ev.StepID = s.ID + "/" + ev.StepID
-		return d.op.Observe(ctx, ev)
+func (d *drill) journal(s *Step) func(ctx context.Context, events ...plan.Event) error {
+	return func(ctx context.Context, events ...plan.Event) error {
+		prefixed := make([]plan.Event, len(events))
+		for i, ev := range events {
+			ev.StepID = s.ID + "/" + ev.StepID
+			prefixed[i] = ev
+		}
+		return d.op.Observe(ctx, prefixed...)
 	}
 }
 

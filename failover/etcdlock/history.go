@@ -215,16 +215,27 @@ func (r *OpRecord) endStep(id, description, outcome, errText string, end time.Ti
 		Finished: &end, Outcome: outcome, Error: errText})
 }
 
-// Observe records an executor event, so that a Sink can feed the history:
+// Observe records executor events, in order and in one write, so that a
+// Sink can feed the history:
 //
 //	sink := func(e plan.Event) { _ = op.Observe(ctx, e); show(e) }
-func (o *Operation) Observe(ctx context.Context, e plan.Event) error {
-	switch e.Type {
-	case plan.PlanStarted, plan.StepStarted, plan.StepCaptured,
-		plan.StepDone, plan.StepFailed, plan.StepSkipped, plan.StepUndone, plan.StepUndoFailed, plan.StepUndoSkipped:
-		return o.update(ctx, func(r *OpRecord) { r.Apply(e) })
+func (o *Operation) Observe(ctx context.Context, events ...plan.Event) error {
+	var kept []plan.Event
+	for _, e := range events {
+		switch e.Type {
+		case plan.PlanStarted, plan.StepStarted, plan.StepCaptured,
+			plan.StepDone, plan.StepFailed, plan.StepSkipped, plan.StepUndone, plan.StepUndoFailed, plan.StepUndoSkipped:
+			kept = append(kept, e)
+		}
 	}
-	return nil
+	if len(kept) == 0 {
+		return nil
+	}
+	return o.update(ctx, func(r *OpRecord) {
+		for _, e := range kept {
+			r.Apply(e)
+		}
+	})
 }
 
 // Apply records an executor event in r, as Observe writes it: the journal's

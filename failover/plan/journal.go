@@ -12,12 +12,20 @@ import (
 )
 
 // Journaler is what a Guard also is when the operation keeps a journal: the
-// executor writes each mutating step's start, the state it captured and its
-// end through it, synchronously and under the lock. A step whose start or
-// capture cannot be journaled does not change anything: an operation that
-// dies must leave a record that says what it may have done.
+// executor writes each mutating step's start and the state it captured
+// through it, synchronously and under the lock, with every event before
+// them. A step whose start or capture cannot be journaled does not change
+// anything: an operation that dies must leave a record that says what it
+// may have done. The other events (a step's end, a step that changes
+// nothing) are written in the background, in order, so that the time
+// between two steps of the outage is not spent waiting for etcd: a crash
+// may lose them, which leaves a journal that reads like a crash just after
+// the last journaled change, one recover handles anyway.
+//
+// Journal writes events in order, in one write where it can (a history
+// record rewritten whole takes one etcd round trip for all of them).
 type Journaler interface {
-	Journal(ctx context.Context, e Event) error
+	Journal(ctx context.Context, events ...Event) error
 }
 
 // Summary is a plan as its journal records it: enough for `replctl recover`

@@ -178,21 +178,19 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 		now = time.Now
 	}
 	res := &Result{Outcome: OutcomeSucceeded}
-	journal, _ := guard.(Journaler)
-	if journal != nil {
+	var journal Journaler // nil, or the queue over the guard's journal
+	// jot journals an event that does not gate a change (a step's end, a
+	// step that changes nothing) in the background; note journals one
+	// before going on (an undo's start). A failure of either is a warning:
+	// the step already ran; record also shows it.
+	jot, note := func(Event) {}, func(Event) {}
+	if j, ok := guard.(Journaler); ok {
+		q := newJournalQueue(ctx, j)
+		defer func() { res.Warnings = append(res.Warnings, q.close()...) }()
+		journal, jot, note = q, q.later, q.now
 		if err := journal.Journal(ctx, Event{Type: PlanStarted, Time: now(), Plan: p.Summary()}); err != nil {
 			res.Outcome, res.Err = OutcomeFailed, fmt.Errorf("journal the plan before running it: %w", err)
 			return res
-		}
-	}
-	// jot journals an event that does not gate a change (a step's end, an
-	// undo's start): a failure is a warning, the step already ran; record
-	// also shows it.
-	jot := func(e Event) {
-		if journal != nil {
-			if err := journal.Journal(context.WithoutCancel(ctx), e); err != nil && !errors.Is(err, ErrLockLost) {
-				res.Warnings = append(res.Warnings, fmt.Sprintf("journal %s %s: %v", e.StepID, e.Type, err))
-			}
 		}
 	}
 	record := func(e Event) { sink(e); jot(e) }
@@ -260,7 +258,7 @@ func Execute(ctx context.Context, p *Plan, guard Guard, sink Sink, now func() ti
 				continue
 			}
 			res.Outcome = OutcomeFailed
-			undo(ctx, p, touched, guard, res, record, jot, now)
+			undo(ctx, p, touched, guard, res, record, note, now)
 			return res
 		}
 		res.Steps = append(res.Steps, sr)
@@ -308,7 +306,7 @@ func (e *StepTimeoutError) Unwrap() error { return e.Err }
 // first. Each undo of a mutating step re-checks the lock: once it is lost,
 // this undo and every later one is skipped and reported, since the cluster
 // may now be another operation's.
-func undo(ctx context.Context, p *Plan, touched []int, guard Guard, res *Result, sink, jot Sink, now func() time.Time) {
+func undo(ctx context.Context, p *Plan, touched []int, guard Guard, res *Result, sink, note Sink, now func() time.Time) {
 	uctx := context.WithoutCancel(ctx)
 	var lockErr error
 	for j := len(touched) - 1; j >= 0; j-- {
@@ -334,7 +332,7 @@ func undo(ctx context.Context, p *Plan, touched []int, guard Guard, res *Result,
 			// Journaled like a step, so that recover knows an undo may have
 			// begun; a journal that cannot be written does not stop the
 			// way back.
-			jot(Event{Type: StepStarted, StepID: sr.ID, Node: s.Node, Description: desc, Time: start})
+			note(Event{Type: StepStarted, StepID: sr.ID, Node: s.Node, Description: desc, Time: start})
 			fire(s.ID, PhaseUndo)
 			d := undoTimeout
 			if s.Timeout > 0 {
