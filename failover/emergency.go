@@ -566,6 +566,7 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *etcdloc
 		}
 		add(st)
 	}
+	add(sw.stepCheckpointPromoted())
 	if sw.sync != nil && len(sw.sync.Names) > 0 {
 		add(sw.stepSync())
 	} else if sw.sync != nil {

@@ -415,7 +415,7 @@ func TestBuildEmergencyPlan(t *testing.T) {
 	}
 	// The mark comes before the fence: an interrupted failover has already
 	// recorded the old primary as fenced.
-	want := "lock mark-fenced fence-sql create-slots replay-received promote verify record repoint-pg4 sync-standbys"
+	want := "lock mark-fenced fence-sql create-slots replay-received promote verify record repoint-pg4 checkpoint-promoted sync-standbys"
 	if strings.Join(ids, " ") != want {
 		t.Fatalf("steps %v\nwant %s", ids, want)
 	}

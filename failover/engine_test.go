@@ -827,8 +827,8 @@ func TestDriverLockLostInLastStep(t *testing.T) {
 	env := &Env{Ctl: c.ctl}
 	op := d.Replan(prep, env)
 	last := &op.Plan.Steps[len(op.Plan.Steps)-1]
-	if !strings.HasPrefix(last.ID, StepRepoint) {
-		t.Fatalf("last step %s, want a repoint", last.ID)
+	if last.ID != StepCheckpointN {
+		t.Fatalf("last step %s, want %s", last.ID, StepCheckpointN)
 	}
 	last.Run = func(ctx context.Context) error {
 		c.rec.lose()
@@ -836,7 +836,7 @@ func TestDriverLockLostInLastStep(t *testing.T) {
 		case <-ctx.Done():
 		case <-time.After(5 * time.Second):
 		}
-		return fmt.Errorf("cannot connect: pg3: %w", ctx.Err())
+		return fmt.Errorf("cannot connect: pg2: %w", ctx.Err())
 	}
 	locker := &fakeLocker{rec: c.rec}
 	res := d.Run(t.Context(), prep, op, env, OperationSpec{Cfg: c.cfg, Locker: locker})

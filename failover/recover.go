@@ -382,6 +382,7 @@ func (rc *recovery) rollForward(p *plan.Plan, r *etcdlock.OpRecord, obs Observat
 		p.Notes = append(p.Notes, fmt.Sprintf("the interrupted switchover was handing logical slots over to %s: check with `replctl status` that they exist there; a missing one's consumer must resynchronise", cand))
 	}
 	add(sw.stepVerify())
+	add(sw.stepCheckpointPromoted())
 	add(sw.stepRecord())
 	for _, n := range snap.Nodes {
 		if n.Name == cand || n.Name == old {

@@ -197,7 +197,7 @@ func TestRecoverRollsForward(t *testing.T) {
 			if res.Outcome != plan.OutcomeSucceeded || !strings.HasPrefix(p.Notes[0], RollForward) {
 				t.Fatalf("recover %v: %s %v (%q)", ids, res.Outcome, res.Err, p.Notes)
 			}
-			want := []string{StepLock, StepVerify, StepRecordState, StepRepoint + "-pg3", StepRejoin, StepRecoverClose}
+			want := []string{StepLock, StepVerify, StepCheckpointN, StepRecordState, StepRepoint + "-pg3", StepRejoin, StepRecoverClose}
 			if phase == "before" {
 				want = slices.Insert(want, 1, StepPromote)
 			}

@@ -38,6 +38,7 @@ const (
 	StepPromote     = "promote"
 	StepStopped     = "stopped"
 	StepVerify      = "verify"
+	StepCheckpointN = "checkpoint-promoted"
 	StepRecordState = "record"
 	StepHook        = "post-promote-hook"
 	StepRepoint     = "repoint"
@@ -397,6 +398,7 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		}
 		add(st)
 	}
+	add(sw.stepCheckpointPromoted())
 	if sw.rejoin {
 		ci, _ := pgctl.ReplicaConninfo(candidate, "")
 		add(plan.Step{ID: StepRejoin, Node: primary.Name, Mutates: true, Timeout: t.Command + t.Stream, Budget: sw.budget(5 * time.Second),
@@ -488,8 +490,21 @@ func (sw *switchover) stepPromote() plan.Step {
 func (sw *switchover) stepVerify() plan.Step {
 	c := sw.candidate.Name
 	return plan.Step{ID: StepVerify, Node: c, Timeout: sw.t.Command,
-		Description: fmt.Sprintf("%s: verify it accepts writes on a new timeline (from pg_walfile_name(pg_current_wal_lsn())), then CHECKPOINT", c),
+		Description: fmt.Sprintf("%s: verify it accepts writes on a new timeline (from pg_walfile_name(pg_current_wal_lsn()))", c),
 		Run:         sw.verify}
+}
+
+// stepCheckpointPromoted puts the new timeline into the new primary's
+// control file, which pg_rewind reads: without it, a rewind of the former
+// primary right after the promotion may find "no rewind required" and
+// leave it diverged. It comes after the hook and the repoints, so that
+// clients reconnecting to the new primary do not share its CPU with a
+// checkpoint.
+func (sw *switchover) stepCheckpointPromoted() plan.Step {
+	c := sw.candidate.Name
+	return plan.Step{ID: StepCheckpointN, Node: c, Timeout: sw.t.Command,
+		Description: fmt.Sprintf("%s: CHECKPOINT, so that pg_rewind of a former primary sees the new timeline", c),
+		Run:         func(ctx context.Context) error { return sw.env.Ctl.Checkpoint(ctx, c) }}
 }
 
 func (sw *switchover) stepRecord() plan.Step {
@@ -1076,9 +1091,6 @@ func (sw *switchover) verify(ctx context.Context) error {
 		return err
 	}
 	sw.newTimeline, sw.newLSN = tl, lsn
-	if err := sw.env.Ctl.Checkpoint(ctx, sw.candidate.Name); err != nil {
-		return err
-	}
 	return nil
 }
 
