@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -46,9 +47,17 @@ const (
 // BenchmarkSwitchoverUnderLoad measures planned switchovers (stop fence,
 // the old primary rejoining) back and forth between pg1 and pg2 of a 3-node
 // cluster while 8 writers commit as fast as they can: each writer has its
-// own connection through the read-write multi-host DSN and runs
-// single-row autocommit INSERTs with a unique id (pgbench-style), and on
-// any error reconnects to whichever node now takes writes.
+// own connection and runs single-row autocommit INSERTs with a unique id
+// (pgbench-style), and on any error reconnects, 2 ms after each failed
+// attempt, to whichever node now takes writes. Two sub-benchmarks differ in
+// how the writers find that node:
+//
+//   - clients=multihost: through the read-write multi-host DSN, trying each
+//     node in turn (every hot standby forks a backend to answer that it is
+//     read-only: a reconnection storm on the nodes the switchover needs);
+//   - clients=hook: at the node named in a file that hooks.post_promote
+//     rewrites, as behind a virtual IP, a DNS name or a pooler the hook
+//     moves (until then the writers knock on the old primary only).
 //
 // It runs at least 10 switchovers: b.Loop's iterations, topped up to 10
 // when the benchtime gives fewer (-benchtime 10x gives exactly 10). Before
@@ -73,18 +82,49 @@ func BenchmarkSwitchoverUnderLoad(b *testing.B) {
 	if testing.Short() {
 		b.Skip("benchmark runs PostgreSQL and etcd")
 	}
+	b.Run("clients=multihost", func(b *testing.B) { benchLoad(b, routeMultiHost) })
+	b.Run("clients=hook", func(b *testing.B) { benchLoad(b, routeHook) })
+}
+
+// How the load's writers find the primary.
+const (
+	// routeMultiHost: each writer connects through the read-write
+	// multi-host DSN (target_session_attrs=read-write), trying every node
+	// in turn, as libpq and pgx clients do.
+	routeMultiHost = "multihost"
+	// routeHook: each writer connects to the node named in a file that
+	// hooks.post_promote rewrites, as clients behind a virtual IP, a DNS
+	// name or a pooler that the hook moves do.
+	routeHook = "hook"
+)
+
+func benchLoad(b *testing.B, route string) {
 	ctx := b.Context()
 	c := testenv.Start(b, testenv.Options{Replicas: 2})
 	cfgPath, _ := switchoverConfig(b, c, fenceStop)
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		b.Fatal(err)
+	var dial func() (*pgx.ConnConfig, error)
+	switch route {
+	case routeMultiHost:
+		cfg, err := config.Load(cfgPath)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dsn, err := writeprobe.DSNFromConfig(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cc, err := loadConnConfig(dsn)
+		if err != nil {
+			b.Fatal(err)
+		}
+		dial = func() (*pgx.ConnConfig, error) { return cc, nil }
+	case routeHook:
+		var err error
+		if dial, err = hookRoute(b, c, cfgPath); err != nil {
+			b.Fatal(err)
+		}
 	}
-	dsn, err := writeprobe.DSNFromConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	load, err := startLoad(ctx, dsn, loadWriters)
+	load, err := startLoad(ctx, dial, loadWriters)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -239,7 +279,7 @@ type load struct {
 // loadWriter is one writer. Only its goroutine touches acks and fails until
 // the load stops; last is read by awaitResumed.
 type loadWriter struct {
-	cc    *pgx.ConnConfig
+	dial  func() (*pgx.ConnConfig, error)
 	next  func() int64
 	acks  []loadAck
 	fails []time.Time // failed INSERTs and connection attempts
@@ -253,7 +293,8 @@ type loadAck struct {
 	at time.Time
 }
 
-func startLoad(ctx context.Context, dsn string, writers int) (*load, error) {
+// loadConnConfig is a writer's connection configuration for dsn.
+func loadConnConfig(dsn string) (*pgx.ConnConfig, error) {
 	cc, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("load: dsn: %s", config.Scrub(err.Error(), dsn))
@@ -262,11 +303,62 @@ func startLoad(ctx context.Context, dsn string, writers int) (*load, error) {
 	cc.RuntimeParams["application_name"] = "replctl_bench_load"
 	// One round trip per INSERT, also the first after a reconnection.
 	cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	return cc, nil
+}
+
+// hookRoute configures hooks.post_promote to write the new primary's name
+// to a file, and returns a dial that connects to the node the file names
+// (pg1 to begin with). The hook rewrites the file in place: a writer that
+// reads it half-written finds no node and tries again, as a client does
+// while a name or address is being moved.
+func hookRoute(b *testing.B, c *testenv.Cluster, cfgPath string) (func() (*pgx.ConnConfig, error), error) {
+	target := filepath.Join(b.TempDir(), "primary")
+	if err := os.WriteFile(target, []byte("pg1"), 0o666); err != nil {
+		return nil, err
+	}
+	hook := fmt.Sprintf("hooks:\n  post_promote: %q\n", fmt.Sprintf(`printf '%%s' "$REPLCTL_NODE" > '%s'`, target))
+	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.WriteString(hook)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	nodes := map[string]*pgx.ConnConfig{}
+	for _, n := range c.Nodes {
+		cc, err := loadConnConfig(n.DSN)
+		if err != nil {
+			return nil, err
+		}
+		nodes[n.Name] = cc
+	}
+	return func() (*pgx.ConnConfig, error) {
+		name, err := os.ReadFile(target)
+		if err != nil {
+			return nil, err
+		}
+		cc := nodes[string(name)]
+		if cc == nil {
+			return nil, fmt.Errorf("%s names no node: %q", target, name)
+		}
+		return cc, nil
+	}, nil
+}
+
+func startLoad(ctx context.Context, dial func() (*pgx.ConnConfig, error), writers int) (*load, error) {
+	cc, err := dial()
+	if err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scancel()
 	conn, err := pgx.ConnectConfig(sctx, cc)
 	if err != nil {
-		return nil, fmt.Errorf("load: connect: %s", config.Scrub(err.Error(), dsn))
+		return nil, fmt.Errorf("load: connect: %s", config.Scrub(err.Error(), cc.ConnString()))
 	}
 	var top int64
 	_, err = conn.Exec(sctx, "CREATE TABLE IF NOT EXISTS "+loadTable+" (id bigint PRIMARY KEY, writer int NOT NULL, at timestamptz NOT NULL DEFAULT now())")
@@ -284,7 +376,7 @@ func startLoad(ctx context.Context, dsn string, writers int) (*load, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	l := &load{cancel: cancel, began: time.Now()}
 	for i := range writers {
-		w := &loadWriter{cc: cc.Copy(), next: next}
+		w := &loadWriter{dial: dial, next: next}
 		l.writers = append(l.writers, w)
 		l.wg.Go(func() { w.run(rctx, i) })
 	}
@@ -301,9 +393,13 @@ func (w *loadWriter) run(ctx context.Context, n int) {
 	insert := "INSERT INTO " + loadTable + " (id, writer) VALUES ($1, $2)"
 	for ctx.Err() == nil {
 		if conn == nil {
-			cctx, cancel := context.WithTimeout(ctx, loadWriteTimeout)
-			c, err := pgx.ConnectConfig(cctx, w.cc)
-			cancel()
+			cc, err := w.dial()
+			var c *pgx.Conn
+			if err == nil {
+				cctx, cancel := context.WithTimeout(ctx, loadWriteTimeout)
+				c, err = pgx.ConnectConfig(cctx, cc.Copy())
+				cancel()
+			}
 			if err != nil {
 				w.fail(ctx, err)
 				time.Sleep(loadRetryPause)
@@ -446,7 +542,10 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 		{"fence>fail", "fence step start to the first failed write (writes still commit)"},
 		{"fail>fenced", "to the fence step's end (the old primary's shutdown, the stop command's end)"},
 		{"fenced>promote", "to the promote step's start (final-lsn, wait-replay)"},
+		{"between", "of fenced>promote, the time between steps (journal, lock check)"},
 		{"promote", "the promote step (pg_promote until it has left recovery)"},
+		{">hook", "promote step's end to the post-promote hook's end (- without a hook)"},
+		{"hook-between", "of >hook, the time between steps"},
 		{">1st-ack", "promote step's end to the first commit after it"},
 		{">all-ack", "promote step's end to the last writer's first commit after it"},
 	}
@@ -487,9 +586,21 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 			blocked = max(blocked, merged[j].Sub(merged[j-1]))
 		}
 
-		var fenceStart, fenced, promoteStart, promoted time.Time
+		var fenceStart, fenced, promoteStart, promoted, hooked time.Time
 		var steps []string
+		between, hookBetween := time.Duration(0), time.Duration(-1)
+		var prevEnd time.Time
 		for _, st := range s.doc.Result.Steps {
+			if !fenced.IsZero() && promoteStart.IsZero() {
+				between += st.Start.Sub(prevEnd)
+			}
+			if !promoted.IsZero() && hooked.IsZero() {
+				hookBetween += st.Start.Sub(prevEnd)
+			}
+			if st.ID == failover.StepPromote {
+				hookBetween = 0
+			}
+			prevEnd = st.End
 			if !slices.Contains(stepOrder, st.ID) {
 				stepOrder = append(stepOrder, st.ID)
 			}
@@ -499,8 +610,13 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 				fenceStart, fenced = st.Start, st.End
 			case failover.StepPromote:
 				promoteStart, promoted = st.Start, st.End
+			case failover.StepHook:
+				hooked = st.End
 			}
 			steps = append(steps, st.ID+"="+ms(st.Duration))
+		}
+		if hooked.IsZero() {
+			hookBetween = -1
 		}
 		var first, last time.Time // first commit after promoted, per writer
 		for _, w := range l.writers {
@@ -522,7 +638,7 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 			return z.Sub(a)
 		}
 		row := []time.Duration{worst, blocked, diff(fenceStart, firstFail), diff(firstFail, fenced), diff(fenced, promoteStart),
-			diff(promoteStart, promoted), diff(promoted, first), diff(promoted, last)}
+			between, diff(promoteStart, promoted), diff(promoted, hooked), hookBetween, diff(promoted, first), diff(promoted, last)}
 		fmt.Fprintf(&rows, "  %-3d %-8s", i+1, s.from+">"+s.to)
 		for c, v := range row {
 			cell := "-"
@@ -541,7 +657,11 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d writers, %d switchovers; ms, median / max over the switchovers:\n", len(l.writers), len(runs))
 	for c, col := range cols {
-		fmt.Fprintf(&b, "  %-14s %7s / %7s  %s\n", col.name, ms(quantile(vals[c], 0.5)), ms(quantile(vals[c], 1)), col.help)
+		med, top := "-", "-"
+		if len(vals[c]) > 0 {
+			med, top = ms(quantile(vals[c], 0.5)), ms(quantile(vals[c], 1))
+		}
+		fmt.Fprintf(&b, "  %-14s %7s / %7s  %s\n", col.name, med, top, col.help)
 	}
 	fmt.Fprintf(&b, "per switchover (ms):\n  %-3s %-8s", "#", "move")
 	for _, col := range cols {
