@@ -580,7 +580,7 @@ func TestIntegrationSwitchoverHungCandidate(t *testing.T) {
 }
 
 // appendConfig adds text to the configuration file at path.
-func appendConfig(t *testing.T, path, text string) {
+func appendConfig(t testing.TB, path, text string) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {

@@ -316,18 +316,7 @@ func hookRoute(b *testing.B, c *testenv.Cluster, cfgPath string) (func() (*pgx.C
 	if err := os.WriteFile(target, []byte("pg1"), 0o666); err != nil {
 		return nil, err
 	}
-	hook := fmt.Sprintf("hooks:\n  post_promote: %q\n", fmt.Sprintf(`printf '%%s' "$REPLCTL_NODE" > '%s'`, target))
-	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return nil, err
-	}
-	_, err = f.WriteString(hook)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, err
-	}
+	appendConfig(b, cfgPath, fmt.Sprintf("hooks:\n  post_promote: %q\n", fmt.Sprintf(`printf '%%s' "$REPLCTL_NODE" > '%s'`, target)))
 	nodes := map[string]*pgx.ConnConfig{}
 	for _, n := range c.Nodes {
 		cc, err := loadConnConfig(n.DSN)
