@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/replctl/replctl/failover"
 	"github.com/replctl/replctl/failover/etcdlock"
 	"github.com/replctl/replctl/failover/pgctl"
@@ -499,6 +501,10 @@ func TestIntegrationPromoteConcurrent(t *testing.T) {
 	case r := <-first:
 		t.Fatalf("the first promote ended early: %s", r)
 	}
+	// The first writes its journal's non-gating entries in the background:
+	// the catchup step's start may land after the hold began. Counting
+	// from before it would blame the second for it.
+	awaitJournaled(t, cli, c, failover.StepCatchup)
 	rev := etcdRevision(t, cli)
 	second := replctl(ctx, nil, "--config", cfg, "promote", "pg3", "--yes")
 	revAfter := etcdRevision(t, cli)
@@ -514,6 +520,27 @@ func TestIntegrationPromoteConcurrent(t *testing.T) {
 		t.Errorf("the refused promote wrote to etcd: revision %d -> %d", rev, revAfter)
 	}
 	awaitTopology(t, c, "pg2", timelineOf(t, c, "pg2"), "pg1", "pg3")
+}
+
+// awaitJournaled waits until the running operation's history record shows
+// step begun.
+func awaitJournaled(t *testing.T, cli *clientv3.Client, c *testenv.Cluster, step string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for {
+		if h, err := etcdlock.ReadLockHolder(ctx, cli, "/replctl", c.Name); err == nil && h != nil && h.OperationID != "" {
+			if rec, err := etcdlock.ReadOperation(ctx, cli, "/replctl", c.Name, h.OperationID); err == nil && rec != nil &&
+				slices.ContainsFunc(rec.Steps, func(s etcdlock.StepRecord) bool { return s.ID == step }) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the running operation's record never showed %s begun", step)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // TestIntegrationPromoteDryRun shows that a dry-run changes nothing (no
