@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover/writeprobe"
 	"github.com/replctl/replctl/testenv"
 )
@@ -66,15 +65,7 @@ func benchEmergencyOnce(ctx context.Context, b *testing.B) (toFirstWrite, cmdTim
 	if err := os.WriteFile(cfgPath, append(raw, []byte("failover:\n  confirm_window: "+benchWindow.String()+"\n")...), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	dsn, err := writeprobe.DSNFromConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	probe, err := writeprobe.Start(ctx, writeprobe.Options{DSN: dsn})
+	probe, err := writeprobe.Start(ctx, writeprobe.Options{DSN: writeDSN(b, cfgPath)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -452,7 +452,9 @@ func revokeLock(ctx context.Context, t testing.TB, cli *clientv3.Client, cluster
 
 // ---- the write probe and the writable watch ----
 
-func startProbe(t testing.TB, cfgPath string) *writeprobe.Probe {
+// writeDSN is the read-write multi-host DSN of the configuration at
+// cfgPath, as the write probe uses it.
+func writeDSN(t testing.TB, cfgPath string) string {
 	t.Helper()
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
@@ -462,7 +464,12 @@ func startProbe(t testing.TB, cfgPath string) *writeprobe.Probe {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := writeprobe.Start(t.Context(), writeprobe.Options{DSN: dsn, Table: probeTable})
+	return dsn
+}
+
+func startProbe(t testing.TB, cfgPath string) *writeprobe.Probe {
+	t.Helper()
+	p, err := writeprobe.Start(t.Context(), writeprobe.Options{DSN: writeDSN(t, cfgPath), Table: probeTable})
 	if err != nil {
 		t.Fatal(err)
 	}

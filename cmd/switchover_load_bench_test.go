@@ -20,7 +20,6 @@ import (
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover"
 	"github.com/replctl/replctl/failover/plan"
-	"github.com/replctl/replctl/failover/writeprobe"
 	"github.com/replctl/replctl/testenv"
 )
 
@@ -105,15 +104,7 @@ func benchLoad(b *testing.B, route string) {
 	var dial func() (*pgx.ConnConfig, error)
 	switch route {
 	case routeMultiHost:
-		cfg, err := config.Load(cfgPath)
-		if err != nil {
-			b.Fatal(err)
-		}
-		dsn, err := writeprobe.DSNFromConfig(cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		cc, err := loadConnConfig(dsn)
+		cc, err := loadConnConfig(writeDSN(b, cfgPath))
 		if err != nil {
 			b.Fatal(err)
 		}

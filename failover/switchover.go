@@ -497,9 +497,9 @@ func (sw *switchover) stepVerify() plan.Step {
 // stepCheckpointPromoted puts the new timeline into the new primary's
 // control file, which pg_rewind reads: without it, a rewind of the former
 // primary right after the promotion may find "no rewind required" and
-// leave it diverged. It comes after the hook and the repoints, so that
-// clients reconnecting to the new primary do not share its CPU with a
-// checkpoint.
+// leave it diverged. Switchover and emergency failover run it after the
+// hook and the repoints, so that clients reconnecting to the new primary
+// do not share its CPU with a checkpoint; recover, after verify.
 func (sw *switchover) stepCheckpointPromoted() plan.Step {
 	c := sw.candidate.Name
 	return plan.Step{ID: StepCheckpointN, Node: c, Timeout: sw.t.Command,
