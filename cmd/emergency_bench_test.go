@@ -65,6 +65,9 @@ func benchEmergencyOnce(ctx context.Context, b *testing.B) (toFirstWrite, cmdTim
 	if err := os.WriteFile(cfgPath, append(raw, []byte("failover:\n  confirm_window: "+benchWindow.String()+"\n")...), 0o644); err != nil {
 		b.Fatal(err)
 	}
+	// As a switchover or drill would have left it: the failover refuses
+	// unknown synchronous settings (sync_unknown) without --allow-data-loss.
+	emSeedAsync(b, cfgPath)
 	probe, err := writeprobe.Start(ctx, writeprobe.Options{DSN: writeDSN(b, cfgPath)})
 	if err != nil {
 		b.Fatal(err)
