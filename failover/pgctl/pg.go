@@ -478,11 +478,10 @@ func (p *PG) DropSlots(ctx context.Context, node string, slots []string) error {
 var ErrPromoteNotSent = errors.New("pg_promote() was not sent")
 
 // Promote asks the standby to promote and polls until it leaves recovery,
-// reloading its configuration every promoteStall until it has, which wakes
-// a startup process that dozes instead of promoting. pg_promote(wait =>
-// true) polls only every 100 ms; we poll faster because every millisecond
-// here is write outage. A failure before the request was sent wraps
-// ErrPromoteNotSent.
+// reloading its configuration when its startup process dozes instead of
+// promoting (see promoteNudge). pg_promote(wait => true) polls only every
+// 100 ms; we poll faster because every millisecond here is write outage. A
+// failure before the request was sent wraps ErrPromoteNotSent.
 func (p *PG) Promote(ctx context.Context, node string) error {
 	c, err := p.live(ctx, node)
 	if err != nil {
@@ -501,25 +500,17 @@ func (p *PG) Promote(ctx context.Context, node string) error {
 	}
 	// Promotion takes a few milliseconds, all of them write outage: poll
 	// faster than Poll, which waits of seconds use.
-	nudged := ClockOr(p.Clock).Now()
+	clock := ClockOr(p.Clock)
+	sent, nudged := clock.Now(), time.Time{}
 	return PollUntil(ctx, p.Clock, min(p.Poll, promotePoll), func(ctx context.Context) (bool, error) {
-		var rec bool
+		var rec, dozing bool
 		err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
-			return c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec)
+			return c.QueryRow(ctx, promotePollSQL).Scan(&rec, &dozing)
 		})
 		if err != nil || !rec {
 			return !rec, err
 		}
-		// When the old primary has just gone away, the startup process
-		// has restarted its WAL receiver and waits for it. A promote
-		// request that wakes it there, before that receiver has failed to
-		// connect, counts as a failed stream; the previous one (the old
-		// primary's stream ending) being less than
-		// wal_retrieve_retry_interval ago, it then sleeps out the rest of
-		// that interval, 5 s by default, before it ends recovery: the
-		// promote signal's wakeup is spent by then. The SIGHUP of a reload
-		// wakes it; after the promotion a reload changes nothing.
-		if now := ClockOr(p.Clock).Now(); now.Sub(nudged) > promoteStall {
+		if now := clock.Now(); promoteNudge(dozing, now.Sub(sent), now.Sub(nudged)) {
 			nudged = now
 			return false, p.Reload(ctx, node)
 		}
@@ -527,9 +518,44 @@ func (p *PG) Promote(ctx context.Context, node string) error {
 	}, "timed out")
 }
 
-// promoteStall is how long a promotion may take before Promote wakes the
-// startup process with a reload, and then again as often.
+// promotePollSQL is Promote's poll: still in recovery, and whether the
+// startup process sleeps out wal_retrieve_retry_interval (its wait event;
+// NULL, so false, to a role without pg_read_all_stats).
+const promotePollSQL = `SELECT pg_is_in_recovery(),
+	coalesce((SELECT wait_event = 'RecoveryRetrieveRetryInterval' FROM pg_stat_activity WHERE backend_type = 'startup'), false)`
+
+// promoteNudge says whether Promote should reload the promoting node now,
+// given whether its startup process dozes, how long ago the promote
+// request was sent and how long ago the last reload was (longer than any
+// when there was none).
+//
+// When the old primary has just gone away, the startup process has
+// restarted its WAL receiver and waits for it. A promote request that
+// wakes it there, before that receiver has failed to connect, counts as a
+// failed stream; the previous one (the old primary's stream ending) being
+// less than wal_retrieve_retry_interval ago, it then sleeps out the rest of
+// that interval, 5 s by default, before it ends recovery: the promote
+// signal's wakeup is spent by then. The SIGHUP of a reload wakes it. A
+// reload is not free, though: the postmaster and every process of the node
+// read the configuration files again, on the CPUs the promotion needs
+// (under load, reloads every 20 ms took up to a third of the promote step).
+// So reload when the wait event shows the doze, at most every
+// promoteStall, and otherwise only every promoteBlind (a role that cannot
+// see the startup process's wait event).
+func promoteNudge(dozing bool, sinceSent, sinceNudge time.Duration) bool {
+	if dozing {
+		return sinceNudge >= promoteStall
+	}
+	return sinceSent >= promoteBlind && sinceNudge >= promoteBlind
+}
+
+// promoteStall is how often Promote reloads a node whose startup process
+// dozes.
 const promoteStall = 20 * time.Millisecond
+
+// promoteBlind is how often Promote reloads a node that is still in
+// recovery without a sign of the doze.
+const promoteBlind = 100 * time.Millisecond
 
 // promotePoll is how often Promote looks whether the node left recovery.
 const promotePoll = time.Millisecond

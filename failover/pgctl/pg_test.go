@@ -124,3 +124,28 @@ func TestPollUntilFatal(t *testing.T) {
 		t.Errorf("err %v after %d calls, want %v after 1", err, calls, cause)
 	}
 }
+
+// Promote reloads a promoting node when its startup process dozes (at
+// most every promoteStall), and otherwise only every promoteBlind: every
+// reload costs the node CPU that the promotion needs.
+func TestPromoteNudge(t *testing.T) {
+	never := 24 * time.Hour // no reload yet
+	for _, tc := range []struct {
+		dozing            bool
+		sinceSent, sinceN time.Duration
+		want              bool
+	}{
+		{true, time.Millisecond, never, true},
+		{true, 30 * time.Millisecond, 5 * time.Millisecond, false},
+		{true, 30 * time.Millisecond, promoteStall, true},
+		{false, time.Millisecond, never, false},
+		{false, 60 * time.Millisecond, never, false},
+		{false, promoteBlind, never, true},
+		{false, 3 * promoteBlind, promoteBlind / 2, false},
+		{false, 3 * promoteBlind, promoteBlind, true},
+	} {
+		if got := promoteNudge(tc.dozing, tc.sinceSent, tc.sinceN); got != tc.want {
+			t.Errorf("promoteNudge(dozing %v, sent %s ago, reloaded %s ago) = %v, want %v", tc.dozing, tc.sinceSent, tc.sinceN, got, tc.want)
+		}
+	}
+}

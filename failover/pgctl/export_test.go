@@ -1,0 +1,4 @@
+package pgctl
+
+// PromotePollSQL is promotePollSQL, for the integration tests.
+const PromotePollSQL = promotePollSQL
