@@ -555,10 +555,10 @@ func BuildEmergencyPlan(cfg *config.Config, snap *topology.Snapshot, st *etcdloc
 		Run:         sw.replayReceived})
 	add(sw.stepPromote())
 	add(sw.stepVerify())
-	add(sw.stepRecord())
 	if h := cfg.Hooks.PostPromote; h != "" {
 		add(sw.stepHook())
 	}
+	add(sw.stepRecord())
 	for _, n := range sw.others {
 		st, err := sw.stepRepoint(n)
 		if err != nil {

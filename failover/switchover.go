@@ -384,12 +384,12 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		add(sw.stepReleaseWrites())
 	}
 	add(sw.stepVerify())
+	if h := cfg.Hooks.PostPromote; h != "" {
+		add(sw.stepHook())
+	}
 	add(sw.stepRecord())
 	if len(sw.handover) > 0 {
 		add(sw.stepEndLogical())
-	}
-	if h := cfg.Hooks.PostPromote; h != "" {
-		add(sw.stepHook())
 	}
 	for _, o := range sw.others {
 		st, err := sw.stepRepoint(o)
@@ -514,6 +514,11 @@ func (sw *switchover) stepRecord() plan.Step {
 		Run:         sw.record}
 }
 
+// stepHook runs hooks.post_promote right after verify, before the record:
+// it sends clients behind a virtual IP, a DNS name or a pooler to the new
+// primary, so until it has run they see the write outage go on, while the
+// record is for replctl and the operator. Past the point of no return a
+// failed hook does not keep the record from being written.
 func (sw *switchover) stepHook() plan.Step {
 	c := sw.candidate.Name
 	return plan.Step{ID: StepHook, Node: c, Mutates: true, Timeout: sw.t.Command, Budget: sw.budget(5 * time.Second),
