@@ -273,9 +273,16 @@ type loadWriter struct {
 	dial  func() (*pgx.ConnConfig, error)
 	next  func() int64
 	acks  []loadAck
-	fails []time.Time // failed INSERTs and connection attempts
+	fails []loadFail // failed INSERTs and connection attempts
 	last  atomic.Int64
-	err   string // last error
+}
+
+// loadFail is one failed INSERT or connection attempt. The error is kept
+// as it came and formatted only for the report: the writers must not spend
+// the CPU that the nodes being switched over need.
+type loadFail struct {
+	at  time.Time
+	err error
 }
 
 // loadAck is one acknowledged commit: its id and when the INSERT returned.
@@ -411,8 +418,15 @@ func (w *loadWriter) fail(ctx context.Context, err error) {
 	if ctx.Err() != nil {
 		return // cut short by stop
 	}
-	w.fails = append(w.fails, time.Now())
-	w.err = strings.Join(strings.Fields(err.Error()), " ")
+	w.fails = append(w.fails, loadFail{at: time.Now(), err: err})
+}
+
+// oneLine is err's message on one line, "" for none.
+func oneLine(err error) string {
+	if err == nil {
+		return ""
+	}
+	return strings.Join(strings.Fields(err.Error()), " ")
 }
 
 // awaitResumed waits until every writer has committed after since.
@@ -552,9 +566,9 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 				}
 			}
 			for _, f := range w.fails {
-				if f.After(s.start) && f.Before(s.end) {
-					if firstFail.IsZero() || f.Before(firstFail) {
-						firstFail = f
+				if f.at.After(s.start) && f.at.Before(s.end) {
+					if firstFail.IsZero() || f.at.Before(firstFail) {
+						firstFail = f.at
 					}
 					break
 				}
@@ -654,8 +668,13 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 		fmt.Fprintf(&b, "  %-16s %8s / %8s\n", id, ms(quantile(d, 0.5)), ms(quantile(d, 1)))
 	}
 	for i, w := range l.writers {
-		fmt.Fprintf(&b, "writer %d: %d commits, %d failures; last error: %s\n", i, len(w.acks), len(w.fails), w.err)
+		var last error
+		if len(w.fails) > 0 {
+			last = w.fails[len(w.fails)-1].err
+		}
+		fmt.Fprintf(&b, "writer %d: %d commits, %d failures; last error: %s\n", i, len(w.acks), len(w.fails), oneLine(last))
 	}
+	b.WriteString(unluckiest(l, runs))
 	return loadReport{
 		p50:  float64(quantile(vals[0], 0.5).Microseconds()) / 1000,
 		p99:  float64(quantile(vals[0], 0.99).Microseconds()) / 1000,
@@ -672,4 +691,81 @@ func quantile(d []time.Duration, q float64) time.Duration {
 	slices.Sort(s)
 	k := int(math.Ceil(q*float64(len(s)))) - 1
 	return s[max(0, min(k, len(s)-1))]
+}
+
+// unluckiest lays out, for the switchover with the longest outage, what
+// its unluckiest writer did from its last commit before the gap to its
+// first after it, in ms since the fence step started, with runs of failures
+// of the same kind folded into one line: where the tail comes from.
+func unluckiest(l *load, runs []loadSwitchover) string {
+	var worst time.Duration
+	var run *loadSwitchover
+	var who, from int // writer, index of the ack before the gap
+	for i := range runs {
+		s := &runs[i]
+		for wi, w := range l.writers {
+			for j := 1; j < len(w.acks); j++ {
+				a, z := w.acks[j-1].at, w.acks[j].at
+				if z.After(s.start) && a.Before(s.end) && z.Sub(a) > worst {
+					worst, run, who, from = z.Sub(a), s, wi, j-1
+				}
+			}
+		}
+	}
+	if run == nil {
+		return ""
+	}
+	var fence time.Time
+	for _, st := range run.doc.Result.Steps {
+		if st.ID == failover.StepFence {
+			fence = st.Start
+		}
+	}
+	if fence.IsZero() {
+		fence = run.start
+	}
+	rel := func(t time.Time) string { return fmt.Sprintf("%+8.1f", float64(t.Sub(fence).Microseconds())/1000) }
+	w := l.writers[who]
+	a, z := w.acks[from].at, w.acks[from+1].at
+	var b strings.Builder
+	fmt.Fprintf(&b, "unluckiest writer: %d in switchover %s>%s, %.1f ms without a commit; ms since the fence step started:\n", who, run.from, run.to, float64(worst.Microseconds())/1000)
+	for _, st := range run.doc.Result.Steps {
+		if !st.End.Before(a) && !st.Start.After(z) {
+			fmt.Fprintf(&b, "  %s..%s step %s\n", rel(st.Start), rel(st.End), st.ID)
+		}
+	}
+	fmt.Fprintf(&b, "  %s          commit\n", rel(a))
+	var first, prev time.Time
+	var kind string
+	n := 0
+	flush := func() {
+		if n > 0 {
+			fmt.Fprintf(&b, "  %s..%s %d failed: %s\n", rel(first), rel(prev), n, kind)
+		}
+	}
+	for _, f := range w.fails {
+		if f.at.Before(a) || f.at.After(z) {
+			continue
+		}
+		k := failKind(f.err)
+		if k != kind || n == 0 {
+			flush()
+			first, kind, n = f.at, k, 0
+		}
+		prev = f.at
+		n++
+	}
+	flush()
+	fmt.Fprintf(&b, "  %s          commit\n", rel(z))
+	return b.String()
+}
+
+// failKind is an error's message without what varies between attempts
+// (ports, PIDs), so that runs of the same failure fold together.
+func failKind(err error) string {
+	m := oneLine(err)
+	if len(m) > 160 {
+		m = m[:160] + "..."
+	}
+	return m
 }
