@@ -52,7 +52,9 @@ func nodeCommands(in *install, dir string, n *Node) NodeCommands {
 		// in 5 ms steps returns soon after its shutdown checkpoint. One tail
 		// process checks the PID: a shell loop of sleep commands forks 200
 		// processes a second, on the CPUs the candidate's promotion needs.
-		Stop: "pid=$(head -n 1 " + pidFile + ") && " + p + pgCtl + " -D " + d + " -W stop -m fast && " +
+		// A server that is not running fails the stop: a stop fence must
+		// not take a primary that crashed for one it shut down cleanly.
+		Stop: "{ pid=$(head -n 1 " + pidFile + " 2>/dev/null) || { echo 'not running: no postmaster.pid in '" + d + " >&2; exit 1; }; } && " + p + pgCtl + " -D " + d + " -W stop -m fast && " +
 			"{ timeout 60 tail --pid=\"$pid\" -s 0.005 -f /dev/null || { echo 'server did not stop within 60 s' >&2; exit 1; }; }",
 		Start: p + pgCtl + " -D " + d + " -l " + shQuote(n.LogPath) + " -w -t 60 start",
 		Kill:  "kill -9 $(head -n 1 " + pidFile + ")",

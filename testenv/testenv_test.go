@@ -332,6 +332,10 @@ func TestNodeOperations(t *testing.T) {
 	}
 	shell(cmds.Start) // right after a crash: children may still hold shared memory
 	shell(cmds.Stop)
+	// A stop of a server that is not running fails, and says so.
+	if out, err := exec.CommandContext(ctx, "sh", "-c", cmds.Stop).CombinedOutput(); err == nil || !strings.Contains(string(out), "not running: no postmaster.pid in "+pg2.DataDir) {
+		t.Fatalf("stop of the stopped pg2: %v, %q; want a failure saying it is not running", err, out)
+	}
 	shell(cmds.Start)
 	if err := c.WaitStreaming(ctx); err != nil {
 		t.Fatal(err)
