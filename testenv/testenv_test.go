@@ -707,7 +707,7 @@ func TestRenderConfig(t *testing.T) {
 		`cluster: "yes"`,
 		`endpoints: ["127.0.0.1:2379"]`,
 		"  - name: pg2\n    dsn: \"host=127.0.0.1 port=5433 user=postgres dbname=postgres sslmode=disable\"\n    zone: z2\n",
-		`stop: "pid=$(head -n 1 '/t d/pg1/data/postmaster.pid') && runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -W stop -m fast && { timeout 60 tail --pid=\"$pid\" -s 0.005 -f /dev/null`,
+		`stop: "{ pid=$(head -n 1 '/t d/pg1/data/postmaster.pid' 2>/dev/null) || { echo 'not running: no postmaster.pid in ''/t d/pg1/data' >&2; exit 1; }; } && runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -W stop -m fast && { timeout 60 tail --pid=\"$pid\" -s 0.005 -f /dev/null`,
 		`start: "runuser -u 'postgres' -- '/opt/pg bin/pg_ctl' -D '/t d/pg1/data' -l '/t d/pg1/server.log' -w -t 60 start"`,
 		`kill: "kill -9 $(head -n 1 '/t d/pg1/data/postmaster.pid')"`,
 		"      fence: \"runuser -u 'postgres' -- sh '/t d/fence.sh' '/t d/pg1/data'\"\n      rejoin:",
