@@ -74,6 +74,16 @@ func switchoverConfig(t testing.TB, c *testenv.Cluster, setup string) (cfgPath, 
 	return cfgPath, logPath
 }
 
+// loggedHooks is a hooks section whose hooks log "NODE hook NAME[ undo]"
+// to the command log at logPath.
+func loggedHooks(logPath string) string {
+	hook := func(name string) string {
+		b, _ := json.Marshal(fmt.Sprintf(`echo "$REPLCTL_NODE hook %s${REPLCTL_UNDO:+ undo}" >> '%s'`, name, logPath))
+		return string(b)
+	}
+	return fmt.Sprintf("hooks:\n  pre_fence: %s\n  post_promote: %s\n", hook("pre_fence"), hook("post_promote"))
+}
+
 // commandsRun lists the "NODE ACTION" lines of a command log.
 func commandsRun(t testing.TB, logPath string) []string {
 	t.Helper()

@@ -53,6 +53,7 @@ func TestIntegrationSwitchoverStopFence(t *testing.T) {
 	t.Parallel()
 	c := testenv.Start(t, testenv.Options{Replicas: 2})
 	cfg, log := switchoverConfig(t, c, fenceStop)
+	appendConfig(t, cfg, loggedHooks(log))
 	cli := etcdClient(t, c)
 	tl := timelineOf(t, c, "pg1")
 
@@ -65,7 +66,9 @@ func TestIntegrationSwitchoverStopFence(t *testing.T) {
 		t.Errorf("the stop fence did not follow pg1's stream to its end: %v", err)
 	}
 	awaitTopology(t, c, "pg2", tl+1, "pg1", "pg3")
-	if got := commandsRun(t, log); !slices.Equal(got, []string{"pg1_stop", "pg1_rejoin"}) {
+	// Clients held back from pg1 just before it stops, sent to pg2 once
+	// it is promoted.
+	if got := commandsRun(t, log); !slices.Equal(got, []string{"pg1_hook_pre_fence", "pg1_stop", "pg2_hook_post_promote", "pg1_rejoin"}) {
 		t.Errorf("commands run: %v", got)
 	}
 	if st := clusterRecord(t, cli, c); st.Primary != "pg2" || len(st.Fenced) != 0 || st.Timeline != uint32(tl+1) {
@@ -228,6 +231,7 @@ func runFaults(t *testing.T, fc faultCase) {
 		t.Run(setup, func(t *testing.T) {
 			ctx := t.Context()
 			cfg, log := switchoverConfig(t, c, setup)
+			appendConfig(t, cfg, loggedHooks(log))
 			probe := startProbe(t, cfg)
 			watch := watchWritable(t, c)
 			wrap := atPoint(fc.point, func(ctx context.Context, node string) { fc.fault(ctx, t, c, node) })
@@ -249,6 +253,16 @@ func runFaults(t *testing.T, fc faultCase) {
 			}
 			if !undone {
 				t.Errorf("the fence was not undone: %+v", d.Result.Steps)
+			}
+			// Clients were held back from pg1 just before its fence, and
+			// sent to it again once it serves again.
+			ran := commandsRun(t, log)
+			hooks := slices.DeleteFunc(slices.Clone(ran), func(s string) bool { return !strings.Contains(s, "_hook_") })
+			if want := []string{"pg1_hook_pre_fence", "pg1_hook_pre_fence_undo"}; !slices.Equal(hooks, want) {
+				t.Errorf("hooks run: %v, want %v", hooks, want)
+			}
+			if setup == fenceStop && slices.Index(ran, "pg1_start") > slices.Index(ran, "pg1_hook_pre_fence_undo") {
+				t.Errorf("clients sent to pg1 again before it was started: %v", ran)
 			}
 			fc.heal(ctx, t, c)
 			if order := assertOneWritable(t, watch); len(order) != 1 || order[0] != "pg1" {

@@ -133,8 +133,16 @@ type History struct {
 	Keep int `mapstructure:"keep" json:"keep" yaml:"keep"`
 }
 
-// Hooks are commands run by operations.
+// Hooks are commands run by operations, with sh -c on replctl's machine,
+// bounded by command_timeout.
 type Hooks struct {
+	// PreFence runs right before a planned switchover fences the old
+	// primary, with REPLCTL_NODE set to the old primary's name and
+	// REPLCTL_CANDIDATE to the node about to be promoted: it sends no new
+	// clients to REPLCTL_NODE (withdraw a virtual IP, PAUSE a pooler).
+	// When the switchover is undone it runs again with REPLCTL_UNDO=1: send
+	// clients to REPLCTL_NODE again.
+	PreFence string `mapstructure:"pre_fence" json:"pre_fence,omitempty" yaml:"pre_fence,omitempty"`
 	// PostPromote runs after a new primary is verified writable (poolers,
 	// virtual IPs), with REPLCTL_NODE set to the new primary's name.
 	PostPromote string `mapstructure:"post_promote" json:"post_promote,omitempty" yaml:"post_promote,omitempty"`

@@ -45,6 +45,8 @@ func engineConfig(stop bool, nodes ...string) *config.Config {
 	if stop {
 		cfg.Nodes[0].Commands = config.NodeCommands{Stop: "stop pg1", Start: "start pg1", Rejoin: "rejoin pg1"}
 	}
+	// The fake's hooks model a virtual IP or a pooler (fakeCluster.clients).
+	cfg.Hooks = config.Hooks{PreFence: "vip-off", PostPromote: "vip-on"}
 	return cfg
 }
 
@@ -229,6 +231,9 @@ func TestEngineFaultMatrix(t *testing.T) {
 						if mode == "fail" && !step.Optional {
 							t.Errorf("succeeded despite the injected failure")
 						}
+						if c.kind != "rejoin" && c.kind != "rejoin-cascade" && c.ctl.clients != "pg2" {
+							t.Errorf("clients sent to %q after the promotion, want pg2", c.ctl.clients)
+						}
 					case ponr >= 0 && k > ponr:
 						if res.Outcome != plan.OutcomePartial {
 							t.Errorf("outcome %s after the point of no return, want partial", res.Outcome)
@@ -246,6 +251,9 @@ func TestEngineFaultMatrix(t *testing.T) {
 						fenced := c.kind != "emergency" && c.kind != "rejoin" && (!pg1.up || pg1.live["default_transaction_read_only"] == "on")
 						if fenced && !strings.Contains(strings.Join(res.Left, "\n"), "pg1 left fenced because the lock was lost") {
 							t.Errorf("the report does not say pg1 was left fenced: %q", res.Left)
+						}
+						if c.ctl.clients == "" && !strings.Contains(strings.Join(res.Left, "\n"), "REPLCTL_UNDO=1") {
+							t.Errorf("clients are held back, and the report does not say how to send them to pg1 again: %q", res.Left)
 						}
 					// A cascade's repoint (its point of no return) that
 					// fails is undone like the steps before it: the

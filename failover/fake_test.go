@@ -78,6 +78,12 @@ type fakeCluster struct {
 	// unreceived is WAL pg1 writes at its shutdown that pg2 never
 	// receives, as when pg2's stream was down then.
 	unreceived topology.LSN
+	// clients is the node the hooks send clients to ("pg1" to begin
+	// with, "" while hooks.pre_fence holds them back), as a virtual IP or
+	// a pooler would.
+	clients string
+	// hookErr fails the named hook after its change.
+	hookErr map[string]error
 }
 
 type fakeNode struct {
@@ -109,7 +115,7 @@ func (n *fakeNode) setting(name string) string {
 // newFakeCluster makes pg1 the primary at lsn and replicas of it, ports
 // 5432 and up in name order as switchoverFixture configures them.
 func newFakeCluster(lsn topology.LSN, replicas ...string) *fakeCluster {
-	f := &fakeCluster{nodes: map[string]*fakeNode{}, catchupStep: 1 << 30}
+	f := &fakeCluster{nodes: map[string]*fakeNode{}, catchupStep: 1 << 30, clients: "pg1"}
 	add := func(name string, port int) *fakeNode {
 		n := &fakeNode{name: name, port: port, up: true, timeline: 1, lsn: lsn,
 			auto: map[string]string{}, slots: map[string]bool{},
@@ -655,6 +661,7 @@ type nodeState struct {
 	Up, InRecovery bool
 	Auto           map[string]string
 	Slots          []string
+	Clients        bool // the hooks send clients to it
 }
 
 func (f *fakeCluster) state() map[string]nodeState {
@@ -662,7 +669,7 @@ func (f *fakeCluster) state() map[string]nodeState {
 	defer f.mu.Unlock()
 	out := map[string]nodeState{}
 	for name, n := range f.nodes {
-		out[name] = nodeState{Up: n.up, InRecovery: n.inRecovery, Auto: maps.Clone(n.auto), Slots: slices.Sorted(maps.Keys(n.slots))}
+		out[name] = nodeState{Up: n.up, InRecovery: n.inRecovery, Auto: maps.Clone(n.auto), Slots: slices.Sorted(maps.Keys(n.slots)), Clients: f.clients == name}
 	}
 	return out
 }
@@ -874,6 +881,22 @@ func (f *fakeCluster) HoldWrites(ctx context.Context, node string) error {
 	f.reload(n)
 	f.log("hold writes on %s", node)
 	return nil
+}
+
+// RunHook models the hooks of a virtual IP or a pooler: pre_fence sends
+// clients nowhere (with REPLCTL_UNDO, back to the node), post_promote to
+// the node.
+func (f *fakeCluster) RunHook(ctx context.Context, name, _, node string, env map[string]string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.change("hook %s %s undo=%s", name, node, env["REPLCTL_UNDO"])
+	switch {
+	case name == HookPreFence && env["REPLCTL_UNDO"] == "":
+		f.clients = ""
+	default:
+		f.clients = node
+	}
+	return f.hookErr[name]
 }
 
 func (f *fakeCluster) WatchShutdown(ctx context.Context, node string) (*pgctl.ShutdownWatch, error) {

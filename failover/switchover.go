@@ -41,6 +41,7 @@ const (
 	StepCheckpointN = "checkpoint-promoted"
 	StepRecordState = "record"
 	StepHook        = "post-promote-hook"
+	StepPreFence    = "pre-fence-hook"
 	StepRepoint     = "repoint"
 	StepRejoin      = "rejoin"
 	StepSync        = "sync-standbys"
@@ -317,6 +318,9 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		// behind again.
 		add(sw.stepCatchup())
 		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name), false))
+		if cfg.Hooks.PreFence != "" {
+			add(sw.stepPreFence())
+		}
 		undo := fmt.Sprintf("%s: no start command: start it by hand", primary.Name)
 		var undoFn func(context.Context) error
 		if primary.Commands.Start != "" {
@@ -356,6 +360,9 @@ func BuildSwitchoverPlan(cfg *config.Config, snap *topology.Snapshot, opts Switc
 		// behind again.
 		add(sw.stepCatchup())
 		add(sw.stepMarkFenced(fmt.Sprintf("switchover to %s in progress", candidate.Name), false))
+		if cfg.Hooks.PreFence != "" {
+			add(sw.stepPreFence())
+		}
 		add(plan.Step{ID: StepFence, Node: primary.Name, Mutates: true, Fences: true, Timeout: t.Call, Budget: sw.budget(2 * time.Second),
 			Description:     fmt.Sprintf("%s: SQL fence: capture default_transaction_read_only and synchronous_standby_names, then %s", primary.Name, strings.Join(pgctl.SQLFenceSQL, "; ")),
 			UndoDescription: fmt.Sprintf("%s: restore default_transaction_read_only and synchronous_standby_names as captured (ALTER SYSTEM), SELECT pg_reload_conf()", primary.Name),
@@ -1124,12 +1131,37 @@ func (sw *switchover) record(ctx context.Context) error {
 }
 
 func (sw *switchover) hook(ctx context.Context) error {
-	n := config.Node{Name: sw.candidate.Name, DSN: sw.candidate.DSN, Commands: config.NodeCommands{Start: sw.cfg.Hooks.PostPromote}}
-	_, err := pgctl.RunNodeCommand(ctx, n, pgctl.ActionStart, sw.cfg.CommandTimeout, nil)
-	if err != nil {
-		return fmt.Errorf("hooks.post_promote: %w", err)
-	}
-	return nil
+	return sw.env.Ctl.RunHook(ctx, HookPostPromote, sw.cfg.Hooks.PostPromote, sw.candidate.Name, nil)
+}
+
+// Hook names, the keys of the hooks section.
+const (
+	HookPreFence    = "pre_fence"
+	HookPostPromote = "post_promote"
+)
+
+// stepPreFence runs hooks.pre_fence right before the fence, so that no new
+// client reaches the old primary while it goes down: with the stop fence,
+// every connection attempt to a server shutting down forks a backend only
+// to refuse it, on the CPUs the shutdown needs, and a pooler told to pause
+// holds its clients' queries instead of failing them. Clients already
+// connected go on writing until the fence itself. Its undo, for a
+// switchover undone before the promotion (the failed hook's own run
+// included), sends clients to the old primary again; like every undo it
+// needs the lock.
+func (sw *switchover) stepPreFence() plan.Step {
+	old, c := sw.primary.Name, sw.candidate.Name
+	env := map[string]string{"REPLCTL_CANDIDATE": c}
+	undoEnv := map[string]string{"REPLCTL_CANDIDATE": c, "REPLCTL_UNDO": "1"}
+	return plan.Step{ID: StepPreFence, Node: old, Mutates: true, Timeout: sw.t.Command, Budget: sw.budget(5 * time.Second),
+		Description:     fmt.Sprintf("run hooks.pre_fence (%s) with REPLCTL_NODE=%s REPLCTL_CANDIDATE=%s: send no new clients to %s", sw.cfg.Hooks.PreFence, old, c, old),
+		UndoDescription: fmt.Sprintf("run hooks.pre_fence (%s) with REPLCTL_NODE=%s REPLCTL_CANDIDATE=%s REPLCTL_UNDO=1: send clients to %s again", sw.cfg.Hooks.PreFence, old, c, old),
+		Run: func(ctx context.Context) error {
+			return sw.env.Ctl.RunHook(ctx, HookPreFence, sw.cfg.Hooks.PreFence, old, env)
+		},
+		Undo: func(ctx context.Context) error {
+			return sw.env.Ctl.RunHook(ctx, HookPreFence, sw.cfg.Hooks.PreFence, old, undoEnv)
+		}}
 }
 
 // repoint points a replica at the new primary and verifies the setting

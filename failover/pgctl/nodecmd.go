@@ -60,10 +60,21 @@ const maxOutput = 8 << 10
 // linger.
 func RunNodeCommand(ctx context.Context, n config.Node, action string, timeout time.Duration, extraEnv map[string]string) (CommandResult, error) {
 	line := CommandFor(n, action)
-	res := CommandResult{Node: n.Name, Action: action, Command: line, ExitCode: -1}
 	if line == "" {
-		return res, fmt.Errorf("%s %s: node has no commands.%s configured", action, n.Name, action)
+		return CommandResult{Node: n.Name, Action: action, ExitCode: -1}, fmt.Errorf("%s %s: node has no commands.%s configured", action, n.Name, action)
 	}
+	return runShell(ctx, action+" "+n.Name, line, n, action, timeout, extraEnv)
+}
+
+// RunHook runs hooks.NAME (line) like a node command, for node n: the
+// environment carries REPLCTL_NODE (n) and the extra variables.
+func RunHook(ctx context.Context, name, line string, n config.Node, timeout time.Duration, extraEnv map[string]string) (CommandResult, error) {
+	return runShell(ctx, "hooks."+name, line, n, "hook "+name, timeout, extraEnv)
+}
+
+// runShell runs line with sh -c for n; what names it in errors.
+func runShell(ctx context.Context, what, line string, n config.Node, action string, timeout time.Duration, extraEnv map[string]string) (CommandResult, error) {
+	res := CommandResult{Node: n.Name, Action: action, Command: line, ExitCode: -1}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "sh", "-c", line)
@@ -91,9 +102,9 @@ func RunNodeCommand(ctx context.Context, n config.Node, action string, timeout t
 	}
 	if err != nil {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return res, fmt.Errorf("%s %s: command timed out after %s (commands run with command_timeout): %s", action, n.Name, timeout, lastLine(res.Output))
+			return res, fmt.Errorf("%s: command timed out after %s (commands run with command_timeout): %s", what, timeout, lastLine(res.Output))
 		}
-		return res, fmt.Errorf("%s %s: command failed (exit %d): %s", action, n.Name, res.ExitCode, lastLine(res.Output))
+		return res, fmt.Errorf("%s: command failed (exit %d): %s", what, res.ExitCode, lastLine(res.Output))
 	}
 	res.ExitCode = 0
 	return res, nil

@@ -672,6 +672,16 @@ func (p *PG) RunCommand(ctx context.Context, node, action string, env map[string
 	return RunNodeCommand(ctx, n, action, p.cfg.CommandTimeout, env)
 }
 
+// RunHook runs hooks.NAME (command) for node, bounded by command_timeout.
+func (p *PG) RunHook(ctx context.Context, name, command, node string, env map[string]string) error {
+	n, err := p.node(node)
+	if err != nil {
+		return err
+	}
+	_, err = RunHook(ctx, name, command, n, p.cfg.CommandTimeout, env)
+	return err
+}
+
 // poll calls cond every Poll until it reports true or ctx ends.
 func (p *PG) poll(ctx context.Context, cond func(context.Context) (bool, error)) error {
 	return PollUntil(ctx, p.Clock, p.Poll, cond, "timed out")
