@@ -48,7 +48,7 @@ const (
 // cluster while 8 writers commit as fast as they can: each writer has its
 // own connection and runs single-row autocommit INSERTs with a unique id
 // (pgbench-style), and on any error reconnects, 2 ms after each failed
-// attempt, to whichever node now takes writes. Two sub-benchmarks differ in
+// attempt, to whichever node now takes writes. Three sub-benchmarks differ in
 // how the writers find that node:
 //
 //   - clients=multihost: through the read-write multi-host DSN, trying each
@@ -56,7 +56,11 @@ const (
 //     read-only: a reconnection storm on the nodes the switchover needs);
 //   - clients=hook: at the node named in a file that hooks.post_promote
 //     rewrites, as behind a virtual IP, a DNS name or a pooler the hook
-//     moves (until then the writers knock on the old primary only).
+//     moves (until then the writers knock on the old primary only);
+//   - clients=vip: as clients=hook, and hooks.pre_fence empties that file
+//     right before the fence, as a virtual IP withdrawn from the old
+//     primary before it stops: writers that lost their session knock on
+//     no node until the promotion.
 //
 // It runs at least 10 switchovers: b.Loop's iterations, topped up to 10
 // when the benchtime gives fewer (-benchtime 10x gives exactly 10). Before
@@ -83,6 +87,7 @@ func BenchmarkSwitchoverUnderLoad(b *testing.B) {
 	}
 	b.Run("clients=multihost", func(b *testing.B) { benchLoad(b, routeMultiHost) })
 	b.Run("clients=hook", func(b *testing.B) { benchLoad(b, routeHook) })
+	b.Run("clients=vip", func(b *testing.B) { benchLoad(b, routeVIP) })
 }
 
 // How the load's writers find the primary.
@@ -95,6 +100,11 @@ const (
 	// hooks.post_promote rewrites, as clients behind a virtual IP, a DNS
 	// name or a pooler that the hook moves do.
 	routeHook = "hook"
+	// routeVIP: as routeHook, and hooks.pre_fence empties the file just
+	// before the fence (undone: names the old primary again), as a virtual
+	// IP withdrawn from the old primary before it stops: until the
+	// promotion, writers that lost their session find no node to knock on.
+	routeVIP = "vip"
 )
 
 func benchLoad(b *testing.B, route string) {
@@ -109,9 +119,9 @@ func benchLoad(b *testing.B, route string) {
 			b.Fatal(err)
 		}
 		dial = func() (*pgx.ConnConfig, error) { return cc, nil }
-	case routeHook:
+	case routeHook, routeVIP:
 		var err error
-		if dial, err = hookRoute(b, c, cfgPath); err != nil {
+		if dial, err = hookRoute(b, c, cfgPath, route == routeVIP); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -308,13 +318,19 @@ func loadConnConfig(dsn string) (*pgx.ConnConfig, error) {
 // to a file, and returns a dial that connects to the node the file names
 // (pg1 to begin with). The hook rewrites the file in place: a writer that
 // reads it half-written finds no node and tries again, as a client does
-// while a name or address is being moved.
-func hookRoute(b *testing.B, c *testenv.Cluster, cfgPath string) (func() (*pgx.ConnConfig, error), error) {
+// while a name or address is being moved. With preFence, hooks.pre_fence
+// empties the file before the fence (and names the old primary in it
+// again when undone).
+func hookRoute(b *testing.B, c *testenv.Cluster, cfgPath string, preFence bool) (func() (*pgx.ConnConfig, error), error) {
 	target := filepath.Join(b.TempDir(), "primary")
 	if err := os.WriteFile(target, []byte("pg1"), 0o666); err != nil {
 		return nil, err
 	}
-	appendConfig(b, cfgPath, fmt.Sprintf("hooks:\n  post_promote: %q\n", fmt.Sprintf(`printf '%%s' "$REPLCTL_NODE" > '%s'`, target)))
+	hooks := fmt.Sprintf("hooks:\n  post_promote: %q\n", fmt.Sprintf(`printf '%%s' "$REPLCTL_NODE" > '%s'`, target))
+	if preFence {
+		hooks += fmt.Sprintf("  pre_fence: %q\n", fmt.Sprintf(`if [ -n "$REPLCTL_UNDO" ]; then printf '%%s' "$REPLCTL_NODE" > '%[1]s'; else : > '%[1]s'; fi`, target))
+	}
+	appendConfig(b, cfgPath, hooks)
 	nodes := map[string]*pgx.ConnConfig{}
 	for _, n := range c.Nodes {
 		cc, err := loadConnConfig(n.DSN)
