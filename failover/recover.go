@@ -28,6 +28,7 @@ const (
 	StepRecoverDrop    = "drop-created-slots"
 	StepRecoverUnmark  = "unmark-fenced"
 	StepRecoverFence   = "fence-old-primary"
+	StepRecoverClients = "send-clients-back"
 )
 
 // Recovery directions.
@@ -329,6 +330,15 @@ func (rc *recovery) rollBack(p *plan.Plan, r *etcdlock.OpRecord, obs Observation
 				desc += ": lifts the SQL fence"
 			}
 			p.Steps = append(p.Steps, plan.Step{ID: id, Node: node, Mutates: true, Fences: false, Timeout: t.Stream, Budget: budget, Description: desc, Run: run})
+		case s.ID == StepPreFence:
+			if rc.cfg.Hooks.PreFence == "" {
+				p.Notes = append(p.Notes, fmt.Sprintf("the interrupted switchover ran hooks.pre_fence to hold clients back from %s, and hooks.pre_fence is no longer configured: send them to %s again by hand", node, node))
+				continue
+			}
+			p.Steps = append(p.Steps, plan.Step{ID: StepRecoverClients, Node: node, Mutates: true, Timeout: t.Command, Budget: budget,
+				Description: fmt.Sprintf("run hooks.pre_fence (%s) with REPLCTL_NODE=%s REPLCTL_CANDIDATE=%s REPLCTL_UNDO=1: the interrupted switchover held clients back from %s; send them to it again",
+					rc.cfg.Hooks.PreFence, node, r.Plan.Candidate, node),
+				Run: preFenceHook(rc.env, rc.cfg, node, r.Plan.Candidate, true)})
 		case s.ID == StepFenceCommand || s.ID == StepFenceSQL:
 			p.Notes = append(p.Notes, fmt.Sprintf("%s stays fenced: an emergency fence is never lifted by replctl; run the failover again, or `replctl rejoin %s` once it is back", node, node))
 		}
@@ -382,6 +392,11 @@ func (rc *recovery) rollForward(p *plan.Plan, r *etcdlock.OpRecord, obs Observat
 		p.Notes = append(p.Notes, fmt.Sprintf("the interrupted switchover was handing logical slots over to %s: check with `replctl status` that they exist there; a missing one's consumer must resynchronise", cand))
 	}
 	add(sw.stepVerify())
+	// The interrupted operation may not have sent clients to the
+	// candidate, and may have held them back from the old primary.
+	if rc.cfg.Hooks.PostPromote != "" {
+		add(sw.stepHook())
+	}
 	add(sw.stepCheckpointPromoted())
 	add(sw.stepRecord())
 	for _, n := range snap.Nodes {

@@ -130,6 +130,11 @@ func TestRecoverRollsBackFromTheJournal(t *testing.T) {
 			if w := c.ctl.writable(); len(w) != 1 || w[0] != "pg1" {
 				t.Errorf("writable after recover: %v", w)
 			}
+			// hooks.pre_fence held clients back from pg1: recover sends
+			// them to it again.
+			if c.ctl.clients != "pg1" {
+				t.Errorf("clients sent to %q after recover, want pg1 (recover %v)", c.ctl.clients, stepIDs(p))
+			}
 			if len(c.ctl.violations) > 0 {
 				t.Errorf("changed without the lock: %v", c.ctl.violations)
 			}
@@ -197,7 +202,7 @@ func TestRecoverRollsForward(t *testing.T) {
 			if res.Outcome != plan.OutcomeSucceeded || !strings.HasPrefix(p.Notes[0], RollForward) {
 				t.Fatalf("recover %v: %s %v (%q)", ids, res.Outcome, res.Err, p.Notes)
 			}
-			want := []string{StepLock, StepVerify, StepCheckpointN, StepRecordState, StepRepoint + "-pg3", StepRejoin, StepRecoverClose}
+			want := []string{StepLock, StepVerify, StepHook, StepCheckpointN, StepRecordState, StepRepoint + "-pg3", StepRejoin, StepRecoverClose}
 			if phase == "before" {
 				want = slices.Insert(want, 1, StepPromote)
 			}
@@ -212,6 +217,11 @@ func TestRecoverRollsForward(t *testing.T) {
 			}
 			if ci := c.ctl.nodes["pg3"].auto["primary_conninfo"]; !strings.Contains(ci, "port=5433") {
 				t.Errorf("pg3 not repointed at pg2: %q", ci)
+			}
+			// The interrupted switchover held clients back (pre_fence)
+			// and may not have run post_promote: recover does.
+			if c.ctl.clients != "pg2" {
+				t.Errorf("clients sent to %q after recover, want pg2", c.ctl.clients)
 			}
 		})
 	}

@@ -1151,17 +1151,24 @@ const (
 // needs the lock.
 func (sw *switchover) stepPreFence() plan.Step {
 	old, c := sw.primary.Name, sw.candidate.Name
-	env := map[string]string{"REPLCTL_CANDIDATE": c}
-	undoEnv := map[string]string{"REPLCTL_CANDIDATE": c, "REPLCTL_UNDO": "1"}
 	return plan.Step{ID: StepPreFence, Node: old, Mutates: true, Timeout: sw.t.Command, Budget: sw.budget(5 * time.Second),
 		Description:     fmt.Sprintf("run hooks.pre_fence (%s) with REPLCTL_NODE=%s REPLCTL_CANDIDATE=%s: send no new clients to %s", sw.cfg.Hooks.PreFence, old, c, old),
 		UndoDescription: fmt.Sprintf("run hooks.pre_fence (%s) with REPLCTL_NODE=%s REPLCTL_CANDIDATE=%s REPLCTL_UNDO=1: send clients to %s again", sw.cfg.Hooks.PreFence, old, c, old),
-		Run: func(ctx context.Context) error {
-			return sw.env.Ctl.RunHook(ctx, HookPreFence, sw.cfg.Hooks.PreFence, old, env)
-		},
-		Undo: func(ctx context.Context) error {
-			return sw.env.Ctl.RunHook(ctx, HookPreFence, sw.cfg.Hooks.PreFence, old, undoEnv)
-		}}
+		Run:             preFenceHook(sw.env, sw.cfg, old, c, false),
+		Undo:            preFenceHook(sw.env, sw.cfg, old, c, true)}
+}
+
+// preFenceHook runs hooks.pre_fence for the old primary old and the
+// candidate c: to hold clients back from old or, with undo, to send them to
+// it again (REPLCTL_UNDO=1).
+func preFenceHook(env *Env, cfg *config.Config, old, c string, undo bool) func(context.Context) error {
+	vars := map[string]string{"REPLCTL_CANDIDATE": c}
+	if undo {
+		vars["REPLCTL_UNDO"] = "1"
+	}
+	return func(ctx context.Context) error {
+		return env.Ctl.RunHook(ctx, HookPreFence, cfg.Hooks.PreFence, old, vars)
+	}
 }
 
 // repoint points a replica at the new primary and verifies the setting
