@@ -564,18 +564,12 @@ func analyseLoad(l *load, runs []loadSwitchover) loadReport {
 	var stepOrder []string
 	var rows strings.Builder
 	for i, s := range runs {
-		// Per writer: longest gap whose later ack is after the start
-		// and whose earlier ack is before the end.
 		var worst time.Duration
 		var merged []time.Time
 		var firstFail time.Time
 		for _, w := range l.writers {
-			for j := 1; j < len(w.acks); j++ {
-				a, z := w.acks[j-1].at, w.acks[j].at
-				if z.After(s.start) && a.Before(s.end) {
-					worst = max(worst, z.Sub(a))
-				}
-			}
+			gap, _ := w.longestGap(s)
+			worst = max(worst, gap)
 			for _, a := range w.acks {
 				if !a.at.Before(s.start) && !a.at.After(s.end) {
 					merged = append(merged, a.at)
@@ -720,11 +714,8 @@ func unluckiest(l *load, runs []loadSwitchover) string {
 	for i := range runs {
 		s := &runs[i]
 		for wi, w := range l.writers {
-			for j := 1; j < len(w.acks); j++ {
-				a, z := w.acks[j-1].at, w.acks[j].at
-				if z.After(s.start) && a.Before(s.end) && z.Sub(a) > worst {
-					worst, run, who, from = z.Sub(a), s, wi, j-1
-				}
+			if gap, j := w.longestGap(*s); gap > worst {
+				worst, run, who, from = gap, s, wi, j
 			}
 		}
 	}
@@ -776,8 +767,24 @@ func unluckiest(l *load, runs []loadSwitchover) string {
 	return b.String()
 }
 
-// failKind is an error's message without what varies between attempts
-// (ports, PIDs), so that runs of the same failure fold together.
+// longestGap is w's longest time between two commits around switchover s
+// (the later commit after s started, the earlier before s ended), and the
+// index in w.acks of the earlier one.
+func (w *loadWriter) longestGap(s loadSwitchover) (time.Duration, int) {
+	var gap time.Duration
+	at := -1
+	for j := 1; j < len(w.acks); j++ {
+		a, z := w.acks[j-1].at, w.acks[j].at
+		if z.After(s.start) && a.Before(s.end) && z.Sub(a) > gap {
+			gap, at = z.Sub(a), j-1
+		}
+	}
+	return gap, at
+}
+
+// failKind is an error's message on one line, cut at 160 characters, so
+// that runs of the same failure fold together (messages that differ in a
+// client port, say, do not).
 func failKind(err error) string {
 	m := oneLine(err)
 	if len(m) > 160 {

@@ -82,8 +82,6 @@ type fakeCluster struct {
 	// with, "" while hooks.pre_fence holds them back), as a virtual IP or
 	// a pooler would.
 	clients string
-	// hookErr fails the named hook after its change.
-	hookErr map[string]error
 }
 
 type fakeNode struct {
@@ -896,7 +894,7 @@ func (f *fakeCluster) RunHook(ctx context.Context, name, _, node string, env map
 	default:
 		f.clients = node
 	}
-	return f.hookErr[name]
+	return nil
 }
 
 func (f *fakeCluster) WatchShutdown(ctx context.Context, node string) (*pgctl.ShutdownWatch, error) {

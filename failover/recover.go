@@ -336,8 +336,8 @@ func (rc *recovery) rollBack(p *plan.Plan, r *etcdlock.OpRecord, obs Observation
 				continue
 			}
 			p.Steps = append(p.Steps, plan.Step{ID: StepRecoverClients, Node: node, Mutates: true, Timeout: t.Command, Budget: budget,
-				Description: fmt.Sprintf("run hooks.pre_fence (%s) with REPLCTL_NODE=%s REPLCTL_CANDIDATE=%s REPLCTL_UNDO=1: the interrupted switchover held clients back from %s; send them to it again",
-					rc.cfg.Hooks.PreFence, node, r.Plan.Candidate, node),
+				Description: fmt.Sprintf("%s: the interrupted switchover held clients back from %s; send them to it again",
+					preFenceCall(rc.cfg, node, r.Plan.Candidate, true), node),
 				Run: preFenceHook(rc.env, rc.cfg, node, r.Plan.Candidate, true)})
 		case s.ID == StepFenceCommand || s.ID == StepFenceSQL:
 			p.Notes = append(p.Notes, fmt.Sprintf("%s stays fenced: an emergency fence is never lifted by replctl; run the failover again, or `replctl rejoin %s` once it is back", node, node))

@@ -1152,10 +1152,19 @@ const (
 func (sw *switchover) stepPreFence() plan.Step {
 	old, c := sw.primary.Name, sw.candidate.Name
 	return plan.Step{ID: StepPreFence, Node: old, Mutates: true, Timeout: sw.t.Command, Budget: sw.budget(5 * time.Second),
-		Description:     fmt.Sprintf("run hooks.pre_fence (%s) with REPLCTL_NODE=%s REPLCTL_CANDIDATE=%s: send no new clients to %s", sw.cfg.Hooks.PreFence, old, c, old),
-		UndoDescription: fmt.Sprintf("run hooks.pre_fence (%s) with REPLCTL_NODE=%s REPLCTL_CANDIDATE=%s REPLCTL_UNDO=1: send clients to %s again", sw.cfg.Hooks.PreFence, old, c, old),
+		Description:     fmt.Sprintf("%s: send no new clients to %s", preFenceCall(sw.cfg, old, c, false), old),
+		UndoDescription: fmt.Sprintf("%s: send clients to %s again", preFenceCall(sw.cfg, old, c, true), old),
 		Run:             preFenceHook(sw.env, sw.cfg, old, c, false),
 		Undo:            preFenceHook(sw.env, sw.cfg, old, c, true)}
+}
+
+// preFenceCall says how preFenceHook runs the hook, for descriptions.
+func preFenceCall(cfg *config.Config, old, c string, undo bool) string {
+	s := fmt.Sprintf("run hooks.pre_fence (%s) with REPLCTL_NODE=%s REPLCTL_CANDIDATE=%s", cfg.Hooks.PreFence, old, c)
+	if undo {
+		s += " REPLCTL_UNDO=1"
+	}
+	return s
 }
 
 // preFenceHook runs hooks.pre_fence for the old primary old and the

@@ -539,9 +539,10 @@ const promotePollSQL = `SELECT pg_is_in_recovery(),
 // reload is not free, though: the postmaster and every process of the node
 // read the configuration files again, on the CPUs the promotion needs
 // (under load, reloading every 20 ms regardless, the servers' logs showed
-// 1 to 5 reloads per promotion, none of them needed). So reload when the wait event shows the doze, at most every
-// promoteStall, and otherwise only every promoteBlind (a role that cannot
-// see the startup process's wait event).
+// 1 to 5 reloads per promotion, none of them needed). So reload when the
+// wait event shows the doze, at most every promoteStall, and otherwise
+// only every promoteBlind (a role that cannot see the startup process's
+// wait event).
 func promoteNudge(dozing bool, sinceSent, sinceNudge time.Duration) bool {
 	if dozing {
 		return sinceNudge >= promoteStall
