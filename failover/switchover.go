@@ -490,7 +490,7 @@ func (sw *switchover) stepMarkFenced(reason string, keep bool) plan.Step {
 func (sw *switchover) stepPromote() plan.Step {
 	c := sw.candidate.Name
 	return plan.Step{ID: StepPromote, Node: c, Mutates: true, Timeout: sw.t.Promote, Budget: sw.budget(2 * time.Second), PointOfNoReturn: true,
-		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery (timeout %s); SELECT pg_reload_conf() wakes its startup process if that stalls", c, sw.t.Promote),
+		Description: fmt.Sprintf("%s: promote: SELECT pg_promote(wait => false), then poll until it leaves recovery (timeout %s), asking again if its startup process dozes instead", c, sw.t.Promote),
 		Run:         sw.promote}
 }
 

@@ -478,7 +478,7 @@ func (p *PG) DropSlots(ctx context.Context, node string, slots []string) error {
 var ErrPromoteNotSent = errors.New("pg_promote() was not sent")
 
 // Promote asks the standby to promote and polls until it leaves recovery,
-// reloading its configuration when its startup process dozes instead of
+// sending the request again when its startup process dozes instead of
 // promoting (see promoteNudge). pg_promote(wait => true) polls only every
 // 100 ms; we poll faster because every millisecond here is write outage. A
 // failure before the request was sent wraps ErrPromoteNotSent.
@@ -503,31 +503,44 @@ func (p *PG) Promote(ctx context.Context, node string) error {
 	clock := ClockOr(p.Clock)
 	sent, nudged := clock.Now(), time.Time{}
 	return PollUntil(ctx, p.Clock, min(p.Poll, promotePoll), func(ctx context.Context) (bool, error) {
-		var rec, dozing bool
+		// Whether to nudge is decided before the poll, for either answer
+		// the poll may give, so that one round trip both looks and nudges.
+		now := clock.Now()
+		ifDozing := promoteNudge(true, now.Sub(sent), now.Sub(nudged))
+		otherwise := promoteNudge(false, now.Sub(sent), now.Sub(nudged))
+		var rec, dozing, again bool
 		err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
-			return c.QueryRow(ctx, promotePollSQL).Scan(&rec, &dozing)
+			return c.QueryRow(ctx, promotePollSQL, ifDozing, otherwise).Scan(&rec, &dozing, &again)
 		})
-		if err != nil || !rec {
-			return !rec, err
+		if isSQLState(err, recoveryNotInProgress) {
+			// The nudge came just after the promotion ended recovery.
+			return true, nil
 		}
-		if now := clock.Now(); promoteNudge(dozing, now.Sub(sent), now.Sub(nudged)) {
+		if again {
 			nudged = now
-			return false, p.Reload(ctx, node)
 		}
-		return false, nil
+		return err == nil && !rec, err
 	}, "timed out")
 }
 
-// promotePollSQL is Promote's poll: still in recovery, and whether the
-// startup process sleeps out wal_retrieve_retry_interval (its wait event;
-// NULL, so false, to a role without pg_read_all_stats).
-const promotePollSQL = `SELECT pg_is_in_recovery(),
-	coalesce((SELECT wait_event = 'RecoveryRetrieveRetryInterval' FROM pg_stat_activity WHERE backend_type = 'startup'), false)`
+// recoveryNotInProgress is the SQLSTATE of pg_promote() on a node that is
+// not in recovery (object_not_in_prerequisite_state).
+const recoveryNotInProgress = "55000"
 
-// promoteNudge says whether Promote should reload the promoting node now,
-// given whether its startup process dozes, how long ago the promote
-// request was sent and how long ago the last reload was (longer than any
-// when there was none).
+// promotePollSQL is Promote's poll: whether the node is still in recovery,
+// whether its startup process sleeps out wal_retrieve_retry_interval (its
+// wait event; NULL, so false, to a role without pg_read_all_stats), and
+// whether the poll sent the promote request again: when the node is still
+// in recovery and $1 (when it dozes) or $2 (when it does not) says so.
+const promotePollSQL = `SELECT rec, dozing,
+	CASE WHEN rec AND CASE WHEN dozing THEN $1::bool ELSE $2::bool END THEN pg_promote(wait => false) ELSE false END
+FROM (SELECT pg_is_in_recovery() AS rec,
+	coalesce((SELECT wait_event = 'RecoveryRetrieveRetryInterval' FROM pg_stat_activity WHERE backend_type = 'startup'), false) AS dozing) s`
+
+// promoteNudge says whether Promote should send the promote request again
+// now, given whether the node's startup process dozes, how long ago the
+// first request was sent and how long ago the last repeat was (longer than
+// any when there was none).
 //
 // When the old primary has just gone away, the startup process has
 // restarted its WAL receiver and waits for it. A promote request that
@@ -535,14 +548,18 @@ const promotePollSQL = `SELECT pg_is_in_recovery(),
 // failed stream; the previous one (the old primary's stream ending) being
 // less than wal_retrieve_retry_interval ago, it then sleeps out the rest of
 // that interval, 5 s by default, before it ends recovery: the promote
-// signal's wakeup is spent by then. The SIGHUP of a reload wakes it. A
-// reload is not free, though: the postmaster and every process of the node
-// read the configuration files again, on the CPUs the promotion needs
-// (under load, reloading every 20 ms regardless, the servers' logs showed
-// 1 to 5 reloads per promotion, none of them needed). So reload when the
-// wait event shows the doze, at most every promoteStall, and otherwise
-// only every promoteBlind (a role that cannot see the startup process's
-// wait event).
+// signal's wakeup is spent by then. A second request wakes it (the
+// postmaster signals the startup process again; the promotion is decided
+// already, so nothing else changes), which a reload's SIGHUP would too, at
+// the cost of every process of the node reading its configuration files
+// again, on the CPUs the promotion needs, and of applying whatever an
+// operator had left unreloaded there. pg_promote() leaves its signal file
+// behind when the startup process has already seen one; the postmaster
+// removes such files when it starts.
+//
+// Repeat the request when the wait event shows the doze, at most every
+// promoteStall, and otherwise only every promoteBlind (a role that cannot
+// see the startup process's wait event).
 func promoteNudge(dozing bool, sinceSent, sinceNudge time.Duration) bool {
 	if dozing {
 		return sinceNudge >= promoteStall
@@ -550,12 +567,12 @@ func promoteNudge(dozing bool, sinceSent, sinceNudge time.Duration) bool {
 	return sinceSent >= promoteBlind && sinceNudge >= promoteBlind
 }
 
-// promoteStall is how often Promote reloads a node whose startup process
-// dozes.
+// promoteStall is how often Promote repeats the promote request to a node
+// whose startup process dozes.
 const promoteStall = 20 * time.Millisecond
 
-// promoteBlind is how often Promote reloads a node that is still in
-// recovery without a sign of the doze.
+// promoteBlind is how often Promote repeats the promote request to a node
+// that is still in recovery without a sign of the doze.
 const promoteBlind = 100 * time.Millisecond
 
 // promotePoll is how often Promote looks whether the node left recovery.

@@ -125,11 +125,11 @@ func TestPollUntilFatal(t *testing.T) {
 	}
 }
 
-// Promote reloads a promoting node when its startup process dozes (at
-// most every promoteStall), and otherwise only every promoteBlind: every
-// reload costs the node CPU that the promotion needs.
+// Promote repeats the promote request when the node's startup process
+// dozes (at most every promoteStall), and otherwise only every
+// promoteBlind.
 func TestPromoteNudge(t *testing.T) {
-	never := 24 * time.Hour // no reload yet
+	never := 24 * time.Hour // not repeated yet
 	for _, tc := range []struct {
 		dozing            bool
 		sinceSent, sinceN time.Duration
@@ -145,7 +145,7 @@ func TestPromoteNudge(t *testing.T) {
 		{false, 3 * promoteBlind, promoteBlind, true},
 	} {
 		if got := promoteNudge(tc.dozing, tc.sinceSent, tc.sinceN); got != tc.want {
-			t.Errorf("promoteNudge(dozing %v, sent %s ago, reloaded %s ago) = %v, want %v", tc.dozing, tc.sinceSent, tc.sinceN, got, tc.want)
+			t.Errorf("promoteNudge(dozing %v, sent %s ago, repeated %s ago) = %v, want %v", tc.dozing, tc.sinceSent, tc.sinceN, got, tc.want)
 		}
 	}
 }

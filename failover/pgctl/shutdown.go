@@ -218,7 +218,10 @@ var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 // because its postmaster is busy shutting down or starting up (SQLSTATE
 // 57P03, cannot_connect_now): a server runs there, and starting another
 // one would fail.
-func ShuttingDown(err error) bool {
+func ShuttingDown(err error) bool { return isSQLState(err, "57P03") }
+
+// isSQLState reports whether err is a server's error with that SQLSTATE.
+func isSQLState(err error, code string) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "57P03"
+	return errors.As(err, &pe) && pe.Code == code
 }

@@ -3,10 +3,6 @@ package pgctl_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -179,15 +175,7 @@ func TestIntegrationShuttingDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close(context.WithoutCancel(ctx))
-	pidFile, err := os.ReadFile(filepath.Join(c.Node("pg1").DataDir, "postmaster.pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(pidFile), "\n", 2)[0]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil { // smart shutdown
+	if err := syscall.Kill(postmasterPID(t, c, "pg1"), syscall.SIGTERM); err != nil { // smart shutdown
 		t.Fatal(err)
 	}
 	eventually(t, func() (bool, string) {
