@@ -115,6 +115,40 @@ func slots(s *topology.Snapshot, cfg *config.Config) []Result {
 }
 
 func syncQuorum(s *topology.Snapshot, _ *config.Config) []Result {
+	out := syncQuorumOf(s)
+	if r := syncLowered(s); r != nil {
+		if len(out) == 1 && out[0].Level == OK {
+			r.Message += "; " + out[0].Message
+			return []Result{*r}
+		}
+		out = append(out, *r)
+	}
+	return out
+}
+
+// syncLowered warns of synchronous replication that an operation lowered
+// when it fenced a node it needed (the record's sync_restore), while the
+// primary still runs the lowered setting: commits wait for fewer standbys
+// than the operator asked for, until that node rejoins.
+func syncLowered(s *topology.Snapshot) *Result {
+	p := s.PrimaryNode()
+	if p == nil || s.Record == nil || s.Record.SyncRestore == nil || p.Settings.SynchronousStandbyNames == nil {
+		return nil
+	}
+	r := s.Record.SyncRestore
+	if r.Primary != p.Name || topology.CanonicalSyncStandbyNames(*p.Settings.SynchronousStandbyNames) != topology.CanonicalSyncStandbyNames(r.Set) {
+		return nil
+	}
+	set := "'" + r.Set + "'"
+	if r.Set == "" {
+		set = "empty (asynchronous)"
+	}
+	return &Result{Level: Warning, Code: "sync_lowered", Node: p.Name,
+		Message: fmt.Sprintf("%s's synchronous_standby_names is %s, lowered from '%s' when %s was fenced: commits wait for fewer standbys than configured", p.Name, set, r.Before, r.Node),
+		Hint:    fmt.Sprintf("replctl rejoin %s raises it back once %s streams; or set synchronous_standby_names on %s by hand", r.Node, r.Node, p.Name)}
+}
+
+func syncQuorumOf(s *topology.Snapshot) []Result {
 	p := s.PrimaryNode()
 	if p == nil {
 		return []Result{{Level: Unknown, Code: "sync_quorum", Message: "no primary to read synchronous_standby_names from"}}

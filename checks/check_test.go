@@ -199,6 +199,18 @@ func TestChecks(t *testing.T) {
 			st[0].Settings.SyncStandbys = &topology.SyncStandbys{Method: "FIRST", Num: 2, Names: []string{"*"}}
 			return st
 		}, checks: []string{"sync_quorum"}, worst: OK},
+		{name: "sync lowered by a fencing", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
+			st[0].Settings.SynchronousStandbyNames = ptr("any 1 (pg2)")
+			st[0].Settings.SyncStandbys = &topology.SyncStandbys{Method: "ANY", Num: 1, Names: []string{"pg2"}}
+			return st
+		}, rec: &topology.Record{Primary: "pg1", SyncRestore: &topology.SyncRestore{Node: "pg9", Primary: "pg1", Set: "ANY 1 (pg2)", Before: "ANY 2 (pg1, pg2)"}},
+			checks: []string{"sync_quorum"}, want: []string{"WARNING:sync_lowered:pg1"}, worst: Warning, msg: "lowered from 'ANY 2 (pg1, pg2)' when pg9 was fenced"},
+		{name: "sync lowered, then changed by hand", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
+			st[0].Settings.SynchronousStandbyNames = ptr("ANY 1 (pg2, pg3)")
+			st[0].Settings.SyncStandbys = &topology.SyncStandbys{Method: "ANY", Num: 1, Names: []string{"pg2", "pg3"}}
+			return st
+		}, rec: &topology.Record{Primary: "pg1", SyncRestore: &topology.SyncRestore{Node: "pg9", Primary: "pg1", Set: "ANY 1 (pg2)", Before: "ANY 2 (pg1, pg2)"}},
+			checks: []string{"sync_quorum"}, worst: OK},
 		{name: "zones all in one", nodes: []string{"pg1@a", "pg2@b", "pg3@b"}, want: []string{"WARNING:zone_spread:"}, worst: Warning},
 		{name: "zones spread", nodes: []string{"pg1@a", "pg2@a", "pg3@b"}, worst: OK},
 		{name: "unmanaged", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {

@@ -653,6 +653,90 @@ func TestEmergencySyncZeroLoss(t *testing.T) {
 	}
 }
 
+// TestEmergencySyncLoweredThenRaised: with every commit waiting for both
+// replicas (ANY 2), a failover after the primary's crash leaves the new
+// primary one standby to wait for, so it runs ANY 1, and the record says
+// so; the old primary's rejoin raises it back to ANY 2, with the rejoined
+// node in the promoted one's place, and commits still go through.
+func TestEmergencySyncLoweredThenRaised(t *testing.T) {
+	emSkip(t)
+	t.Parallel()
+	ctx := t.Context()
+	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
+	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (pg2, pg3)'", "SELECT pg_reload_conf()"} {
+		if err := c.Exec(ctx, "pg1", q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfgPath := emConfig(t, c, nil, "")
+	cfg := emLoad(t, cfgPath)
+	cli := emEtcd(t, cfg)
+	// As an earlier operation under the lock would have saved them.
+	emSeedRecord(t, cli, cfg, func(s *etcdlock.State) {
+		s.Primary = "pg1"
+		s.Sync = etcdlock.SyncSettings{StandbyNames: "ANY 2 (pg2, pg3)", Commit: "on", SeenAt: time.Now()}
+	})
+	if err := c.Exec(ctx, "pg1", "CREATE TABLE lowered (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	emCrash(t, c, "pg1")
+
+	r := emExpect(t, 0, cfgPath, "-o", "json", "promote", "--emergency", "--yes")
+	var d struct {
+		Emergency struct {
+			Choice struct {
+				Chosen string `json:"chosen"`
+			} `json:"choice"`
+		} `json:"emergency"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &d); err != nil || d.Emergency.Choice.Chosen == "" {
+		t.Fatalf("promote -o json: %v\n%s", err, r)
+	}
+	chosen := d.Emergency.Choice.Chosen
+	other := emOther(chosen, "pg2", "pg3")
+	lowered := "ANY 1 (" + other + ")"
+	showSync := func() string {
+		var v string
+		if err := c.QueryRow(ctx, chosen, "SHOW synchronous_standby_names").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if got := showSync(); got != lowered {
+		t.Fatalf("%s's synchronous_standby_names after the failover %q, want %q", chosen, got, lowered)
+	}
+	st, _ := emState(t, cli, cfg)
+	if r := st.SyncRestore; r == nil || r.Node != "pg1" || r.Primary != chosen || r.Set != lowered || r.Before != "ANY 2 (pg2, pg3)" {
+		t.Fatalf("record's sync_restore after the failover: %+v", r)
+	}
+
+	if s := emStatusOf(t, cfgPath); !s.warned("sync_lowered", chosen) {
+		t.Errorf("status after the failover does not warn of the lowered synchronous replication:\n%s", s)
+	}
+
+	r = emExpect(t, 0, cfgPath, "rejoin", "pg1", "--yes")
+	raised := "ANY 2 (" + other + ", pg1)"
+	if !strings.Contains(r.stdout+r.stderr, "raise synchronous replication back") {
+		t.Errorf("the rejoin's output does not say it raises synchronous replication back:\n%s", r)
+	}
+	if got := showSync(); got != raised {
+		t.Errorf("%s's synchronous_standby_names after pg1's rejoin %q, want %q", chosen, got, raised)
+	}
+	st, _ = emState(t, cli, cfg)
+	if st.SyncRestore != nil || st.Sync.StandbyNames != raised {
+		t.Errorf("record after the rejoin: sync %+v, sync_restore %+v; want %s and none", st.Sync, st.SyncRestore, raised)
+	}
+	if s := emStatusOf(t, cfgPath); s.warned("sync_lowered", chosen) {
+		t.Errorf("status after the rejoin still warns of lowered synchronous replication:\n%s", s)
+	}
+	// Both standbys stream: a commit waits for both and returns.
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := c.Exec(wctx, chosen, "INSERT INTO lowered VALUES (1)"); err != nil {
+		t.Errorf("a commit under %s: %v", raised, err)
+	}
+}
+
 // emClosedPort is a local port nothing listens on.
 func emClosedPort(t testing.TB) int {
 	t.Helper()

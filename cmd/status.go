@@ -176,6 +176,9 @@ func observe(ctx context.Context, cfg *config.Config, timeout time.Duration, p t
 	var rec *topology.Record
 	if obs.RecordErr == nil && obs.Record != nil {
 		rec = &topology.Record{Primary: obs.Record.RecordedPrimary, Fenced: obs.Record.Fenced}
+		if st := obs.Record.State; st != nil {
+			rec.SyncRestore = st.SyncRestore
+		}
 	}
 	obs.Snap = topology.Classify(cfg, statuses, rec)
 	return obs

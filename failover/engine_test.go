@@ -73,7 +73,7 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 			tt.Primary("pg1", lsn, "pg2", "pg3"), tt.Replica("pg2", 5432, lsn), tt.Replica("pg3", 5432, lsn)}, nil)
 		c.snap, c.req = snap, Request{Kind: KindSwitchover, Switchover: SwitchoverOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond, MaxLag: 16 << 20}}
 		c.plan, err = BuildSwitchoverPlan(c.cfg, snap, c.req.Switchover, c.env)
-	case "emergency":
+	case "emergency", "emergency-sync":
 		c.restorable = false
 		c.cfg = engineConfig(false, "pg1", "pg2", "pg3")
 		c.cfg.Nodes[0].Commands.Fence = "fence pg1"
@@ -88,9 +88,14 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 		}
 		snap := topology.Classify(c.cfg, []topology.NodeStatus{{Name: "pg1", Error: "connection refused"}, dead("pg2"), dead("pg3")}, nil)
 		st := &etcdlock.State{Primary: "pg1", Sync: etcdlock.SyncSettings{Commit: "on"}}
+		if kind == "emergency-sync" {
+			// Both replicas acknowledge every commit: with pg1 gone,
+			// pg2 has no second standby to wait for.
+			st.Sync.StandbyNames = "ANY 2 (pg2, pg3)"
+		}
 		c.snap, c.state, c.req = snap, st, Request{Kind: KindFailover, Emergency: EmergencyOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond}}
 		c.plan, err = BuildEmergencyPlan(c.cfg, snap, st, "pg1", "pg2", c.req.Emergency, c.env)
-	case "rejoin":
+	case "rejoin", "rejoin-raise":
 		c.cfg = engineConfig(true, "pg1", "pg2", "pg3")
 		f := c.ctl
 		// pg2 was promoted; pg3 follows it; pg1 is SQL-fenced, still up.
@@ -107,7 +112,16 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 		fenced.Settings.DefaultTransactionReadOnly = tt.Ptr("on")
 		primary := tt.Primary("pg2", lsn+0x1000, "pg3")
 		primary.Timeline = tt.Ptr(uint32(2))
-		snap := topology.Classify(c.cfg, []topology.NodeStatus{fenced, primary, tt.Replica("pg3", 5433, lsn)}, &topology.Record{Primary: "pg2", Fenced: []string{"pg1"}})
+		rec := &topology.Record{Primary: "pg2", Fenced: []string{"pg1"}}
+		if kind == "rejoin-raise" {
+			// What the emergency failover of emergency-sync left.
+			pg2.auto["synchronous_standby_names"] = "ANY 1 (pg3)"
+			f.reload(pg2)
+			primary.Settings.SynchronousStandbyNames = tt.Ptr("ANY 1 (pg3)")
+			rec.SyncRestore = &topology.SyncRestore{Node: "pg1", Primary: "pg2", Set: "ANY 1 (pg3)", Before: "ANY 2 (pg2, pg3)", OperationID: "op-1"}
+			c.rec.st.SyncRestore = rec.SyncRestore
+		}
+		snap := topology.Classify(c.cfg, []topology.NodeStatus{fenced, primary, tt.Replica("pg3", 5433, lsn)}, rec)
 		var results []string
 		c.snap, c.req = snap, Request{Kind: KindRejoin, Node: "pg1"}
 		c.plan, results, err = planRejoinForTest(c.cfg, snap, c.env)
@@ -427,6 +441,77 @@ func TestEngineSavesSyncSettings(t *testing.T) {
 	}
 	if c.rec.st.Sync.Commit != "on" || c.rec.st.Sync.SeenAt.IsZero() || c.rec.st.Primary != "pg1" {
 		t.Errorf("record %+v", c.rec.st)
+	}
+}
+
+// An emergency failover that cannot keep as many synchronous standbys as
+// the old primary had (ANY 2 of pg2 and pg3, pg2 promoted) lowers the
+// number and says so in the record, for the old primary's rejoin to raise
+// it back.
+func TestEmergencyRecordsLoweredSync(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "emergency-sync")
+	if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 1 (pg3)" {
+		t.Errorf("pg2's synchronous_standby_names %q, want ANY 1 (pg3)", got)
+	}
+	want := topology.SyncRestore{Node: "pg1", Primary: "pg2", Set: "ANY 1 (pg3)", Before: "ANY 2 (pg2, pg3)"}
+	if r := c.rec.st.SyncRestore; r == nil || *r != want {
+		t.Errorf("record's sync_restore %+v, want %+v", r, want)
+	}
+}
+
+// The rejoin of the former primary whose fencing lowered synchronous
+// replication raises it back, the promoted node's place in the list taken
+// by the rejoined one, and clears the record's note of it; an operator who
+// changed the setting since keeps it (the name is only added).
+func TestRejoinRaisesLoweredSync(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "rejoin-raise")
+	if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 2 (pg3, pg1)" {
+		t.Errorf("pg2's synchronous_standby_names %q, want ANY 2 (pg3, pg1)", got)
+	}
+	if c.rec.st.SyncRestore != nil || c.rec.st.Sync.StandbyNames != "ANY 2 (pg3, pg1)" {
+		t.Errorf("record: sync %+v, sync_restore %+v; want ANY 2 (pg3, pg1) and none", c.rec.st.Sync, c.rec.st.SyncRestore)
+	}
+
+	changed := newEngineCase(t, "rejoin-raise")
+	p2 := changed.snap.Node("pg2")
+	p2.Settings.SynchronousStandbyNames = tt.Ptr("FIRST 1 (pg3)")
+	if st := syncRaise(changed.snap, p2, "pg1"); st != nil {
+		t.Errorf("raised %s over the operator's FIRST 1 (pg3)", st)
+	}
+	p2.Settings.SynchronousStandbyNames = tt.Ptr("pg3") // FIRST 1 (pg3), not the lowered ANY 1 (pg3)
+	if st := syncRaise(changed.snap, p2, "pg1"); st != nil {
+		t.Errorf("raised %s over the operator's pg3", st)
+	}
+	p2.Settings.SynchronousStandbyNames = tt.Ptr("any 1 (\"pg3\")")
+	if st := syncRaise(changed.snap, p2, "pg1"); st == nil || st.String() != "ANY 2 (pg3, pg1)" {
+		t.Errorf("the lowered setting spelt otherwise: raised to %v, want ANY 2 (pg3, pg1)", st)
+	}
+	if st := syncRaise(changed.snap, p2, "pg3"); st != nil {
+		t.Errorf("the rejoin of pg3, which was not fenced for it, raised it to %s", st)
+	}
+
+	// Rejoined already (by hand, or the raise failed then): rejoin raises.
+	pg1 := tt.Replica("pg1", 5433, 0x3000060)
+	pg1.Timeline = tt.Ptr(uint32(2))
+	primary := tt.Primary("pg2", 0x3001060, "pg3", "pg1")
+	primary.Timeline = tt.Ptr(uint32(2))
+	primary.Settings.SynchronousStandbyNames = tt.Ptr("ANY 1 (pg3)")
+	rec := &topology.Record{Primary: "pg2", SyncRestore: &topology.SyncRestore{Node: "pg1", Primary: "pg2", Set: "ANY 1 (pg3)", Before: "ANY 2 (pg2, pg3)"}}
+	snap := topology.Classify(c.cfg, []topology.NodeStatus{pg1, primary, tt.Replica("pg3", 5433, 0x3000060)}, rec)
+	p, _, err := PlanRejoin(c.cfg, snap, "pg1", c.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := stepIDs(p); !slices.Equal(ids, []string{StepLock, StepSync}) {
+		t.Errorf("rejoin of the rejoined pg1 with the raise pending: steps %v, want lock, sync", ids)
 	}
 }
 

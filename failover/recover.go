@@ -428,6 +428,7 @@ func (rc *recovery) rollForward(p *plan.Plan, r *etcdlock.OpRecord, obs Observat
 		if s.ID == StepSaveConfig && decodeCaptured(s.Captured, &saved) && saved.StandbyNames != "" {
 			if ss, err := topology.ParseSyncStandbyNames(saved.StandbyNames); err == nil && ss.Enabled() {
 				sw.sync = adaptSync(ss, cand, old, false)
+				sw.syncOriginal = saved.StandbyNames
 			}
 		}
 	}

@@ -84,6 +84,15 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 				rp.Steps = append(rp.Steps, dropOldSlotStep(&cascade{env: env, node: node, upstream: on, oldSlot: node}, t, min(5*time.Second, cfg.Lock.TTL/2)))
 			}
 		}
+		if st := syncRaise(snap, p, node); st != nil {
+			// Rejoined (by hand, or the raise below failed before): what
+			// is left is the synchronous replication its fencing lowered.
+			msg += fmt.Sprintf("; %s's synchronous_standby_names is still the one lowered for want of %s: it is raised back", p.Name, node)
+			if len(rp.Steps) == 0 {
+				rp.Steps = append(rp.Steps, rejoinLockStep(cfg, env))
+			}
+			rp.Steps = append(rp.Steps, syncRaiseStep(env, snap, p, st, TimeoutsFor(cfg, 0, 0), min(5*time.Second, cfg.Lock.TTL/2)))
+		}
 		rp.Notes = []string{msg}
 		return rp, []checks.Result{{Name: "already_replica", Node: node, Level: checks.OK, Code: "ok", Message: msg}}, nil
 	}
@@ -138,7 +147,9 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 	if len(stale) == 0 {
 		rp.Steps = slices.DeleteFunc(rp.Steps, func(s plan.Step) bool { return s.ID == StepDropSlots })
 	}
-	if st := syncBack(snap, p, node); st != nil {
+	if st := syncRaise(snap, p, node); st != nil {
+		rp.Steps = append(rp.Steps, syncRaiseStep(env, snap, p, st, t, budget))
+	} else if st := syncBack(snap, p, node); st != nil {
 		want := st.String()
 		rp.Steps = append(rp.Steps, plan.Step{ID: StepSync, Node: primary.Name, Mutates: true, Timeout: t.Stream, Budget: budget,
 			Description: fmt.Sprintf("%s: once %s streams (timeout %s), put it back among its synchronous standbys: ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf() (a name added to the list never makes a commit wait longer)",
@@ -459,6 +470,72 @@ func syncBack(snap *topology.Snapshot, primary *topology.Node, node string) *top
 	out := *ss
 	out.Names = append(slices.Clone(ss.Names), node)
 	return &out
+}
+
+// syncRaise is the primary's synchronous standby list raised back to what
+// the record's SyncRestore asks for, when node is the former primary whose
+// fencing lowered it and the primary still has the lowered setting: the
+// old primary's list and number, the primary replaced by node, as a
+// switchover that rejoined node would have set it. nil otherwise (an
+// operator who changed the setting since has the last word).
+func syncRaise(snap *topology.Snapshot, primary *topology.Node, node string) *topology.SyncStandbys {
+	if snap.Record == nil || snap.Record.SyncRestore == nil {
+		return nil
+	}
+	r := snap.Record.SyncRestore
+	if !strings.EqualFold(r.Node, node) || r.Primary != primary.Name {
+		return nil
+	}
+	cur := ""
+	if s := primary.Settings.SynchronousStandbyNames; s != nil {
+		cur = *s
+	}
+	if topology.CanonicalSyncStandbyNames(cur) != topology.CanonicalSyncStandbyNames(r.Set) {
+		return nil
+	}
+	before, err := topology.ParseSyncStandbyNames(r.Before)
+	if err != nil || !before.Enabled() {
+		return nil
+	}
+	want := adaptSync(before, primary.Name, node, true)
+	if !want.Enabled() || want.String() == topology.CanonicalSyncStandbyNames(cur) {
+		return nil
+	}
+	return want
+}
+
+// syncRaiseStep raises the primary's synchronous replication back to want
+// (syncRaise) once enough of its standbys stream, and clears the record's
+// SyncRestore.
+func syncRaiseStep(env *Env, snap *topology.Snapshot, primary *topology.Node, want *topology.SyncStandbys, t Timeouts, budget time.Duration) plan.Step {
+	r := snap.Record.SyncRestore
+	by := "an earlier operation"
+	if r.OperationID != "" {
+		by = "operation " + r.OperationID
+	}
+	w := want.String()
+	return plan.Step{ID: StepSync, Node: primary.Name, Mutates: true, Timeout: t.Stream, Budget: budget,
+		Description: fmt.Sprintf("%s: once %d of %s stream (timeout %s), raise synchronous replication back to what %s had before %s lowered it (%s) for want of %s: ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
+			primary.Name, want.Num, strings.Join(want.Names, ", "), t.Stream, r.Node, by, pgctl.QuoteLiteral(r.Before), r.Node, pgctl.QuoteLiteral(w)),
+		Run: func(ctx context.Context) error {
+			err := pgctl.PollUntil(ctx, env.Clock, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+				n, err := env.Ctl.StreamingStandbys(ctx, primary.Name, want.Names)
+				return n >= want.Num, err
+			}, fmt.Sprintf("fewer than %d of %s stream from %s: synchronous_standby_names left at %s rather than let commits hang; run `replctl rejoin %s` again once they stream",
+				want.Num, strings.Join(want.Names, ", "), primary.Name, pgctl.QuoteLiteral(r.Set), r.Node))
+			if err != nil {
+				return err
+			}
+			if err := env.Ctl.SetSyncStandbys(ctx, primary.Name, w); err != nil {
+				return err
+			}
+			_, _, err = env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
+				s.Sync.StandbyNames, s.Sync.SeenAt = w, time.Now()
+				s.SyncRestore = nil
+				return nil
+			})
+			return err
+		}}
 }
 
 // unfenceStep removes node's fence mark from the cluster record.

@@ -1121,6 +1121,7 @@ func (sw *switchover) record(ctx context.Context) error {
 		// the old primary's name different standbys.
 		s.Sync = sw.candSync
 		s.Sync.SeenAt = time.Now()
+		s.SyncRestore = sw.syncRestore(op)
 		s.Fence(sw.primary.Name, "former primary, replaced by "+sw.candidate.Name)
 		return nil
 	})
@@ -1128,6 +1129,29 @@ func (sw *switchover) record(ctx context.Context) error {
 		return err
 	}
 	return sw.env.Ctl.RecordToken(ctx, sw.candidate.Name, sw.env.Lock.Token(), op)
+}
+
+// syncRestore is what the record says about synchronous replication
+// that this operation lowered: nil unless the candidate's
+// synchronous_standby_names waits for fewer standbys than the old
+// primary's did (an emergency failover or a switchover without rejoin
+// could not put the old primary in the candidate's place), so that the old
+// primary's rejoin raises it back. A promotion that lowers nothing leaves
+// an earlier one's restore behind it: that was about another primary.
+func (sw *switchover) syncRestore(op string) *topology.SyncRestore {
+	if sw.sync == nil {
+		return nil
+	}
+	before, err := topology.ParseSyncStandbyNames(sw.syncOriginal)
+	if err != nil || !before.Enabled() || sw.sync.Enabled() && sw.sync.Num >= before.Num {
+		return nil
+	}
+	// Without a name left no sync step runs: the candidate keeps its own.
+	set := sw.candSync.StandbyNames
+	if len(sw.sync.Names) > 0 {
+		set = sw.sync.String()
+	}
+	return &topology.SyncRestore{Node: sw.primary.Name, Primary: sw.candidate.Name, Set: set, Before: sw.syncOriginal, OperationID: op}
 }
 
 func (sw *switchover) hook(ctx context.Context) error {

@@ -132,10 +132,7 @@ func (e *Engine) observe(ctx context.Context) observation {
 	wg.Wait()
 	var rec *topology.Record
 	if obs.State != nil {
-		rec = &topology.Record{Primary: obs.State.Primary}
-		for _, f := range obs.State.Fenced {
-			rec.Fenced = append(rec.Fenced, f.Node)
-		}
+		rec = obs.State.TopologyRecord()
 	}
 	obs.Snap = topology.Classify(e.Cfg, statuses, rec)
 	return obs

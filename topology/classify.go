@@ -41,6 +41,24 @@ func (n NodeName) MarshalJSON() ([]byte, error) {
 type Record struct {
 	Primary string   `json:"primary"`
 	Fenced  []string `json:"fenced"`
+	// SyncRestore is a lowered synchronous replication that a rejoin
+	// raises back; nil when there is none.
+	SyncRestore *SyncRestore `json:"sync_restore,omitempty"`
+}
+
+// SyncRestore records that an operation had to lower synchronous
+// replication: the former primary it fenced (Node) was needed to keep as
+// many synchronous standbys as the old primary's synchronous_standby_names
+// (Before) asked for, so on the node it promoted (Primary) it set fewer
+// (Set; "" for none). When Node rejoins Primary, and Primary's setting is
+// still Set, `replctl rejoin` raises it back to what Before asked for, the
+// promoted node taking Node's place in the list.
+type SyncRestore struct {
+	Node        string `json:"node"`
+	Primary     string `json:"primary"`
+	Set         string `json:"set"`
+	Before      string `json:"before"`
+	OperationID string `json:"operation_id,omitempty"`
 }
 
 // Node is a configured node with its probe and its classification.

@@ -44,6 +44,17 @@ func (s SyncStandbys) String() string {
 	return fmt.Sprintf("%s %d (%s)", s.Method, s.Num, strings.Join(s.Names, ", "))
 }
 
+// CanonicalSyncStandbyNames is a synchronous_standby_names value in one
+// spelling, so that "any 1 (\"pg3\")" and "ANY 1 (pg3)" compare equal;
+// an unparsable one as it is.
+func CanonicalSyncStandbyNames(s string) string {
+	ss, err := ParseSyncStandbyNames(s)
+	if err != nil {
+		return s
+	}
+	return ss.String()
+}
+
 // ParseSyncStandbyNames parses synchronous_standby_names with PostgreSQL's
 // grammar: "FIRST k (a, b)", "ANY k (a, b)", the older "k (a, b)" (FIRST),
 // or a plain list "a, b" (FIRST 1). Names may be double-quoted.

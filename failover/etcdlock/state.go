@@ -40,6 +40,10 @@ type State struct {
 	// Fenced lists nodes an operation fenced, which must not be written to
 	// or promoted until rejoined.
 	Fenced []FencedNode `json:"fenced"`
+	// SyncRestore is set while synchronous replication runs lowered
+	// because an operation fenced a node it needed (see
+	// topology.SyncRestore); the rejoin of that node clears it.
+	SyncRestore *topology.SyncRestore `json:"sync_restore,omitempty"`
 	// Token and OperationID are the lock and history record under which the
 	// record was written.
 	Token       int64     `json:"token"`
@@ -64,6 +68,16 @@ type FencedNode struct {
 	Token       int64     `json:"token"`
 	OperationID string    `json:"operation_id,omitempty"`
 	Since       time.Time `json:"since"`
+}
+
+// TopologyRecord is what classification and planning take from the
+// record.
+func (s *State) TopologyRecord() *topology.Record {
+	rec := &topology.Record{Primary: s.Primary, SyncRestore: s.SyncRestore}
+	for _, f := range s.Fenced {
+		rec.Fenced = append(rec.Fenced, f.Node)
+	}
+	return rec
 }
 
 // IsFenced reports whether node is marked as fenced.
