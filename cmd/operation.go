@@ -145,8 +145,8 @@ func (o *operation) run(ctx context.Context, p *plan.Plan, env *failover.Env, ex
 	return res
 }
 
-// commandLog keeps every node command an operation ran, with its captured
-// output, for the report: the steps themselves only carry errors.
+// commandLog keeps every node command and hook an operation ran, with its
+// captured output, for the report: the steps themselves only carry errors.
 type commandLog struct {
 	failover.Controller
 	mu   sync.Mutex
@@ -158,6 +158,16 @@ func (c *commandLog) RunCommand(ctx context.Context, node, action string, env ma
 	c.mu.Lock()
 	c.runs = append(c.runs, r)
 	c.mu.Unlock()
+	return r, err
+}
+
+func (c *commandLog) RunHook(ctx context.Context, name, command, node string, env map[string]string) (pgctl.CommandResult, error) {
+	r, err := c.Controller.RunHook(ctx, name, command, node, env)
+	if r.Action != "" {
+		c.mu.Lock()
+		c.runs = append(c.runs, r)
+		c.mu.Unlock()
+	}
 	return r, err
 }
 
@@ -176,7 +186,11 @@ func writeCommands(w io.Writer, runs []pgctl.CommandResult) {
 	for _, r := range runs {
 		shown := r.Command
 		if len(shown) > longCommand {
-			shown = "commands." + r.Action + ", in full in the plan (and in -o json)"
+			ref := "commands." + r.Action
+			if hook, ok := strings.CutPrefix(r.Action, "hook "); ok {
+				ref = "hooks." + hook
+			}
+			shown = ref + ", in full in the plan (and in -o json)"
 		}
 		fmt.Fprintf(w, "  %s %s (exit %d, %s): %s\n", r.Node, r.Action, r.ExitCode, roundDur(r.Duration), shown)
 		for _, line := range strings.Split(strings.TrimRight(r.Output, "\n"), "\n") {
@@ -191,18 +205,21 @@ func writeCommands(w io.Writer, runs []pgctl.CommandResult) {
 // once, in the plan, and referred to after that.
 const longCommand = 60
 
-// referToCommands replaces the long node commands in a step's description
-// with a reference: the plan printed just before shows them in full.
+// referToCommands replaces the long node commands and hooks in a step's
+// description with a reference: the plan printed just before shows them in
+// full.
 func referToCommands(cfg *config.Config, desc string) string {
 	if cfg == nil {
 		return desc
 	}
+	long := []string{cfg.Hooks.PreFence, cfg.Hooks.PostPromote}
 	for _, n := range cfg.Nodes {
 		c := n.Commands
-		for _, cmd := range []string{c.Stop, c.Start, c.Kill, c.Fence, c.Rejoin} {
-			if len(cmd) > longCommand {
-				desc = strings.ReplaceAll(desc, cmd, "as in the plan")
-			}
+		long = append(long, c.Stop, c.Start, c.Kill, c.Fence, c.Rejoin)
+	}
+	for _, cmd := range long {
+		if len(cmd) > longCommand {
+			desc = strings.ReplaceAll(desc, cmd, "as in the plan")
 		}
 	}
 	return desc

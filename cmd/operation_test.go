@@ -47,9 +47,16 @@ func TestLongCommandsSaidOnce(t *testing.T) {
 	if strings.Contains(got, long) || !strings.Contains(got, "commands.stop (as in the plan)") {
 		t.Errorf("progress line %q", got)
 	}
+	hook := "/usr/local/bin/move-vip --from pg1 --to pg2 --interface eth0 --wait-arp-seconds 2"
+	cfg.Hooks.PostPromote = hook
+	if got := referToCommands(cfg, "run hooks.post_promote ("+hook+") with REPLCTL_NODE=pg2"); got != "run hooks.post_promote (as in the plan) with REPLCTL_NODE=pg2" {
+		t.Errorf("progress line %q", got)
+	}
 	var b strings.Builder
-	writeCommands(&b, []pgctl.CommandResult{{Node: "pg1", Action: "stop", Command: long}, {Node: "pg1", Action: "start", Command: "start"}})
-	if strings.Contains(b.String(), long) || !strings.Contains(b.String(), "commands.stop, in full in the plan") || !strings.Contains(b.String(), "): start") {
+	writeCommands(&b, []pgctl.CommandResult{{Node: "pg1", Action: "stop", Command: long}, {Node: "pg1", Action: "start", Command: "start"},
+		{Node: "pg2", Action: "hook post_promote", Command: hook}})
+	if strings.Contains(b.String(), long) || !strings.Contains(b.String(), "commands.stop, in full in the plan") || !strings.Contains(b.String(), "): start") ||
+		strings.Contains(b.String(), hook) || !strings.Contains(b.String(), "pg2 hook post_promote (exit 0, 0s): hooks.post_promote, in full in the plan") {
 		t.Errorf("node commands:\n%s", b.String())
 	}
 }

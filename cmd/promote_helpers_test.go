@@ -128,6 +128,11 @@ type promoteDoc struct {
 	} `json:"result"`
 	Error              string   `json:"error"`
 	WriteOutageSeconds *float64 `json:"write_outage_seconds"`
+	Commands           []struct {
+		Node     string `json:"node"`
+		Action   string `json:"action"`
+		ExitCode int    `json:"exit_code"`
+	} `json:"commands"`
 	Final              *struct {
 		Primary string `json:"primary"`
 	} `json:"final"`

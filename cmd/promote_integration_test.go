@@ -3,6 +3,7 @@ package cmd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -70,6 +71,14 @@ func TestIntegrationSwitchoverStopFence(t *testing.T) {
 	// it is promoted.
 	if got := commandsRun(t, log); !slices.Equal(got, []string{"pg1_hook_pre_fence", "pg1_stop", "pg2_hook_post_promote", "pg1_rejoin"}) {
 		t.Errorf("commands run: %v", got)
+	}
+	// The report lists them too, the hooks among the node commands.
+	var reported []string
+	for _, r := range d.Commands {
+		reported = append(reported, fmt.Sprintf("%s %s %d", r.Node, r.Action, r.ExitCode))
+	}
+	if !slices.Equal(reported, []string{"pg1 hook pre_fence 0", "pg1 stop 0", "pg2 hook post_promote 0", "pg1 rejoin 0"}) {
+		t.Errorf("commands reported: %v", reported)
 	}
 	if st := clusterRecord(t, cli, c); st.Primary != "pg2" || len(st.Fenced) != 0 || st.Timeline != uint32(tl+1) {
 		t.Errorf("cluster record %+v", st)

@@ -60,8 +60,8 @@ type Controller interface {
 	RecordToken(ctx context.Context, node string, token int64, op string) error
 	RunCommand(ctx context.Context, node, action string, env map[string]string) (pgctl.CommandResult, error)
 	// RunHook runs hooks.NAME (command) for node: REPLCTL_NODE is node,
-	// env adds to it.
-	RunHook(ctx context.Context, name, command, node string, env map[string]string) error
+	// env adds to it. Its result is for the report, like RunCommand's.
+	RunHook(ctx context.Context, name, command, node string, env map[string]string) (pgctl.CommandResult, error)
 	// WatchShutdown follows a primary's WAL over a replication connection
 	// until the stream ends; a clean end gives where its WAL ends once it
 	// has written its shutdown checkpoint (pgctl.ShutdownWatch).

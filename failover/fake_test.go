@@ -884,7 +884,7 @@ func (f *fakeCluster) HoldWrites(ctx context.Context, node string) error {
 // RunHook models the hooks of a virtual IP or a pooler: pre_fence sends
 // clients nowhere (with REPLCTL_UNDO, back to the node), post_promote to
 // the node.
-func (f *fakeCluster) RunHook(ctx context.Context, name, _, node string, env map[string]string) error {
+func (f *fakeCluster) RunHook(ctx context.Context, name, command, node string, env map[string]string) (pgctl.CommandResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.change("hook %s %s undo=%s", name, node, env["REPLCTL_UNDO"])
@@ -894,7 +894,7 @@ func (f *fakeCluster) RunHook(ctx context.Context, name, _, node string, env map
 	default:
 		f.clients = node
 	}
-	return nil
+	return pgctl.CommandResult{Node: node, Action: "hook " + name, Command: command}, nil
 }
 
 func (f *fakeCluster) WatchShutdown(ctx context.Context, node string) (*pgctl.ShutdownWatch, error) {

@@ -1155,7 +1155,8 @@ func (sw *switchover) syncRestore(op string) *topology.SyncRestore {
 }
 
 func (sw *switchover) hook(ctx context.Context) error {
-	return sw.env.Ctl.RunHook(ctx, HookPostPromote, sw.cfg.Hooks.PostPromote, sw.candidate.Name, nil)
+	_, err := sw.env.Ctl.RunHook(ctx, HookPostPromote, sw.cfg.Hooks.PostPromote, sw.candidate.Name, nil)
+	return err
 }
 
 // Hook names, the keys of the hooks section.
@@ -1200,7 +1201,8 @@ func preFenceHook(env *Env, cfg *config.Config, old, c string, undo bool) func(c
 		vars["REPLCTL_UNDO"] = "1"
 	}
 	return func(ctx context.Context) error {
-		return env.Ctl.RunHook(ctx, HookPreFence, cfg.Hooks.PreFence, old, vars)
+		_, err := env.Ctl.RunHook(ctx, HookPreFence, cfg.Hooks.PreFence, old, vars)
+		return err
 	}
 }
 

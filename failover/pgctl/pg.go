@@ -691,13 +691,12 @@ func (p *PG) RunCommand(ctx context.Context, node, action string, env map[string
 }
 
 // RunHook runs hooks.NAME (command) for node, bounded by command_timeout.
-func (p *PG) RunHook(ctx context.Context, name, command, node string, env map[string]string) error {
+func (p *PG) RunHook(ctx context.Context, name, command, node string, env map[string]string) (CommandResult, error) {
 	n, err := p.node(node)
 	if err != nil {
-		return err
+		return CommandResult{}, err
 	}
-	_, err = RunHook(ctx, name, command, n, p.cfg.CommandTimeout, env)
-	return err
+	return RunHook(ctx, name, command, n, p.cfg.CommandTimeout, env)
 }
 
 // poll calls cond every Poll until it reports true or ctx ends.
