@@ -328,6 +328,7 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase, retry bool) bool {
 	if fc.setup != "emergency" {
 		appendConfig(t, cfg, "failover:\n  stream_timeout: 5s\n")
 	}
+	clients := faultClients(t, cfg)
 	target := faultTarget(c)
 	w, err := faultcheck.Watch(ctx, target, faultcheck.Options{})
 	if err != nil {
@@ -436,6 +437,11 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase, retry bool) bool {
 		}
 		final = faultSettle(ctx, target, w)
 	}
+	if len(final) == 0 {
+		if p := faultClientsAt(ctx, cfg, clients); p != "" {
+			problems = append(problems, p)
+		}
+	}
 	rep := w.Stop()
 	for _, v := range rep.Violations {
 		problems = append(problems, v.String())
@@ -460,6 +466,43 @@ func runFaultCase(t *testing.T, bin string, fc matrixCase, retry bool) bool {
 		t.Error(p)
 	}
 	return true
+}
+
+// faultClients gives the case's operations the hooks of clients behind a
+// virtual IP (as clients=vip of the load benchmark): hooks.pre_fence
+// withdraws it from the old primary (undone: gives it back) and
+// hooks.post_promote moves it to the new primary. The file they write
+// names the node clients are sent to, pg1 to begin with; once the cluster
+// is whole again it must name the primary, whatever was interrupted or
+// undone on the way: clients left held back see an outage that never ends.
+func faultClients(t *testing.T, cfg string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "clients")
+	if err := os.WriteFile(f, []byte("pg1"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	appendConfig(t, cfg, fmt.Sprintf("hooks:\n  pre_fence: %q\n  post_promote: %q\n",
+		fmt.Sprintf(`if [ -n "$REPLCTL_UNDO" ]; then printf '%%s' "$REPLCTL_NODE" > '%[1]s'; else : > '%[1]s'; fi`, f),
+		fmt.Sprintf(`printf '%%s' "$REPLCTL_NODE" > '%s'`, f)))
+	return f
+}
+
+// faultClientsAt says what is wrong with where faultClients' hooks left the
+// clients, once the cluster is whole: "" when they are sent to the primary.
+func faultClientsAt(ctx context.Context, cfg, file string) string {
+	at, err := os.ReadFile(file)
+	if err != nil {
+		return "clients: " + err.Error()
+	}
+	r := emCLI(ctx, cfg, "status", "-o", "json")
+	var s emStatus
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil || s.Primary == nil {
+		return fmt.Sprintf("clients: no primary in status (%v):\n%s", err, r)
+	}
+	if string(at) != *s.Primary {
+		return fmt.Sprintf("clients are sent to %q (where hooks.pre_fence and hooks.post_promote left them), the primary is %s", at, *s.Primary)
+	}
+	return ""
 }
 
 // faultDrill is the example drill (runbooks/examples/switchover-and-back.yaml)
