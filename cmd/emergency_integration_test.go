@@ -146,9 +146,17 @@ func emSeedRecord(t testing.TB, cli *clientv3.Client, cfg *config.Config, fn fun
 func emSeedAsync(t testing.TB, cfgPath string) {
 	t.Helper()
 	cfg := emLoad(t, cfgPath)
-	emSeedRecord(t, emEtcd(t, cfg), cfg, func(s *etcdlock.State) {
+	emSeedSync(t, emEtcd(t, cfg), cfg, "")
+}
+
+// emSeedSync records pg1 as the primary, with synchronous_standby_names
+// names and synchronous_commit on, as an earlier operation under the lock
+// would have saved them.
+func emSeedSync(t testing.TB, cli *clientv3.Client, cfg *config.Config, names string) {
+	t.Helper()
+	emSeedRecord(t, cli, cfg, func(s *etcdlock.State) {
 		s.Primary = "pg1"
-		s.Sync = etcdlock.SyncSettings{StandbyNames: "", Commit: "on", SeenAt: time.Now()}
+		s.Sync = etcdlock.SyncSettings{StandbyNames: names, Commit: "on", SeenAt: time.Now()}
 	})
 }
 
@@ -671,28 +679,14 @@ func TestEmergencySyncLoweredThenRaised(t *testing.T) {
 	cfgPath := emConfig(t, c, nil, "")
 	cfg := emLoad(t, cfgPath)
 	cli := emEtcd(t, cfg)
-	// As an earlier operation under the lock would have saved them.
-	emSeedRecord(t, cli, cfg, func(s *etcdlock.State) {
-		s.Primary = "pg1"
-		s.Sync = etcdlock.SyncSettings{StandbyNames: "ANY 2 (pg2, pg3)", Commit: "on", SeenAt: time.Now()}
-	})
+	emSeedSync(t, cli, cfg, "ANY 2 (pg2, pg3)")
 	if err := c.Exec(ctx, "pg1", "CREATE TABLE lowered (id int)"); err != nil {
 		t.Fatal(err)
 	}
 	emCrash(t, c, "pg1")
 
 	r := emExpect(t, 0, cfgPath, "-o", "json", "promote", "--emergency", "--yes")
-	var d struct {
-		Emergency struct {
-			Choice struct {
-				Chosen string `json:"chosen"`
-			} `json:"choice"`
-		} `json:"emergency"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &d); err != nil || d.Emergency.Choice.Chosen == "" {
-		t.Fatalf("promote -o json: %v\n%s", err, r)
-	}
-	chosen := d.Emergency.Choice.Chosen
+	chosen := emDoc(t, r).Emergency.Choice.Chosen
 	other := emOther(chosen, "pg2", "pg3")
 	lowered := "ANY 1 (" + other + ")"
 	showSync := func() string {
@@ -775,10 +769,7 @@ func TestEmergencyRefusalsAsync(t *testing.T) {
 	cfgPath := emConfig(t, c, nil, "")
 	cfg := emLoad(t, cfgPath)
 	cli := emEtcd(t, cfg)
-	emSeedRecord(t, cli, cfg, func(s *etcdlock.State) {
-		s.Primary = "pg1"
-		s.Sync = etcdlock.SyncSettings{StandbyNames: "", Commit: "on", SeenAt: time.Now()}
-	})
+	emSeedSync(t, cli, cfg, "")
 
 	t.Run("primary streaming but unreachable from replctl", func(t *testing.T) {
 		// replctl's DSN for pg1 leads nowhere; replication is untouched.
@@ -870,10 +861,7 @@ func TestEmergencyRefusalsSync(t *testing.T) {
 	cfgPath := emConfig(t, c, nil, "")
 	cfg := emLoad(t, cfgPath)
 	cli := emEtcd(t, cfg)
-	emSeedRecord(t, cli, cfg, func(s *etcdlock.State) {
-		s.Primary = "pg1"
-		s.Sync = etcdlock.SyncSettings{StandbyNames: "ANY 1 (pg2, pg3)", Commit: "on", SeenAt: time.Now()}
-	})
+	emSeedSync(t, cli, cfg, "ANY 1 (pg2, pg3)")
 	emCrash(t, c, "pg1")
 
 	t.Run("the lock is held", func(t *testing.T) {

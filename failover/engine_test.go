@@ -444,17 +444,25 @@ func TestEngineSavesSyncSettings(t *testing.T) {
 	}
 }
 
+// pg2SyncAfter runs the plan of kind to success and returns its case and
+// pg2's synchronous_standby_names then.
+func pg2SyncAfter(t *testing.T, kind string) (*engineCase, string) {
+	t.Helper()
+	c := newEngineCase(t, kind)
+	if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("%s: outcome %s: %v", kind, res.Outcome, res.Err)
+	}
+	return c, c.ctl.nodes["pg2"].auto["synchronous_standby_names"]
+}
+
 // An emergency failover that cannot keep as many synchronous standbys as
 // the old primary had (ANY 2 of pg2 and pg3, pg2 promoted) lowers the
 // number and says so in the record, for the old primary's rejoin to raise
 // it back.
 func TestEmergencyRecordsLoweredSync(t *testing.T) {
 	t.Parallel()
-	c := newEngineCase(t, "emergency-sync")
-	if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
-		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
-	}
-	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 1 (pg3)" {
+	c, got := pg2SyncAfter(t, "emergency-sync")
+	if got != "ANY 1 (pg3)" {
 		t.Errorf("pg2's synchronous_standby_names %q, want ANY 1 (pg3)", got)
 	}
 	want := topology.SyncRestore{Node: "pg1", Primary: "pg2", Set: "ANY 1 (pg3)", Before: "ANY 2 (pg2, pg3)"}
@@ -469,11 +477,8 @@ func TestEmergencyRecordsLoweredSync(t *testing.T) {
 // changed the setting since keeps it (the name is only added).
 func TestRejoinRaisesLoweredSync(t *testing.T) {
 	t.Parallel()
-	c := newEngineCase(t, "rejoin-raise")
-	if res := plan.Execute(t.Context(), c.plan, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
-		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
-	}
-	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 2 (pg3, pg1)" {
+	c, got := pg2SyncAfter(t, "rejoin-raise")
+	if got != "ANY 2 (pg3, pg1)" {
 		t.Errorf("pg2's synchronous_standby_names %q, want ANY 2 (pg3, pg1)", got)
 	}
 	if c.rec.st.SyncRestore != nil || c.rec.st.Sync.StandbyNames != "ANY 2 (pg3, pg1)" {

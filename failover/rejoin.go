@@ -155,21 +155,9 @@ func PlanRejoin(cfg *config.Config, snap *topology.Snapshot, node string, env *E
 			Description: fmt.Sprintf("%s: once %s streams (timeout %s), put it back among its synchronous standbys: ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf() (a name added to the list never makes a commit wait longer)",
 				primary.Name, node, t.Stream, pgctl.QuoteLiteral(want)),
 			Run: func(ctx context.Context) error {
-				err := pgctl.PollUntil(ctx, env.Clock, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
-					n, err := env.Ctl.StreamingStandbys(ctx, primary.Name, []string{node})
-					return n >= 1, err
-				}, fmt.Sprintf("%s does not stream from %s: not adding it to synchronous_standby_names", node, primary.Name))
-				if err != nil {
-					return err
-				}
-				if err := env.Ctl.SetSyncStandbys(ctx, primary.Name, want); err != nil {
-					return err
-				}
-				_, _, err = env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
-					s.Sync.StandbyNames, s.Sync.SeenAt = want, time.Now()
-					return nil
-				})
-				return err
+				return setSyncOnceStreaming(ctx, env, primary.Name, []string{node}, 1, want,
+					fmt.Sprintf("%s does not stream from %s: not adding it to synchronous_standby_names", node, primary.Name),
+					func(s *etcdlock.State) { s.Sync.StandbyNames = want })
 			}})
 	}
 	return rp, results, nil
@@ -518,24 +506,35 @@ func syncRaiseStep(env *Env, snap *topology.Snapshot, primary *topology.Node, wa
 		Description: fmt.Sprintf("%s: once %d of %s stream (timeout %s), raise synchronous replication back to what %s had before %s lowered it (%s) for want of %s: ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
 			primary.Name, want.Num, strings.Join(want.Names, ", "), t.Stream, r.Node, by, pgctl.QuoteLiteral(r.Before), r.Node, pgctl.QuoteLiteral(w)),
 		Run: func(ctx context.Context) error {
-			err := pgctl.PollUntil(ctx, env.Clock, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
-				n, err := env.Ctl.StreamingStandbys(ctx, primary.Name, want.Names)
-				return n >= want.Num, err
-			}, fmt.Sprintf("fewer than %d of %s stream from %s: synchronous_standby_names left at %s rather than let commits hang; run `replctl rejoin %s` again once they stream",
-				want.Num, strings.Join(want.Names, ", "), primary.Name, pgctl.QuoteLiteral(r.Set), r.Node))
-			if err != nil {
-				return err
-			}
-			if err := env.Ctl.SetSyncStandbys(ctx, primary.Name, w); err != nil {
-				return err
-			}
-			_, _, err = env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
-				s.Sync.StandbyNames, s.Sync.SeenAt = w, time.Now()
-				s.SyncRestore = nil
-				return nil
-			})
-			return err
+			return setSyncOnceStreaming(ctx, env, primary.Name, want.Names, want.Num, w,
+				fmt.Sprintf("fewer than %d of %s stream from %s: synchronous_standby_names left at %s rather than let commits hang; run `replctl rejoin %s` again once they stream",
+					want.Num, strings.Join(want.Names, ", "), primary.Name, pgctl.QuoteLiteral(r.Set), r.Node),
+				func(s *etcdlock.State) { s.Sync.StandbyNames, s.SyncRestore = w, nil })
 		}}
+}
+
+// setSyncOnceStreaming sets primary's synchronous_standby_names to want
+// once num of names stream from it (failing with notYet rather than let
+// commits hang when they do not within the step's time), then records it:
+// record changes the cluster record, whose sync settings are stamped seen
+// now.
+func setSyncOnceStreaming(ctx context.Context, env *Env, primary string, names []string, num int, want, notYet string, record func(*etcdlock.State)) error {
+	err := pgctl.PollUntil(ctx, env.Clock, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+		n, err := env.Ctl.StreamingStandbys(ctx, primary, names)
+		return n >= num, err
+	}, notYet)
+	if err != nil {
+		return err
+	}
+	if err := env.Ctl.SetSyncStandbys(ctx, primary, want); err != nil {
+		return err
+	}
+	_, _, err = env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
+		record(s)
+		s.Sync.SeenAt = time.Now()
+		return nil
+	})
+	return err
 }
 
 // unfenceStep removes node's fence mark from the cluster record.

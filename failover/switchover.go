@@ -1256,21 +1256,11 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 
 func (sw *switchover) applySync(ctx context.Context) error {
 	want := sw.sync
-	err := pgctl.PollUntil(ctx, sw.env.Clock, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
-		n, err := sw.env.Ctl.StreamingStandbys(ctx, sw.candidate.Name, want.Names)
-		return n >= want.Num, err
-	}, fmt.Sprintf("fewer than %d of %s stream from %s: left asynchronous rather than let commits hang", want.Num, strings.Join(want.Names, ", "), sw.candidate.Name))
-	if err != nil {
-		return err
-	}
-	if err := sw.env.Ctl.SetSyncStandbys(ctx, sw.candidate.Name, want.String()); err != nil {
-		return err
-	}
-	_, _, err = sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
-		s.Sync = etcdlock.SyncSettings{StandbyNames: want.String(), Commit: sw.candSync.Commit, SeenAt: time.Now()}
-		return nil
-	})
-	return err
+	return setSyncOnceStreaming(ctx, sw.env, sw.candidate.Name, want.Names, want.Num, want.String(),
+		fmt.Sprintf("fewer than %d of %s stream from %s: left asynchronous rather than let commits hang", want.Num, strings.Join(want.Names, ", "), sw.candidate.Name),
+		func(s *etcdlock.State) {
+			s.Sync = etcdlock.SyncSettings{StandbyNames: want.String(), Commit: sw.candSync.Commit}
+		})
 }
 
 // SaveSyncSettings records the primary's synchronous replication settings in
