@@ -1136,8 +1136,8 @@ func (sw *switchover) record(ctx context.Context) error {
 // synchronous_standby_names waits for fewer standbys than the old
 // primary's did (an emergency failover or a switchover without rejoin
 // could not put the old primary in the candidate's place), so that the old
-// primary's rejoin raises it back. A promotion that lowers nothing leaves
-// an earlier one's restore behind it: that was about another primary.
+// primary's rejoin raises it back. A promotion that lowers nothing clears
+// an earlier one's: that was about another primary.
 func (sw *switchover) syncRestore(op string) *topology.SyncRestore {
 	if sw.sync == nil {
 		return nil

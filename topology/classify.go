@@ -51,8 +51,8 @@ type Record struct {
 // many synchronous standbys as the old primary's synchronous_standby_names
 // (Before) asked for, so on the node it promoted (Primary) it set fewer
 // (Set; "" for none). When Node rejoins Primary, and Primary's setting is
-// still Set, `replctl rejoin` raises it back to what Before asked for, the
-// promoted node taking Node's place in the list.
+// still Set, `replctl rejoin` raises it back to what Before asked for, Node
+// taking the promoted node's place in the list.
 type SyncRestore struct {
 	Node        string `json:"node"`
 	Primary     string `json:"primary"`
