@@ -133,7 +133,7 @@ type promoteDoc struct {
 		Action   string `json:"action"`
 		ExitCode int    `json:"exit_code"`
 	} `json:"commands"`
-	Final              *struct {
+	Final *struct {
 		Primary string `json:"primary"`
 	} `json:"final"`
 }
