@@ -63,14 +63,25 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 	c.env.Acquire = func(context.Context) error { c.env.Lock = c.rec; return nil }
 	var err error
 	switch kind {
-	case "switchover-stop", "switchover-stream", "switchover-sql":
+	case "switchover-stop", "switchover-stream", "switchover-sql", "switchover-sync":
 		// switchover-stream is the stop fence that follows the old
 		// primary's WAL to its end; switchover-stop falls back to waiting
-		// for the stop command.
+		// for the stop command; switchover-sync is switchover-stop with
+		// both replicas acknowledging every commit.
 		c.ctl.shutdownStream = kind == "switchover-stream"
 		c.cfg = engineConfig(kind != "switchover-sql", "pg1", "pg2", "pg3")
-		snap := topology.Classify(c.cfg, []topology.NodeStatus{
-			tt.Primary("pg1", lsn, "pg2", "pg3"), tt.Replica("pg2", 5432, lsn), tt.Replica("pg3", 5432, lsn)}, nil)
+		primary := tt.Primary("pg1", lsn, "pg2", "pg3")
+		if kind == "switchover-sync" {
+			const names = "ANY 2 (pg2, pg3)"
+			c.ctl.nodes["pg1"].auto["synchronous_standby_names"] = names
+			c.ctl.reload(c.ctl.nodes["pg1"])
+			ss, err := topology.ParseSyncStandbyNames(names)
+			if err != nil {
+				t.Fatal(err)
+			}
+			primary.Settings.SynchronousStandbyNames, primary.Settings.SyncStandbys = tt.Ptr(names), &ss
+		}
+		snap := topology.Classify(c.cfg, []topology.NodeStatus{primary, tt.Replica("pg2", 5432, lsn), tt.Replica("pg3", 5432, lsn)}, nil)
 		c.snap, c.req = snap, Request{Kind: KindSwitchover, Switchover: SwitchoverOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond, MaxLag: 16 << 20}}
 		c.plan, err = BuildSwitchoverPlan(c.cfg, snap, c.req.Switchover, c.env)
 	case "emergency", "emergency-sync":
@@ -453,6 +464,48 @@ func pg2SyncAfter(t *testing.T, kind string) (*engineCase, string) {
 		t.Fatalf("%s: outcome %s: %v", kind, res.Outcome, res.Err)
 	}
 	return c, c.ctl.nodes["pg2"].auto["synchronous_standby_names"]
+}
+
+// A switchover that rejoins the old primary puts it in the candidate's
+// place among the synchronous standbys (ANY 2 of pg2 and pg3, pg2
+// promoted: ANY 2 of pg3 and pg1), so nothing is lowered; and so does
+// recover rolling forward a switchover killed after pg_promote, as the
+// interrupted plan said.
+func TestSwitchoverKeepsSyncCount(t *testing.T) {
+	t.Parallel()
+	check := func(t *testing.T, c *engineCase) {
+		t.Helper()
+		if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 2 (pg3, pg1)" {
+			t.Errorf("pg2's synchronous_standby_names %q, want ANY 2 (pg3, pg1)", got)
+		}
+		if c.rec.st.SyncRestore != nil {
+			t.Errorf("record's sync_restore %+v, want none", c.rec.st.SyncRestore)
+		}
+	}
+	t.Run("switchover", func(t *testing.T) {
+		t.Parallel()
+		c, _ := pg2SyncAfter(t, "switchover-sync")
+		check(t, c)
+	})
+	t.Run("recover", func(t *testing.T) {
+		t.Parallel()
+		c := newEngineCase(t, "switchover-sync")
+		rec := runUntilKilled(t, c, StepPromote)
+		cand := tt.Primary("pg2", 0x3000100)
+		cand.Timeline = tt.Ptr(uint32(2))
+		pg3 := tt.Replica("pg3", 5432, 0x3000060)
+		pg3.WALReceiver = nil
+		snap := topology.Classify(c.cfg, []topology.NodeStatus{{Name: "pg1", Error: "connection refused"}, cand, pg3}, nil)
+		st := c.rec.st
+		p, res := recoverWith(t, c, Observation{Snap: snap, State: &st, Interrupted: []etcdlock.OpRecord{rec}})
+		if res.Outcome != plan.OutcomeSucceeded || !strings.HasPrefix(p.Notes[0], RollForward) {
+			t.Fatalf("recover %v: %s %v (%q)", stepIDs(p), res.Outcome, res.Err, p.Notes)
+		}
+		if ids := stepIDs(p); slices.Index(ids, StepSync) < slices.Index(ids, StepRejoin) {
+			t.Errorf("steps %v: the sync step must follow the rejoin it names", ids)
+		}
+		check(t, c)
+	})
 }
 
 // An emergency failover that cannot keep as many synchronous standbys as

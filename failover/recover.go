@@ -423,18 +423,6 @@ func (rc *recovery) rollForward(p *plan.Plan, r *etcdlock.OpRecord, obs Observat
 		}
 		add(st)
 	}
-	var saved etcdlock.SyncSettings
-	for _, s := range r.Journal() {
-		if s.ID == StepSaveConfig && decodeCaptured(s.Captured, &saved) && saved.StandbyNames != "" {
-			if ss, err := topology.ParseSyncStandbyNames(saved.StandbyNames); err == nil && ss.Enabled() {
-				sw.sync = adaptSync(ss, cand, old, false)
-				sw.syncOriginal = saved.StandbyNames
-			}
-		}
-	}
-	if sw.sync != nil && len(sw.sync.Names) > 0 {
-		add(sw.stepSync())
-	}
 	hadRejoin := slices.ContainsFunc(r.Plan.Steps, func(s plan.StepSummary) bool { return s.ID == StepRejoin })
 	if on := snap.Node(old); hadRejoin && oc.Commands.Rejoin != "" && (on == nil || !on.Reachable || !on.InRecovery) {
 		ci, err := pgctl.ReplicaConninfo(ccfg, "")
@@ -448,6 +436,22 @@ func (rc *recovery) rollForward(p *plan.Plan, r *etcdlock.OpRecord, obs Observat
 			Run: func(ctx context.Context) error { return sw.rejoinOld(ctx, ci) }})
 	} else {
 		p.Notes = append(p.Notes, fmt.Sprintf("%s stays fenced; rejoin it with `replctl rejoin %s`", old, old))
+	}
+	// As the switchover would have: the rejoined old primary takes the
+	// candidate's place among the synchronous standbys, so the sync step
+	// follows the rejoin; without the rejoin the number may be lowered,
+	// and the record says so for the later rejoin to raise it.
+	var saved etcdlock.SyncSettings
+	for _, s := range r.Journal() {
+		if s.ID == StepSaveConfig && decodeCaptured(s.Captured, &saved) && saved.StandbyNames != "" {
+			if ss, err := topology.ParseSyncStandbyNames(saved.StandbyNames); err == nil && ss.Enabled() {
+				sw.sync = adaptSync(ss, cand, old, sw.rejoin)
+				sw.syncOriginal = saved.StandbyNames
+			}
+		}
+	}
+	if sw.sync != nil && len(sw.sync.Names) > 0 {
+		add(sw.stepSync())
 	}
 	return nil, nil
 }
