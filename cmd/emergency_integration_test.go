@@ -972,3 +972,80 @@ func TestEmergencyConcurrent(t *testing.T) {
 		t.Errorf("%d successful failovers in the history, want 1: %+v", len(done), hist)
 	}
 }
+
+// TestIntegrationSwitchoverSyncRejoinFails: every commit waits for both
+// replicas (ANY 2); the planned switchover to pg2 would put pg1 in pg2's
+// place, but pg1's rejoin fails. pg2 must not be left asynchronous while
+// pg3 streams: it runs ANY 1 (pg3), the record says so, and once the
+// rejoin command works again `replctl rejoin pg1` raises it to ANY 2
+// (pg3, pg1).
+func TestIntegrationSwitchoverSyncRejoinFails(t *testing.T) {
+	emSkip(t)
+	t.Parallel()
+	ctx := t.Context()
+	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
+	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (pg2, pg3)'", "SELECT pg_reload_conf()"} {
+		if err := c.Exec(ctx, "pg1", q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfgPath, _ := switchoverConfig(t, c, fenceStop)
+	broken := filepath.Join(t.TempDir(), "rejoin-broken")
+	if err := os.WriteFile(broken, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// switchoverConfig writes each command as a JSON string (YAML reads
+	// it), which spells ">" as \u003e.
+	yaml := strings.Replace(string(raw), `"echo pg1 rejoin `, `"test -e '`+broken+`' \u0026\u0026 exit 3; echo pg1 rejoin `, 1)
+	if yaml == string(raw) {
+		t.Fatal("no rejoin command for pg1 in the switchover configuration")
+	}
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := emLoad(t, cfgPath)
+	cli := emEtcd(t, cfg)
+	showSync := func() string {
+		var v string
+		if err := c.QueryRow(ctx, "pg2", "SHOW synchronous_standby_names").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+
+	r := emExpect(t, ExitPartial, cfgPath, "promote", "pg2", "--yes")
+	if !strings.Contains(r.stdout, "pg2 runs synchronous_standby_names 'ANY 1 (pg3)', fewer standbys than pg1's 'ANY 2 (pg2, pg3)'") {
+		t.Errorf("the report's end does not say synchronous replication was lowered:\n%s", r)
+	}
+	if got := showSync(); got != "ANY 1 (pg3)" {
+		t.Fatalf("pg2's synchronous_standby_names after the failed rejoin %q, want ANY 1 (pg3)", got)
+	}
+	st, _ := emState(t, cli, cfg)
+	if r := st.SyncRestore; r == nil || r.Node != "pg1" || r.Primary != "pg2" || r.Set != "ANY 1 (pg3)" || r.Before != "ANY 2 (pg2, pg3)" {
+		t.Fatalf("record's sync_restore after the failed rejoin: %+v", r)
+	}
+	if st.Sync.StandbyNames != "ANY 1 (pg3)" || !st.IsFenced("pg1") {
+		t.Errorf("record after the failed rejoin: sync %+v, fenced %v", st.Sync, st.Fenced)
+	}
+
+	if err := os.Remove(broken); err != nil {
+		t.Fatal(err)
+	}
+	emExpect(t, 0, cfgPath, "rejoin", "pg1", "--yes")
+	if got := showSync(); got != "ANY 2 (pg3, pg1)" {
+		t.Errorf("pg2's synchronous_standby_names after pg1's rejoin %q, want ANY 2 (pg3, pg1)", got)
+	}
+	st, _ = emState(t, cli, cfg)
+	if st.SyncRestore != nil || st.Sync.StandbyNames != "ANY 2 (pg3, pg1)" {
+		t.Errorf("record after the rejoin: sync %+v, sync_restore %+v", st.Sync, st.SyncRestore)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := c.Exec(wctx, "pg2", "CREATE TABLE raised (id int)"); err != nil {
+		t.Errorf("a commit under ANY 2 (pg3, pg1): %v", err)
+	}
+}

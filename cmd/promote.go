@@ -16,6 +16,7 @@ import (
 	"github.com/replctl/replctl/failover"
 	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/failover/plan"
+	"github.com/replctl/replctl/topology"
 )
 
 // PromoteOptions are the inputs of replctl promote.
@@ -173,6 +174,10 @@ type promoteReport struct {
 type finalState struct {
 	Primary string      `json:"primary"`
 	Nodes   []finalNode `json:"nodes"`
+	// SyncRestore is the cluster record's note that the primary runs
+	// fewer synchronous standbys than before (absent when it does not),
+	// read back from etcd with the probe.
+	SyncRestore *topology.SyncRestore `json:"sync_restore,omitempty"`
 }
 
 type finalNode struct {
@@ -181,12 +186,16 @@ type finalNode struct {
 	State string `json:"state"`
 }
 
-// probeFinal looks at every node once more after an operation.
-func probeFinal(ctx context.Context, cfg *config.Config, timeout time.Duration) *finalState {
-	obs := observe(context.WithoutCancel(ctx), cfg, timeout, nil, nil)
+// probeFinal looks at every node, and the cluster record, once more after
+// an operation.
+func probeFinal(ctx context.Context, cfg *config.Config, timeout time.Duration, record func(context.Context) (*recordInfo, error)) *finalState {
+	obs := observe(context.WithoutCancel(ctx), cfg, timeout, nil, record)
 	f := &finalState{Primary: string(obs.Snap.Primary)}
 	for _, n := range obs.Snap.Nodes {
 		f.Nodes = append(f.Nodes, finalNode{Node: n.Name, Role: string(n.Role), State: n.State})
+	}
+	if r := obs.Snap.Record; r != nil && r.SyncRestore != nil && r.SyncRestore.Primary == f.Primary {
+		f.SyncRestore = r.SyncRestore
 	}
 	return f
 }
@@ -199,6 +208,10 @@ func writeFinal(w io.Writer, f *finalState) {
 	fmt.Fprintln(w, "At the end (probed):")
 	for _, n := range f.Nodes {
 		fmt.Fprintf(w, "  %s: %s, %s\n", n.Node, n.Role, n.State)
+	}
+	if r := f.SyncRestore; r != nil {
+		fmt.Fprintf(w, "  %s runs synchronous_standby_names %s, fewer standbys than %s's %s: `replctl rejoin %s` raises it back once %s can stream\n",
+			r.Primary, pgctl.QuoteLiteral(r.Set), r.Node, pgctl.QuoteLiteral(r.Before), r.Node, r.Node)
 	}
 }
 
@@ -315,7 +328,7 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 		rep.Error = res.Err.Error()
 	}
 	if res.Outcome != plan.OutcomeSucceeded {
-		rep.Final = probeFinal(ctx, cfg, o.Timeout)
+		rep.Final = probeFinal(ctx, cfg, o.Timeout, recordFn)
 	}
 	if rep.Emergency == nil {
 		rep.WriteOutageSeconds = writeOutage(res)

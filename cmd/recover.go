@@ -201,7 +201,7 @@ func runRecover(ctx context.Context, o *RecoverOptions) error {
 		rep.Error = res.Err.Error()
 	}
 	if res.Outcome != plan.OutcomeSucceeded {
-		rep.Final = probeFinal(ctx, cfg, o.Timeout)
+		rep.Final = probeFinal(ctx, cfg, o.Timeout, recordFn)
 	}
 	if err := show(); err != nil {
 		return err

@@ -155,7 +155,7 @@ func runRejoin(ctx context.Context, o *RejoinOptions) error {
 		rep.Error = res.Err.Error()
 	}
 	if res.Outcome != plan.OutcomeSucceeded {
-		rep.Final = probeFinal(ctx, cfg, o.Timeout)
+		rep.Final = probeFinal(ctx, cfg, o.Timeout, recordFn)
 	}
 	if err := show(); err != nil {
 		return err

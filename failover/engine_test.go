@@ -194,7 +194,7 @@ func ponrIndex(p *plan.Plan) int {
 // does not exist.
 func TestEngineFaultMatrix(t *testing.T) {
 	t.Parallel()
-	for _, kind := range []string{"switchover-stop", "switchover-stream", "switchover-sql", "emergency", "rejoin", "rejoin-cascade"} {
+	for _, kind := range []string{"switchover-stop", "switchover-stream", "switchover-sql", "switchover-sync", "emergency", "emergency-sync", "rejoin", "rejoin-cascade"} {
 		n := len(newEngineCase(t, kind).plan.Steps)
 		for k := range n {
 			for _, mode := range []string{"fail", "lose-before", "lose-during"} {
@@ -273,7 +273,7 @@ func TestEngineFaultMatrix(t *testing.T) {
 							}
 						}
 						pg1 := c.ctl.nodes["pg1"]
-						fenced := c.kind != "emergency" && c.kind != "rejoin" && (!pg1.up || pg1.live["default_transaction_read_only"] == "on")
+						fenced := !strings.HasPrefix(c.kind, "emergency") && c.kind != "rejoin" && (!pg1.up || pg1.live["default_transaction_read_only"] == "on")
 						if fenced && !strings.Contains(strings.Join(res.Left, "\n"), "pg1 left fenced because the lock was lost") {
 							t.Errorf("the report does not say pg1 was left fenced: %q", res.Left)
 						}
@@ -470,7 +470,7 @@ func pg2SyncAfter(t *testing.T, kind string) (*engineCase, string) {
 // place among the synchronous standbys (ANY 2 of pg2 and pg3, pg2
 // promoted: ANY 2 of pg3 and pg1), so nothing is lowered; and so does
 // recover rolling forward a switchover killed after pg_promote, as the
-// interrupted plan said.
+// interrupted plan said. When the rejoin fails, the others are set.
 func TestSwitchoverKeepsSyncCount(t *testing.T) {
 	t.Parallel()
 	check := func(t *testing.T, c *engineCase) {
@@ -505,6 +505,29 @@ func TestSwitchoverKeepsSyncCount(t *testing.T) {
 			t.Errorf("steps %v: the sync step must follow the rejoin it names", ids)
 		}
 		check(t, c)
+	})
+	// The old primary's rejoin failing must not leave the new primary
+	// asynchronous while pg3 streams: ANY 1 (pg3), noted for the later
+	// rejoin to raise.
+	t.Run("rejoin fails", func(t *testing.T) {
+		t.Parallel()
+		c := newEngineCase(t, "switchover-sync")
+		i := slices.IndexFunc(c.plan.Steps, func(s plan.Step) bool { return s.ID == StepRejoin })
+		c.plan.Steps[i].Run = func(context.Context) error { return errors.New("pg_rewind failed") }
+		res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+		if res.Outcome != plan.OutcomePartial {
+			t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+		}
+		if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 1 (pg3)" {
+			t.Errorf("pg2's synchronous_standby_names %q, want ANY 1 (pg3)", got)
+		}
+		want := topology.SyncRestore{Node: "pg1", Primary: "pg2", Set: "ANY 1 (pg3)", Before: "ANY 2 (pg2, pg3)"}
+		if r := c.rec.st.SyncRestore; r == nil || *r != want {
+			t.Errorf("record's sync_restore %+v, want %+v", r, want)
+		}
+		if got := c.rec.st.Sync.StandbyNames; got != "ANY 1 (pg3)" {
+			t.Errorf("record's sync %q, want ANY 1 (pg3)", got)
+		}
 	})
 }
 

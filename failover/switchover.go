@@ -162,6 +162,9 @@ type switchover struct {
 	newTimeline  uint32
 	newLSN       topology.LSN
 	rejoin       bool
+	// rejoined is whether the old primary's rejoin step succeeded: the
+	// sync step names it only then.
+	rejoined     bool
 	sync         *topology.SyncStandbys
 	syncOriginal string
 	// candSync is the candidate's own synchronous replication settings: what
@@ -552,9 +555,26 @@ func (sw *switchover) stepRepoint(o *topology.Node) (plan.Step, error) {
 func (sw *switchover) stepSync() plan.Step {
 	c := sw.candidate.Name
 	return plan.Step{ID: StepSync, Node: c, Mutates: true, Timeout: sw.t.Stream, Budget: sw.budget(2 * time.Second),
-		Description: fmt.Sprintf("%s: once %d of %s stream (timeout %s), ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
-			c, sw.sync.Num, strings.Join(sw.sync.Names, ", "), sw.t.Stream, pgctl.QuoteLiteral(sw.sync.String())),
+		Description: fmt.Sprintf("%s: once %d of %s stream (timeout %s), ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()%s",
+			c, sw.sync.Num, strings.Join(sw.sync.Names, ", "), sw.t.Stream, pgctl.QuoteLiteral(sw.sync.String()), sw.syncFallback()),
 		Run: sw.applySync}
+}
+
+// syncFallback describes what the sync step does instead when the old
+// primary it names has not rejoined.
+func (sw *switchover) syncFallback() string {
+	if !sw.rejoin || !containsFold(sw.sync.Names, sw.primary.Name) {
+		return ""
+	}
+	before, err := topology.ParseSyncStandbyNames(sw.syncOriginal)
+	if err != nil {
+		return ""
+	}
+	low := adaptSync(before, sw.candidate.Name, sw.primary.Name, false)
+	if len(low.Names) == 0 {
+		return fmt.Sprintf("; if %s did not rejoin: leave it as it is (asynchronous) and note in the record that its rejoin restores the setting", sw.primary.Name)
+	}
+	return fmt.Sprintf("; if %s did not rejoin: the same for %s, noted in the record for its rejoin to raise", sw.primary.Name, pgctl.QuoteLiteral(low.String()))
 }
 
 // RejoinAdvice tells the operator how to bring a fenced former primary back.
@@ -1139,19 +1159,25 @@ func (sw *switchover) record(ctx context.Context) error {
 // primary's rejoin raises it back. A promotion that lowers nothing clears
 // an earlier one's: that was about another primary.
 func (sw *switchover) syncRestore(op string) *topology.SyncRestore {
-	if sw.sync == nil {
+	return sw.syncRestoreOf(sw.sync, op)
+}
+
+// syncRestoreOf is syncRestore for the synchronous standbys set instead of
+// the planned ones.
+func (sw *switchover) syncRestoreOf(set *topology.SyncStandbys, op string) *topology.SyncRestore {
+	if set == nil {
 		return nil
 	}
 	before, err := topology.ParseSyncStandbyNames(sw.syncOriginal)
-	if err != nil || !before.Enabled() || sw.sync.Enabled() && sw.sync.Num >= before.Num {
+	if err != nil || !before.Enabled() || set.Enabled() && set.Num >= before.Num {
 		return nil
 	}
-	// Without a name left no sync step runs: the candidate keeps its own.
-	set := sw.candSync.StandbyNames
-	if len(sw.sync.Names) > 0 {
-		set = sw.sync.String()
+	// Without a name left nothing is set: the candidate keeps its own.
+	names := sw.candSync.StandbyNames
+	if len(set.Names) > 0 {
+		names = set.String()
 	}
-	return &topology.SyncRestore{Node: sw.primary.Name, Primary: sw.candidate.Name, Set: set, Before: sw.syncOriginal, OperationID: op}
+	return &topology.SyncRestore{Node: sw.primary.Name, Primary: sw.candidate.Name, Set: names, Before: sw.syncOriginal, OperationID: op}
 }
 
 func (sw *switchover) hook(ctx context.Context) error {
@@ -1251,15 +1277,46 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 		s.Unfence(sw.primary.Name)
 		return nil
 	})
+	sw.rejoined = err == nil
 	return err
 }
 
+// applySync sets the synchronous standbys the plan chose. When the old
+// primary was to take the candidate's place among them but its rejoin
+// failed, waiting for it would only time out and leave the new primary
+// asynchronous: the others are set instead, as without a rejoin, and the
+// record notes the lowering for the later `replctl rejoin` to raise.
 func (sw *switchover) applySync(ctx context.Context) error {
 	want := sw.sync
+	var restore *topology.SyncRestore
+	if sw.rejoin && !sw.rejoined && containsFold(want.Names, sw.primary.Name) {
+		before, err := topology.ParseSyncStandbyNames(sw.syncOriginal)
+		if err != nil {
+			return err
+		}
+		want = adaptSync(before, sw.candidate.Name, sw.primary.Name, false)
+		op := ""
+		if sw.env.OperationID != nil {
+			op = sw.env.OperationID()
+		}
+		restore = sw.syncRestoreOf(want, op)
+		if len(want.Names) == 0 {
+			sw.env.progress(StepSync, "%s did not rejoin and no other standby is named: %s stays asynchronous until `replctl rejoin %s`", sw.primary.Name, sw.candidate.Name, sw.primary.Name)
+			_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
+				s.SyncRestore = restore
+				return nil
+			})
+			return err
+		}
+		sw.env.progress(StepSync, "%s did not rejoin: setting %s without it; `replctl rejoin %s` puts it back", sw.primary.Name, pgctl.QuoteLiteral(want.String()), sw.primary.Name)
+	}
 	return setSyncOnceStreaming(ctx, sw.env, sw.candidate.Name, want.Names, want.Num, want.String(),
 		fmt.Sprintf("fewer than %d of %s stream from %s: left asynchronous rather than let commits hang", want.Num, strings.Join(want.Names, ", "), sw.candidate.Name),
 		func(s *etcdlock.State) {
 			s.Sync = etcdlock.SyncSettings{StandbyNames: want.String(), Commit: sw.candSync.Commit}
+			if restore != nil {
+				s.SyncRestore = restore
+			}
 		})
 }
 
