@@ -670,12 +670,7 @@ func TestEmergencySyncLoweredThenRaised(t *testing.T) {
 	emSkip(t)
 	t.Parallel()
 	ctx := t.Context()
-	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
-	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (pg2, pg3)'", "SELECT pg_reload_conf()"} {
-		if err := c.Exec(ctx, "pg1", q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c := emStartAny2(t)
 	cfgPath := emConfig(t, c, nil, "")
 	cfg := emLoad(t, cfgPath)
 	cli := emEtcd(t, cfg)
@@ -729,6 +724,19 @@ func TestEmergencySyncLoweredThenRaised(t *testing.T) {
 	if err := c.Exec(wctx, chosen, "INSERT INTO lowered VALUES (1)"); err != nil {
 		t.Errorf("a commit under %s: %v", raised, err)
 	}
+}
+
+// emStartAny2 starts pg1 with two replicas, every commit waiting for both
+// (synchronous_standby_names = 'ANY 2 (pg2, pg3)').
+func emStartAny2(t *testing.T) *testenv.Cluster {
+	t.Helper()
+	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
+	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (pg2, pg3)'", "SELECT pg_reload_conf()"} {
+		if err := c.Exec(t.Context(), "pg1", q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
 }
 
 // emClosedPort is a local port nothing listens on.
@@ -983,12 +991,7 @@ func TestIntegrationSwitchoverSyncRejoinFails(t *testing.T) {
 	emSkip(t)
 	t.Parallel()
 	ctx := t.Context()
-	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
-	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (pg2, pg3)'", "SELECT pg_reload_conf()"} {
-		if err := c.Exec(ctx, "pg1", q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c := emStartAny2(t)
 	cfgPath, _ := switchoverConfig(t, c, fenceStop)
 	broken := filepath.Join(t.TempDir(), "rejoin-broken")
 	if err := os.WriteFile(broken, nil, 0o644); err != nil {

@@ -490,14 +490,7 @@ func TestSwitchoverKeepsSyncCount(t *testing.T) {
 	t.Run("recover", func(t *testing.T) {
 		t.Parallel()
 		c := newEngineCase(t, "switchover-sync")
-		rec := runUntilKilled(t, c, StepPromote)
-		cand := tt.Primary("pg2", 0x3000100)
-		cand.Timeline = tt.Ptr(uint32(2))
-		pg3 := tt.Replica("pg3", 5432, 0x3000060)
-		pg3.WALReceiver = nil
-		snap := topology.Classify(c.cfg, []topology.NodeStatus{{Name: "pg1", Error: "connection refused"}, cand, pg3}, nil)
-		st := c.rec.st
-		p, res := recoverWith(t, c, Observation{Snap: snap, State: &st, Interrupted: []etcdlock.OpRecord{rec}})
+		p, res := recoverKilledSwitchover(t, c, runUntilKilled(t, c, StepPromote), true)
 		if res.Outcome != plan.OutcomeSucceeded || !strings.HasPrefix(p.Notes[0], RollForward) {
 			t.Fatalf("recover %v: %s %v (%q)", stepIDs(p), res.Outcome, res.Err, p.Notes)
 		}

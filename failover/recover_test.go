@@ -57,6 +57,24 @@ func runUntilKilled(t *testing.T, c *engineCase, id string) etcdlock.OpRecord {
 	return rec
 }
 
+// recoverKilledSwitchover runs recover on c's switchover killed with
+// journal rec: pg1 down, pg3's receiver gone with it, pg2 promoted (on
+// timeline 2) or still in recovery.
+func recoverKilledSwitchover(t *testing.T, c *engineCase, rec etcdlock.OpRecord, promoted bool) (*plan.Plan, *plan.Result) {
+	t.Helper()
+	cand := tt.Replica("pg2", 5432, 0x3000060)
+	cand.WALReceiver = nil
+	if promoted {
+		cand = tt.Primary("pg2", 0x3000100)
+		cand.Timeline = tt.Ptr(uint32(2))
+	}
+	pg3 := tt.Replica("pg3", 5432, 0x3000060)
+	pg3.WALReceiver = nil
+	snap := topology.Classify(c.cfg, []topology.NodeStatus{{Name: "pg1", Error: "connection refused"}, cand, pg3}, nil)
+	st := c.rec.st
+	return recoverWith(t, c, Observation{Snap: snap, State: &st, Interrupted: []etcdlock.OpRecord{rec}})
+}
+
 // recoverWith plans recover from obs and runs it on c's fake cluster.
 func recoverWith(t *testing.T, c *engineCase, obs Observation) (*plan.Plan, *plan.Result) {
 	t.Helper()
@@ -187,17 +205,7 @@ func TestRecoverRollsForward(t *testing.T) {
 				// sent as the process died.
 				rec.Apply(plan.Event{Type: plan.StepStarted, StepID: StepPromote, Node: "pg2"})
 			}
-			cand := tt.Replica("pg2", 5432, 0x3000060)
-			cand.WALReceiver = nil
-			if phase == "after" {
-				cand = tt.Primary("pg2", 0x3000100)
-				cand.Timeline = tt.Ptr(uint32(2))
-			}
-			pg3 := tt.Replica("pg3", 5432, 0x3000060)
-			pg3.WALReceiver = nil
-			snap := topology.Classify(c.cfg, []topology.NodeStatus{{Name: "pg1", Error: "connection refused"}, cand, pg3}, nil)
-			st := c.rec.st
-			p, res := recoverWith(t, c, Observation{Snap: snap, State: &st, Interrupted: []etcdlock.OpRecord{rec}})
+			p, res := recoverKilledSwitchover(t, c, rec, phase == "after")
 			ids := stepIDs(p)
 			if res.Outcome != plan.OutcomeSucceeded || !strings.HasPrefix(p.Notes[0], RollForward) {
 				t.Fatalf("recover %v: %s %v (%q)", ids, res.Outcome, res.Err, p.Notes)
