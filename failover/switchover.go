@@ -560,17 +560,27 @@ func (sw *switchover) stepSync() plan.Step {
 		Run: sw.applySync}
 }
 
-// syncFallback describes what the sync step does instead when the old
-// primary it names has not rejoined.
-func (sw *switchover) syncFallback() string {
-	if !sw.rejoin || !containsFold(sw.sync.Names, sw.primary.Name) {
-		return ""
+// syncWithoutRejoin is what the sync step sets instead when the old
+// primary it names has not rejoined: the old primary's standbys without
+// the candidate, as a switchover without rejoin sets them; nil when the
+// plan does not name the old primary.
+func (sw *switchover) syncWithoutRejoin() *topology.SyncStandbys {
+	if !sw.rejoin || sw.sync == nil || !containsFold(sw.sync.Names, sw.primary.Name) {
+		return nil
 	}
 	before, err := topology.ParseSyncStandbyNames(sw.syncOriginal)
 	if err != nil {
+		return nil
+	}
+	return adaptSync(before, sw.candidate.Name, sw.primary.Name, false)
+}
+
+// syncFallback describes syncWithoutRejoin in the sync step.
+func (sw *switchover) syncFallback() string {
+	low := sw.syncWithoutRejoin()
+	if low == nil {
 		return ""
 	}
-	low := adaptSync(before, sw.candidate.Name, sw.primary.Name, false)
 	if len(low.Names) == 0 {
 		return fmt.Sprintf("; if %s did not rejoin: leave it as it is (asynchronous) and note in the record that its rejoin restores the setting", sw.primary.Name)
 	}
@@ -1126,11 +1136,16 @@ func (sw *switchover) verify(ctx context.Context) error {
 	return nil
 }
 
-func (sw *switchover) record(ctx context.Context) error {
-	op := ""
-	if sw.env.OperationID != nil {
-		op = sw.env.OperationID()
+// opID is the running operation's history ID, "" without history.
+func (sw *switchover) opID() string {
+	if sw.env.OperationID == nil {
+		return ""
 	}
+	return sw.env.OperationID()
+}
+
+func (sw *switchover) record(ctx context.Context) error {
+	op := sw.opID()
 	_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
 		s.Primary = sw.candidate.Name
 		s.Timeline = sw.newTimeline
@@ -1289,17 +1304,8 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 func (sw *switchover) applySync(ctx context.Context) error {
 	want := sw.sync
 	var restore *topology.SyncRestore
-	if sw.rejoin && !sw.rejoined && containsFold(want.Names, sw.primary.Name) {
-		before, err := topology.ParseSyncStandbyNames(sw.syncOriginal)
-		if err != nil {
-			return err
-		}
-		want = adaptSync(before, sw.candidate.Name, sw.primary.Name, false)
-		op := ""
-		if sw.env.OperationID != nil {
-			op = sw.env.OperationID()
-		}
-		restore = sw.syncRestoreOf(want, op)
+	if low := sw.syncWithoutRejoin(); low != nil && !sw.rejoined {
+		want, restore = low, sw.syncRestoreOf(low, sw.opID())
 		if len(want.Names) == 0 {
 			sw.env.progress(StepSync, "%s did not rejoin and no other standby is named: %s stays asynchronous until `replctl rejoin %s`", sw.primary.Name, sw.candidate.Name, sw.primary.Name)
 			_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
