@@ -143,8 +143,12 @@ func syncLowered(s *topology.Snapshot) *Result {
 	if r.Set == "" {
 		set = "empty (asynchronous)"
 	}
+	why := r.Node + " was fenced"
+	if r.Why != "" {
+		why = r.Why
+	}
 	return &Result{Level: Warning, Code: "sync_lowered", Node: p.Name,
-		Message: fmt.Sprintf("%s's synchronous_standby_names is %s, lowered from '%s' when %s was fenced: commits wait for fewer standbys than configured", p.Name, set, r.Before, r.Node),
+		Message: fmt.Sprintf("%s's synchronous_standby_names is %s, lowered from '%s' when %s: commits wait for fewer standbys than configured", p.Name, set, r.Before, why),
 		Hint:    fmt.Sprintf("replctl rejoin %s raises it back once %s streams; or set synchronous_standby_names on %s by hand", r.Node, r.Node, p.Name)}
 }
 

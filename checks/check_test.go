@@ -205,6 +205,13 @@ func TestChecks(t *testing.T) {
 			return st
 		}, rec: &topology.Record{Primary: "pg1", SyncRestore: &topology.SyncRestore{Node: "pg9", Primary: "pg1", Set: "ANY 1 (pg2)", Before: "ANY 2 (pg1, pg2)"}},
 			checks: []string{"sync_quorum"}, want: []string{"WARNING:sync_lowered:pg1"}, worst: Warning, msg: "lowered from 'ANY 2 (pg1, pg2)' when pg9 was fenced"},
+		{name: "sync lowered for a paused replica", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
+			st[0].Settings.SynchronousStandbyNames = ptr("ANY 1 (pg3, pg2)")
+			st[0].Settings.SyncStandbys = &topology.SyncStandbys{Method: "ANY", Num: 1, Names: []string{"pg3", "pg2"}}
+			return st
+		}, rec: &topology.Record{Primary: "pg1", SyncRestore: &topology.SyncRestore{Node: "pg3", Primary: "pg1", Set: "ANY 1 (pg3, pg2)", Before: "ANY 2 (pg1, pg3)",
+			Raise: "ANY 2 (pg3, pg2)", Why: "pg3 could not stream from pg1 (replay is paused)"}},
+			checks: []string{"sync_quorum"}, want: []string{"WARNING:sync_lowered:pg1"}, worst: Warning, msg: "lowered from 'ANY 2 (pg1, pg3)' when pg3 could not stream from pg1 (replay is paused)"},
 		{name: "sync lowered, then changed by hand", mutate: func(st []topology.NodeStatus) []topology.NodeStatus {
 			st[0].Settings.SynchronousStandbyNames = ptr("ANY 1 (pg2, pg3)")
 			st[0].Settings.SyncStandbys = &topology.SyncStandbys{Method: "ANY", Num: 1, Names: []string{"pg2", "pg3"}}

@@ -1052,3 +1052,62 @@ func TestIntegrationSwitchoverSyncRejoinFails(t *testing.T) {
 		t.Errorf("a commit under ANY 2 (pg3, pg1): %v", err)
 	}
 }
+
+// TestIntegrationSwitchoverSyncPausedReplica: every commit waits for both
+// replicas (ANY 2); pg3's replay is paused, so once repointed it does not
+// stream from the new primary until resumed. The planned switchover to pg2
+// must neither fail nor make commits hang on pg3: pg2 runs ANY 1 (pg3,
+// pg1), the record says so, status warns; once pg3 is resumed and streams,
+// `replctl rejoin pg3` raises it to ANY 2 (pg3, pg1).
+func TestIntegrationSwitchoverSyncPausedReplica(t *testing.T) {
+	emSkip(t)
+	t.Parallel()
+	ctx := t.Context()
+	c := emStartAny2(t)
+	cfgPath, _ := switchoverConfig(t, c, fenceStop)
+	cfg := emLoad(t, cfgPath)
+	cli := emEtcd(t, cfg)
+	tl := timelineOf(t, c, "pg1")
+	must(t, c.PauseReplay(ctx, "pg3"))
+	showSync := func() string {
+		var v string
+		must(t, c.QueryRow(ctx, "pg2", "SHOW synchronous_standby_names").Scan(&v))
+		return v
+	}
+	commit := func(what string) {
+		t.Helper()
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := c.Exec(wctx, "pg2", "CREATE TABLE IF NOT EXISTS paused_sync (id int); INSERT INTO paused_sync VALUES (1)"); err != nil {
+			t.Errorf("a commit on pg2 %s: %v", what, err)
+		}
+	}
+
+	r := emExpect(t, 0, cfgPath, "promote", "pg2", "--yes")
+	if !strings.Contains(r.stdout+r.stderr, "pg3 is not counted on (replay is paused)") {
+		t.Errorf("the plan does not say pg3 is not counted on among the synchronous standbys:\n%s", r)
+	}
+	if got := showSync(); got != "ANY 1 (pg3, pg1)" {
+		t.Fatalf("pg2's synchronous_standby_names after the switchover %q, want ANY 1 (pg3, pg1)", got)
+	}
+	st, _ := emState(t, cli, cfg)
+	if r := st.SyncRestore; r == nil || r.Node != "pg3" || r.Primary != "pg2" || r.Set != "ANY 1 (pg3, pg1)" || r.Raise != "ANY 2 (pg3, pg1)" || r.Before != "ANY 2 (pg2, pg3)" {
+		t.Fatalf("record's sync_restore after the switchover: %+v", r)
+	}
+	if s := emStatusOf(t, cfgPath); !s.warned("sync_lowered", "pg2") {
+		t.Errorf("status after the switchover does not warn of the lowered synchronous replication:\n%s", s)
+	}
+	commit("with pg3 paused")
+
+	must(t, c.ResumeReplay(ctx, "pg3"))
+	awaitFollows(t, c, "pg3", "pg2", tl+1)
+	emExpect(t, 0, cfgPath, "rejoin", "pg3", "--yes")
+	if got := showSync(); got != "ANY 2 (pg3, pg1)" {
+		t.Errorf("pg2's synchronous_standby_names after pg3's rejoin %q, want ANY 2 (pg3, pg1)", got)
+	}
+	st, _ = emState(t, cli, cfg)
+	if st.SyncRestore != nil || st.Sync.StandbyNames != "ANY 2 (pg3, pg1)" {
+		t.Errorf("record after the rejoin: sync %+v, sync_restore %+v", st.Sync, st.SyncRestore)
+	}
+	commit("under ANY 2 (pg3, pg1)")
+}

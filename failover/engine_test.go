@@ -524,6 +524,54 @@ func TestSwitchoverKeepsSyncCount(t *testing.T) {
 	})
 }
 
+// Every commit waits for both replicas (ANY 2) and pg3's replay is paused:
+// repointed, it does not stream from pg2 until resumed. The switchover
+// neither fails nor makes commits hang on pg3 (the fake's commits are not
+// modelled; the step would time out waiting for 2): pg2 runs ANY 1 (pg3,
+// pg1), and the record says that pg3's rejoin raises it to ANY 2 (pg3,
+// pg1), which it does once pg3 streams.
+func TestSwitchoverSyncPausedReplica(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-sync")
+	lsn := topology.LSN(0x3000060)
+	c.ctl.nodes["pg3"].paused = true
+	pg3 := tt.Replica("pg3", 5432, lsn)
+	pg3.ReplayPauseState = "paused"
+	snap := topology.Classify(c.cfg, []topology.NodeStatus{c.snap.Node("pg1").NodeStatus, tt.Replica("pg2", 5432, lsn), pg3}, nil)
+	p, err := BuildSwitchoverPlan(c.cfg, snap, c.req.Switchover, c.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := p.Steps[slices.IndexFunc(p.Steps, func(s plan.Step) bool { return s.ID == StepSync })].Description; !strings.Contains(d, "pg3 is not counted on (replay is paused)") ||
+		!strings.Contains(d, "'ANY 1 (pg3, pg1)'") || !strings.Contains(d, "`replctl rejoin pg3` raises it to 'ANY 2 (pg3, pg1)'") {
+		t.Errorf("the sync step does not say what it does without pg3: %q", d)
+	}
+	if res := plan.Execute(t.Context(), p, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 1 (pg3, pg1)" {
+		t.Errorf("pg2's synchronous_standby_names %q, want ANY 1 (pg3, pg1)", got)
+	}
+	want := topology.SyncRestore{Node: "pg3", Primary: "pg2", Set: "ANY 1 (pg3, pg1)", Before: "ANY 2 (pg2, pg3)", Raise: "ANY 2 (pg3, pg1)",
+		Why: "pg3 could not stream from pg2 (replay is paused)"}
+	if r := c.rec.st.SyncRestore; r == nil || *r != want {
+		t.Fatalf("record's sync_restore %+v, want %+v", r, want)
+	}
+
+	// Resumed, pg3 streams from pg2: its rejoin raises the setting.
+	p2 := tt.Primary("pg2", lsn+0x1000, "pg1", "pg3")
+	p2.Timeline = tt.Ptr(uint32(2))
+	p2.Settings.SynchronousStandbyNames = tt.Ptr("ANY 1 (pg3, pg1)")
+	after := topology.Classify(c.cfg, []topology.NodeStatus{tt.Replica("pg1", 5433, lsn), p2, tt.Replica("pg3", 5433, lsn)},
+		&topology.Record{Primary: "pg2", SyncRestore: c.rec.st.SyncRestore})
+	if st := syncRaise(after, after.Node("pg2"), "pg3"); st == nil || st.String() != "ANY 2 (pg3, pg1)" {
+		t.Errorf("pg3's rejoin raises to %v, want ANY 2 (pg3, pg1)", st)
+	}
+	if st := syncRaise(after, after.Node("pg2"), "pg1"); st != nil {
+		t.Errorf("pg1's rejoin raises to %v: the note is pg3's", st)
+	}
+}
+
 // An emergency failover that cannot keep as many synchronous standbys as
 // the old primary had (ANY 2 of pg2 and pg3, pg2 promoted) lowers the
 // number and says so in the record, for the old primary's rejoin to raise

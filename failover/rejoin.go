@@ -481,11 +481,20 @@ func syncRaise(snap *topology.Snapshot, primary *topology.Node, node string) *to
 	if topology.CanonicalSyncStandbyNames(cur) != topology.CanonicalSyncStandbyNames(r.Set) {
 		return nil
 	}
-	before, err := topology.ParseSyncStandbyNames(r.Before)
-	if err != nil || !before.Enabled() {
-		return nil
+	var want *topology.SyncStandbys
+	if r.Raise != "" {
+		raise, err := topology.ParseSyncStandbyNames(r.Raise)
+		if err != nil {
+			return nil
+		}
+		want = &raise
+	} else {
+		before, err := topology.ParseSyncStandbyNames(r.Before)
+		if err != nil || !before.Enabled() {
+			return nil
+		}
+		want = adaptSync(before, primary.Name, node, true)
 	}
-	want := adaptSync(before, primary.Name, node, true)
 	if !want.Enabled() || want.String() == topology.CanonicalSyncStandbyNames(cur) {
 		return nil
 	}
@@ -503,8 +512,8 @@ func syncRaiseStep(env *Env, snap *topology.Snapshot, primary *topology.Node, wa
 	}
 	w := want.String()
 	return plan.Step{ID: StepSync, Node: primary.Name, Mutates: true, Timeout: t.Stream, Budget: budget,
-		Description: fmt.Sprintf("%s: once %d of %s stream (timeout %s), raise synchronous replication back to what %s had before %s lowered it (%s) for want of %s: ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
-			primary.Name, want.Num, strings.Join(want.Names, ", "), t.Stream, r.Node, by, pgctl.QuoteLiteral(r.Before), r.Node, pgctl.QuoteLiteral(w)),
+		Description: fmt.Sprintf("%s: once %d of %s stream (timeout %s), raise synchronous replication back, which %s lowered from %s for want of %s: ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
+			primary.Name, want.Num, strings.Join(want.Names, ", "), t.Stream, by, pgctl.QuoteLiteral(r.Before), r.Node, pgctl.QuoteLiteral(w)),
 		Run: func(ctx context.Context) error {
 			return setSyncOnceStreaming(ctx, env, primary.Name, want.Names, want.Num, w,
 				fmt.Sprintf("fewer than %d of %s stream from %s: synchronous_standby_names left at %s rather than let commits hang; run `replctl rejoin %s` again once they stream",

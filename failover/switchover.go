@@ -554,10 +554,32 @@ func (sw *switchover) stepRepoint(o *topology.Node) (plan.Step, error) {
 
 func (sw *switchover) stepSync() plan.Step {
 	c := sw.candidate.Name
+	want, r := sw.syncTarget(true)
+	var d strings.Builder
+	if want.Num < sw.sync.Num && r != nil && r.Raise != "" {
+		fmt.Fprintf(&d, "%s: %s is not counted on (%s): ", c, r.Node, sw.behind[r.Node])
+	} else {
+		fmt.Fprintf(&d, "%s: ", c)
+	}
+	if want.Enabled() {
+		fmt.Fprintf(&d, "once %d of %s stream (timeout %s), ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()",
+			want.Num, strings.Join(want.Names, ", "), sw.t.Stream, pgctl.QuoteLiteral(want.String()))
+	} else {
+		fmt.Fprintf(&d, "no standby of %s to count on: synchronous_standby_names left as it is (%s)", strings.Join(want.Names, ", "), pgctl.QuoteLiteral(sw.candSync.StandbyNames))
+	}
+	if r != nil && r.Raise != "" {
+		fmt.Fprintf(&d, "; noted in the record: once %s streams, `replctl rejoin %s` raises it to %s", r.Node, r.Node, pgctl.QuoteLiteral(r.Raise))
+	}
+	if sw.syncWithoutRejoin() != nil {
+		low, _ := sw.syncTarget(false)
+		if low.Enabled() {
+			fmt.Fprintf(&d, "; if %s did not rejoin: the same for %s, noted in the record for its rejoin to raise", sw.primary.Name, pgctl.QuoteLiteral(low.String()))
+		} else {
+			fmt.Fprintf(&d, "; if %s did not rejoin: leave it as it is and note in the record that its rejoin restores the setting", sw.primary.Name)
+		}
+	}
 	return plan.Step{ID: StepSync, Node: c, Mutates: true, Timeout: sw.t.Stream, Budget: sw.budget(2 * time.Second),
-		Description: fmt.Sprintf("%s: once %d of %s stream (timeout %s), ALTER SYSTEM SET synchronous_standby_names = %s; SELECT pg_reload_conf()%s",
-			c, sw.sync.Num, strings.Join(sw.sync.Names, ", "), sw.t.Stream, pgctl.QuoteLiteral(sw.sync.String()), sw.syncFallback()),
-		Run: sw.applySync}
+		Description: d.String(), Run: sw.applySync}
 }
 
 // syncWithoutRejoin is what the sync step sets instead when the old
@@ -575,16 +597,47 @@ func (sw *switchover) syncWithoutRejoin() *topology.SyncStandbys {
 	return adaptSync(before, sw.candidate.Name, sw.primary.Name, false)
 }
 
-// syncFallback describes syncWithoutRejoin in the sync step.
-func (sw *switchover) syncFallback() string {
-	low := sw.syncWithoutRejoin()
-	if low == nil {
-		return ""
+// syncTarget is what the sync step sets, and what the cluster record says
+// of it when that is fewer standbys than the old primary waited for
+// (syncRestore). It starts from the plan's standbys, or from those of
+// syncWithoutRejoin when the old primary did not rejoin, and counts only
+// the replicas the plan waits for: one whose replay is paused or delayed
+// (sw.behind) may not stream from the new primary for a long time, and
+// commits would hang on it, so the number is lowered and the record says
+// that its rejoin raises it back once it streams. A lowering for want of
+// the old primary keeps its note: its rejoin raises everything back.
+func (sw *switchover) syncTarget(rejoined bool) (*topology.SyncStandbys, *topology.SyncRestore) {
+	if sw.sync == nil {
+		return nil, nil
 	}
-	if len(low.Names) == 0 {
-		return fmt.Sprintf("; if %s did not rejoin: leave it as it is (asynchronous) and note in the record that its rejoin restores the setting", sw.primary.Name)
+	want, op := sw.sync, sw.opID()
+	if low := sw.syncWithoutRejoin(); low != nil && !rejoined {
+		want = low
 	}
-	return fmt.Sprintf("; if %s did not rejoin: the same for %s, noted in the record for its rejoin to raise", sw.primary.Name, pgctl.QuoteLiteral(low.String()))
+	able, missing := 0, ""
+	for _, n := range want.Names {
+		switch {
+		case sw.behind[n] == "":
+			able++
+		case missing == "":
+			missing = n
+		}
+	}
+	r := sw.syncRestoreOf(want, op)
+	if able >= want.Num {
+		return want, r
+	}
+	lowered := *want
+	lowered.Num = able
+	if r == nil {
+		r = &topology.SyncRestore{Node: missing, Primary: sw.candidate.Name, Before: sw.syncOriginal, Raise: want.String(),
+			Why: fmt.Sprintf("%s could not stream from %s (%s)", missing, sw.candidate.Name, sw.behind[missing]), OperationID: op}
+	}
+	r.Set = sw.candSync.StandbyNames
+	if lowered.Enabled() {
+		r.Set = lowered.String()
+	}
+	return &lowered, r
 }
 
 // RejoinAdvice tells the operator how to bring a fenced former primary back.
@@ -1138,7 +1191,7 @@ func (sw *switchover) verify(ctx context.Context) error {
 
 // opID is the running operation's history ID, "" without history.
 func (sw *switchover) opID() string {
-	if sw.env.OperationID == nil {
+	if sw.env == nil || sw.env.OperationID == nil {
 		return ""
 	}
 	return sw.env.OperationID()
@@ -1156,7 +1209,7 @@ func (sw *switchover) record(ctx context.Context) error {
 		// the old primary's name different standbys.
 		s.Sync = sw.candSync
 		s.Sync.SeenAt = time.Now()
-		s.SyncRestore = sw.syncRestore(op)
+		_, s.SyncRestore = sw.syncTarget(true)
 		s.Fence(sw.primary.Name, "former primary, replaced by "+sw.candidate.Name)
 		return nil
 	})
@@ -1166,19 +1219,13 @@ func (sw *switchover) record(ctx context.Context) error {
 	return sw.env.Ctl.RecordToken(ctx, sw.candidate.Name, sw.env.Lock.Token(), op)
 }
 
-// syncRestore is what the record says about synchronous replication
-// that this operation lowered: nil unless the candidate's
-// synchronous_standby_names waits for fewer standbys than the old
-// primary's did (an emergency failover or a switchover without rejoin
-// could not put the old primary in the candidate's place), so that the old
-// primary's rejoin raises it back. A promotion that lowers nothing clears
-// an earlier one's: that was about another primary.
-func (sw *switchover) syncRestore(op string) *topology.SyncRestore {
-	return sw.syncRestoreOf(sw.sync, op)
-}
-
-// syncRestoreOf is syncRestore for the synchronous standbys set instead of
-// the planned ones.
+// syncRestoreOf is what the record says about synchronous replication
+// that this operation lowered by setting set: nil unless set waits for
+// fewer standbys than the old primary's setting did (an emergency failover
+// or a switchover without rejoin could not put the old primary in the
+// candidate's place), so that the old primary's rejoin raises it back. A
+// promotion that lowers nothing clears an earlier one's: that was about
+// another primary.
 func (sw *switchover) syncRestoreOf(set *topology.SyncStandbys, op string) *topology.SyncRestore {
 	if set == nil {
 		return nil
@@ -1296,34 +1343,37 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 	return err
 }
 
-// applySync sets the synchronous standbys the plan chose. When the old
+// applySync sets the synchronous standbys of syncTarget once enough of
+// them stream, and records them with the note of a lowering. When the old
 // primary was to take the candidate's place among them but its rejoin
 // failed, waiting for it would only time out and leave the new primary
-// asynchronous: the others are set instead, as without a rejoin, and the
-// record notes the lowering for the later `replctl rejoin` to raise.
+// asynchronous: the others are set instead, as without a rejoin.
 func (sw *switchover) applySync(ctx context.Context) error {
-	want := sw.sync
-	var restore *topology.SyncRestore
-	if low := sw.syncWithoutRejoin(); low != nil && !sw.rejoined {
-		want, restore = low, sw.syncRestoreOf(low, sw.opID())
-		if len(want.Names) == 0 {
-			sw.env.progress(StepSync, "%s did not rejoin and no other standby is named: %s stays asynchronous until `replctl rejoin %s`", sw.primary.Name, sw.candidate.Name, sw.primary.Name)
-			_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
-				s.SyncRestore = restore
-				return nil
-			})
-			return err
-		}
-		sw.env.progress(StepSync, "%s did not rejoin: setting %s without it; `replctl rejoin %s` puts it back", sw.primary.Name, pgctl.QuoteLiteral(want.String()), sw.primary.Name)
+	want, restore := sw.syncTarget(sw.rejoined)
+	if !sw.rejoined && sw.syncWithoutRejoin() != nil {
+		sw.env.progress(StepSync, "%s did not rejoin: %s without it; `replctl rejoin %s` puts it back", sw.primary.Name, syncDesc(want), sw.primary.Name)
+	}
+	if !want.Enabled() {
+		_, _, err := sw.env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
+			s.SyncRestore = restore
+			return nil
+		})
+		return err
 	}
 	return setSyncOnceStreaming(ctx, sw.env, sw.candidate.Name, want.Names, want.Num, want.String(),
 		fmt.Sprintf("fewer than %d of %s stream from %s: left asynchronous rather than let commits hang", want.Num, strings.Join(want.Names, ", "), sw.candidate.Name),
 		func(s *etcdlock.State) {
 			s.Sync = etcdlock.SyncSettings{StandbyNames: want.String(), Commit: sw.candSync.Commit}
-			if restore != nil {
-				s.SyncRestore = restore
-			}
+			s.SyncRestore = restore
 		})
+}
+
+// syncDesc says what the sync step does with want.
+func syncDesc(want *topology.SyncStandbys) string {
+	if !want.Enabled() {
+		return "no standby to count on, synchronous_standby_names left as it is"
+	}
+	return "setting " + pgctl.QuoteLiteral(want.String())
 }
 
 // SaveSyncSettings records the primary's synchronous replication settings in

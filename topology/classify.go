@@ -47,17 +47,24 @@ type Record struct {
 }
 
 // SyncRestore records that an operation had to lower synchronous
-// replication: the former primary it fenced (Node) was needed to keep as
-// many synchronous standbys as the old primary's synchronous_standby_names
-// (Before) asked for, so on the node it promoted (Primary) it set fewer
-// (Set; "" for none). When Node rejoins Primary, and Primary's setting is
-// still Set, `replctl rejoin` raises it back to what Before asked for, Node
+// replication: a node (Node) was needed to keep as many synchronous
+// standbys as the old primary's synchronous_standby_names (Before) asked
+// for, so on the node it promoted (Primary) it set fewer (Set; "" for
+// none). Node is the former primary it fenced, or a replica that could not
+// stream from Primary yet (its replay paused or delayed). When Node streams
+// from Primary, and Primary's setting is still Set, `replctl rejoin NODE`
+// raises it back: to Raise, or without Raise to what Before asked for, Node
 // taking the promoted node's place in the list.
 type SyncRestore struct {
-	Node        string `json:"node"`
-	Primary     string `json:"primary"`
-	Set         string `json:"set"`
-	Before      string `json:"before"`
+	Node    string `json:"node"`
+	Primary string `json:"primary"`
+	Set     string `json:"set"`
+	Before  string `json:"before"`
+	// Raise is the setting to raise to; empty when Node is the former
+	// primary (and in records written before it existed).
+	Raise string `json:"raise,omitempty"`
+	// Why says why Node was missing; empty when it was fenced.
+	Why         string `json:"why,omitempty"`
 	OperationID string `json:"operation_id,omitempty"`
 }
 
