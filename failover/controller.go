@@ -56,7 +56,7 @@ type Controller interface {
 	Repoint(ctx context.Context, node string, conninfo, slot string) error
 	WaitStreaming(ctx context.Context, node string, timeline uint32) error
 	SetSyncStandbys(ctx context.Context, node, value string) error
-	StreamingStandbys(ctx context.Context, node string, names []string) (int, error)
+	StreamingStandbys(ctx context.Context, node string, names []string) ([]string, error)
 	RecordToken(ctx context.Context, node string, token int64, op string) error
 	RunCommand(ctx context.Context, node, action string, env map[string]string) (pgctl.CommandResult, error)
 	// RunHook runs hooks.NAME (command) for node: REPLCTL_NODE is node,

@@ -572,6 +572,38 @@ func TestSwitchoverSyncPausedReplica(t *testing.T) {
 	}
 }
 
+// A synchronous standby that streamed when the plan was made but does not
+// stream from the new primary within the stream timeout (pg3 stuck after
+// the plan) leaves the new primary waiting for as many as stream, not
+// asynchronous: ANY 1 (pg3, pg1), noted for pg3's rejoin to raise; the
+// step fails, so the switchover ends partly done, naming pg3.
+func TestSwitchoverSyncStandbyMissing(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-sync")
+	c.ctl.nodes["pg3"].paused = true // after the plan: it counts on pg3
+	res := plan.Execute(t.Context(), c.plan, c.env, nil, nil)
+	if res.Outcome != plan.OutcomePartial || res.Err == nil || !strings.Contains(res.Err.Error(), "pg3") {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	var syncErr string
+	for _, s := range res.Steps {
+		if s.ID == StepSync {
+			syncErr = s.Error
+		}
+	}
+	if !strings.Contains(syncErr, "set to 'ANY 1 (pg3, pg1)' rather than let commits hang on pg3") {
+		t.Errorf("the sync step's error does not say what it set: %q", syncErr)
+	}
+	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 1 (pg3, pg1)" {
+		t.Errorf("pg2's synchronous_standby_names %q, want ANY 1 (pg3, pg1)", got)
+	}
+	want := topology.SyncRestore{Node: "pg3", Primary: "pg2", Set: "ANY 1 (pg3, pg1)", Before: "ANY 2 (pg2, pg3)", Raise: "ANY 2 (pg3, pg1)",
+		Why: "pg3 did not stream from pg2 within 2s"}
+	if r := c.rec.st.SyncRestore; r == nil || *r != want {
+		t.Errorf("record's sync_restore %+v, want %+v", r, want)
+	}
+}
+
 // An emergency failover that cannot keep as many synchronous standbys as
 // the old primary had (ANY 2 of pg2 and pg3, pg2 promoted) lowers the
 // number and says so in the record, for the old primary's rejoin to raise

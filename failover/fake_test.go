@@ -537,16 +537,16 @@ func (f *fakeCluster) SetSyncStandbys(ctx context.Context, node, value string) e
 	return nil
 }
 
-func (f *fakeCluster) StreamingStandbys(_ context.Context, node string, names []string) (int, error) {
+func (f *fakeCluster) StreamingStandbys(_ context.Context, node string, names []string) ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c := 0
+	var out []string
 	for _, name := range names {
 		if r := f.nodes[name]; r != nil && r.upstream == node {
-			c++
+			out = append(out, name)
 		}
 	}
-	return c, nil
+	return out, nil
 }
 
 func (f *fakeCluster) RecordToken(ctx context.Context, node string, _ int64, _ string) error {

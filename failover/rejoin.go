@@ -528,22 +528,33 @@ func syncRaiseStep(env *Env, snap *topology.Snapshot, primary *topology.Node, wa
 // record changes the cluster record, whose sync settings are stamped seen
 // now.
 func setSyncOnceStreaming(ctx context.Context, env *Env, primary string, names []string, num int, want, notYet string, record func(*etcdlock.State)) error {
-	err := pgctl.PollUntil(ctx, env.Clock, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
-		n, err := env.Ctl.StreamingStandbys(ctx, primary, names)
-		return n >= num, err
-	}, notYet)
-	if err != nil {
+	if err := streamingIn(ctx, env, primary, names, num, notYet); err != nil {
 		return err
 	}
+	return setSync(ctx, env, primary, want, record)
+}
+
+// setSync sets primary's synchronous_standby_names to want and records it:
+// record changes the cluster record, whose sync settings are stamped seen
+// now.
+func setSync(ctx context.Context, env *Env, primary, want string, record func(*etcdlock.State)) error {
 	if err := env.Ctl.SetSyncStandbys(ctx, primary, want); err != nil {
 		return err
 	}
-	_, _, err = env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
+	_, _, err := env.Lock.UpdateState(ctx, func(s *etcdlock.State) error {
 		record(s)
 		s.Sync.SeenAt = time.Now()
 		return nil
 	})
 	return err
+}
+
+// streamingIn waits until num of names stream from primary.
+func streamingIn(ctx context.Context, env *Env, primary string, names []string, num int, notYet string) error {
+	return pgctl.PollUntil(ctx, env.Clock, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+		n, err := env.Ctl.StreamingStandbys(ctx, primary, names)
+		return len(n) >= num, err
+	}, notYet)
 }
 
 // unfenceStep removes node's fence mark from the cluster record.

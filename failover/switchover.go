@@ -578,7 +578,12 @@ func (sw *switchover) stepSync() plan.Step {
 			fmt.Fprintf(&d, "; if %s did not rejoin: leave it as it is and note in the record that its rejoin restores the setting", sw.primary.Name)
 		}
 	}
-	return plan.Step{ID: StepSync, Node: c, Mutates: true, Timeout: sw.t.Stream, Budget: sw.budget(2 * time.Second),
+	if want.Enabled() {
+		fmt.Fprintf(&d, "; if fewer stream by then: as many as do (at least one), noted in the record for the missing one's rejoin to raise")
+	}
+	// The stream wait has sw.t.Stream; setting what streams then, its own
+	// call.
+	return plan.Step{ID: StepSync, Node: c, Mutates: true, Timeout: sw.t.Stream + sw.t.Call, Budget: sw.budget(2 * time.Second),
 		Description: d.String(), Run: sw.applySync}
 }
 
@@ -1347,8 +1352,13 @@ func (sw *switchover) rejoinOld(ctx context.Context, conninfo string) error {
 // them stream, and records them with the note of a lowering. When the old
 // primary was to take the candidate's place among them but its rejoin
 // failed, waiting for it would only time out and leave the new primary
-// asynchronous: the others are set instead, as without a rejoin.
+// asynchronous: the others are set instead, as without a rejoin. When
+// fewer than counted on stream within the stream timeout, it sets as many
+// as stream (at least one, else it leaves the setting as it is), notes it
+// for the missing one's rejoin to raise, and fails: something the plan
+// did not foresee needs looking at.
 func (sw *switchover) applySync(ctx context.Context) error {
+	c := sw.candidate.Name
 	want, restore := sw.syncTarget(sw.rejoined)
 	if !sw.rejoined && sw.syncWithoutRejoin() != nil {
 		sw.env.progress(StepSync, "%s did not rejoin: %s without it; `replctl rejoin %s` puts it back", sw.primary.Name, syncDesc(want), sw.primary.Name)
@@ -1360,12 +1370,44 @@ func (sw *switchover) applySync(ctx context.Context) error {
 		})
 		return err
 	}
-	return setSyncOnceStreaming(ctx, sw.env, sw.candidate.Name, want.Names, want.Num, want.String(),
-		fmt.Sprintf("fewer than %d of %s stream from %s: left asynchronous rather than let commits hang", want.Num, strings.Join(want.Names, ", "), sw.candidate.Name),
-		func(s *etcdlock.State) {
-			s.Sync = etcdlock.SyncSettings{StandbyNames: want.String(), Commit: sw.candSync.Commit}
-			s.SyncRestore = restore
-		})
+	wctx, cancel := context.WithTimeout(ctx, sw.t.Stream)
+	err := streamingIn(wctx, sw.env, c, want.Names, want.Num,
+		fmt.Sprintf("fewer than %d of %s stream from %s within %s", want.Num, strings.Join(want.Names, ", "), c, sw.t.Stream))
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		got, gerr := sw.env.Ctl.StreamingStandbys(ctx, c, want.Names)
+		if gerr != nil || len(got) == 0 {
+			return fmt.Errorf("%w: synchronous_standby_names left as it is rather than let commits hang", err)
+		}
+		missing := ""
+		for _, n := range want.Names {
+			if !slices.Contains(got, n) {
+				missing = n
+				break
+			}
+		}
+		lowered := *want
+		lowered.Num = len(got)
+		if restore == nil {
+			restore = &topology.SyncRestore{Node: missing, Primary: c, Before: sw.syncOriginal, Raise: want.String(),
+				Why: fmt.Sprintf("%s did not stream from %s within %s", missing, c, sw.t.Stream), OperationID: sw.opID()}
+		}
+		restore.Set = lowered.String()
+		err = fmt.Errorf("%w: synchronous_standby_names set to %s rather than let commits hang on %s; once it streams, `replctl rejoin %s` raises it back",
+			err, pgctl.QuoteLiteral(lowered.String()), missing, restore.Node)
+		want = &lowered
+	}
+	set := want.String()
+	if serr := setSync(ctx, sw.env, c, set, func(s *etcdlock.State) {
+		s.Sync = etcdlock.SyncSettings{StandbyNames: set, Commit: sw.candSync.Commit}
+		s.SyncRestore = restore
+	}); serr != nil {
+		return serr
+	}
+	return err
 }
 
 // syncDesc says what the sync step does with want.

@@ -704,15 +704,30 @@ func (p *PG) poll(ctx context.Context, cond func(context.Context) (bool, error))
 	return PollUntil(ctx, p.Clock, p.Poll, cond, "timed out")
 }
 
-// StreamingStandbys counts the walsenders on node that stream to one of
-// names (by application_name, as synchronous_standby_names matches them).
-func (p *PG) StreamingStandbys(ctx context.Context, node string, names []string) (int, error) {
-	var n int
+// StreamingStandbys returns those of names that a walsender on node
+// streams to (by application_name, compared as synchronous_standby_names
+// compares them: without case), in the order of names.
+func (p *PG) StreamingStandbys(ctx context.Context, node string, names []string) ([]string, error) {
+	var streaming []string
 	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
-		return c.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication
-			WHERE state = 'streaming' AND lower(application_name) = ANY ($1)`, lowerAll(names)).Scan(&n)
+		rows, err := c.Query(ctx, `SELECT DISTINCT lower(application_name) FROM pg_stat_replication
+			WHERE state = 'streaming' AND lower(application_name) = ANY ($1)`, lowerAll(names))
+		if err != nil {
+			return err
+		}
+		streaming, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
 	})
-	return n, err
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, n := range names {
+		if slices.Contains(streaming, strings.ToLower(n)) && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 func lowerAll(in []string) []string {
