@@ -684,13 +684,7 @@ func TestEmergencySyncLoweredThenRaised(t *testing.T) {
 	chosen := emDoc(t, r).Emergency.Choice.Chosen
 	other := emOther(chosen, "pg2", "pg3")
 	lowered := "ANY 1 (" + other + ")"
-	showSync := func() string {
-		var v string
-		if err := c.QueryRow(ctx, chosen, "SHOW synchronous_standby_names").Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	showSync := func() string { return emSyncOf(t, c, chosen) }
 	if got := showSync(); got != lowered {
 		t.Fatalf("%s's synchronous_standby_names after the failover %q, want %q", chosen, got, lowered)
 	}
@@ -719,11 +713,7 @@ func TestEmergencySyncLoweredThenRaised(t *testing.T) {
 		t.Errorf("status after the rejoin still warns of lowered synchronous replication:\n%s", s)
 	}
 	// Both standbys stream: a commit waits for both and returns.
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := c.Exec(wctx, chosen, "INSERT INTO lowered VALUES (1)"); err != nil {
-		t.Errorf("a commit under %s: %v", raised, err)
-	}
+	emCommits(t, c, chosen, "under "+raised)
 }
 
 // emStartAny2 starts pg1 with two replicas, every commit waiting for both
@@ -737,6 +727,42 @@ func emStartAny2(t *testing.T) *testenv.Cluster {
 		}
 	}
 	return c
+}
+
+// emRejoinRaises runs `replctl rejoin node` on a switchover from pg1 to
+// pg2 that lowered ANY 2 (pg2, pg3) for want of node, and checks that it
+// raises pg2 to ANY 2 (pg3, pg1), clears the record's note, and commits go
+// through.
+func emRejoinRaises(t *testing.T, c *testenv.Cluster, cfgPath, node string) {
+	t.Helper()
+	emExpect(t, 0, cfgPath, "rejoin", node, "--yes")
+	if got := emSyncOf(t, c, "pg2"); got != "ANY 2 (pg3, pg1)" {
+		t.Errorf("pg2's synchronous_standby_names after %s's rejoin %q, want ANY 2 (pg3, pg1)", node, got)
+	}
+	cfg := emLoad(t, cfgPath)
+	if st, _ := emState(t, emEtcd(t, cfg), cfg); st.SyncRestore != nil || st.Sync.StandbyNames != "ANY 2 (pg3, pg1)" {
+		t.Errorf("record after the rejoin: sync %+v, sync_restore %+v", st.Sync, st.SyncRestore)
+	}
+	emCommits(t, c, "pg2", "under ANY 2 (pg3, pg1)")
+}
+
+// emSyncOf is node's synchronous_standby_names.
+func emSyncOf(t *testing.T, c *testenv.Cluster, node string) string {
+	t.Helper()
+	var v string
+	must(t, c.QueryRow(t.Context(), node, "SHOW synchronous_standby_names").Scan(&v))
+	return v
+}
+
+// emCommits checks that a commit on node returns (within 30 s) rather
+// than wait for synchronous standbys that do not stream.
+func emCommits(t *testing.T, c *testenv.Cluster, node, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := c.Exec(ctx, node, "CREATE TABLE IF NOT EXISTS replctl_commits (id int); INSERT INTO replctl_commits VALUES (1)"); err != nil {
+		t.Errorf("a commit on %s %s: %v", node, what, err)
+	}
 }
 
 // emClosedPort is a local port nothing listens on.
@@ -990,7 +1016,6 @@ func TestEmergencyConcurrent(t *testing.T) {
 func TestIntegrationSwitchoverSyncRejoinFails(t *testing.T) {
 	emSkip(t)
 	t.Parallel()
-	ctx := t.Context()
 	c := emStartAny2(t)
 	cfgPath, _ := switchoverConfig(t, c, fenceStop)
 	broken := filepath.Join(t.TempDir(), "rejoin-broken")
@@ -1012,13 +1037,7 @@ func TestIntegrationSwitchoverSyncRejoinFails(t *testing.T) {
 	}
 	cfg := emLoad(t, cfgPath)
 	cli := emEtcd(t, cfg)
-	showSync := func() string {
-		var v string
-		if err := c.QueryRow(ctx, "pg2", "SHOW synchronous_standby_names").Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	showSync := func() string { return emSyncOf(t, c, "pg2") }
 
 	r := emExpect(t, ExitPartial, cfgPath, "promote", "pg2", "--yes")
 	if !strings.Contains(r.stdout, "pg2 runs synchronous_standby_names 'ANY 1 (pg3)', fewer standbys than pg1's 'ANY 2 (pg2, pg3)'") {
@@ -1038,19 +1057,7 @@ func TestIntegrationSwitchoverSyncRejoinFails(t *testing.T) {
 	if err := os.Remove(broken); err != nil {
 		t.Fatal(err)
 	}
-	emExpect(t, 0, cfgPath, "rejoin", "pg1", "--yes")
-	if got := showSync(); got != "ANY 2 (pg3, pg1)" {
-		t.Errorf("pg2's synchronous_standby_names after pg1's rejoin %q, want ANY 2 (pg3, pg1)", got)
-	}
-	st, _ = emState(t, cli, cfg)
-	if st.SyncRestore != nil || st.Sync.StandbyNames != "ANY 2 (pg3, pg1)" {
-		t.Errorf("record after the rejoin: sync %+v, sync_restore %+v", st.Sync, st.SyncRestore)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := c.Exec(wctx, "pg2", "CREATE TABLE raised (id int)"); err != nil {
-		t.Errorf("a commit under ANY 2 (pg3, pg1): %v", err)
-	}
+	emRejoinRaises(t, c, cfgPath, "pg1")
 }
 
 // TestIntegrationSwitchoverSyncPausedReplica: every commit waits for both
@@ -1069,19 +1076,7 @@ func TestIntegrationSwitchoverSyncPausedReplica(t *testing.T) {
 	cli := emEtcd(t, cfg)
 	tl := timelineOf(t, c, "pg1")
 	must(t, c.PauseReplay(ctx, "pg3"))
-	showSync := func() string {
-		var v string
-		must(t, c.QueryRow(ctx, "pg2", "SHOW synchronous_standby_names").Scan(&v))
-		return v
-	}
-	commit := func(what string) {
-		t.Helper()
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		if err := c.Exec(wctx, "pg2", "CREATE TABLE IF NOT EXISTS paused_sync (id int); INSERT INTO paused_sync VALUES (1)"); err != nil {
-			t.Errorf("a commit on pg2 %s: %v", what, err)
-		}
-	}
+	showSync := func() string { return emSyncOf(t, c, "pg2") }
 
 	r := emExpect(t, 0, cfgPath, "promote", "pg2", "--yes")
 	if !strings.Contains(r.stdout+r.stderr, "pg3 is not counted on (replay is paused)") {
@@ -1097,17 +1092,9 @@ func TestIntegrationSwitchoverSyncPausedReplica(t *testing.T) {
 	if s := emStatusOf(t, cfgPath); !s.warned("sync_lowered", "pg2") {
 		t.Errorf("status after the switchover does not warn of the lowered synchronous replication:\n%s", s)
 	}
-	commit("with pg3 paused")
+	emCommits(t, c, "pg2", "with pg3 paused")
 
 	must(t, c.ResumeReplay(ctx, "pg3"))
 	awaitFollows(t, c, "pg3", "pg2", tl+1)
-	emExpect(t, 0, cfgPath, "rejoin", "pg3", "--yes")
-	if got := showSync(); got != "ANY 2 (pg3, pg1)" {
-		t.Errorf("pg2's synchronous_standby_names after pg3's rejoin %q, want ANY 2 (pg3, pg1)", got)
-	}
-	st, _ = emState(t, cli, cfg)
-	if st.SyncRestore != nil || st.Sync.StandbyNames != "ANY 2 (pg3, pg1)" {
-		t.Errorf("record after the rejoin: sync %+v, sync_restore %+v", st.Sync, st.SyncRestore)
-	}
-	commit("under ANY 2 (pg3, pg1)")
+	emRejoinRaises(t, c, cfgPath, "pg3")
 }

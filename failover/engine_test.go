@@ -524,6 +524,20 @@ func TestSwitchoverKeepsSyncCount(t *testing.T) {
 	})
 }
 
+// assertPg3Lowered checks that switchover-sync left pg2 waiting for one of
+// pg3 and pg1 for want of pg3, and the record saying why and that pg3's
+// rejoin raises it to ANY 2 (pg3, pg1).
+func assertPg3Lowered(t *testing.T, c *engineCase, why string) {
+	t.Helper()
+	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 1 (pg3, pg1)" {
+		t.Errorf("pg2's synchronous_standby_names %q, want ANY 1 (pg3, pg1)", got)
+	}
+	want := topology.SyncRestore{Node: "pg3", Primary: "pg2", Set: "ANY 1 (pg3, pg1)", Before: "ANY 2 (pg2, pg3)", Raise: "ANY 2 (pg3, pg1)", Why: why}
+	if r := c.rec.st.SyncRestore; r == nil || *r != want {
+		t.Fatalf("record's sync_restore %+v, want %+v", r, want)
+	}
+}
+
 // Every commit waits for both replicas (ANY 2) and pg3's replay is paused:
 // repointed, it does not stream from pg2 until resumed. The switchover
 // neither fails nor makes commits hang on pg3 (the fake's commits are not
@@ -549,14 +563,7 @@ func TestSwitchoverSyncPausedReplica(t *testing.T) {
 	if res := plan.Execute(t.Context(), p, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
 		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
 	}
-	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 1 (pg3, pg1)" {
-		t.Errorf("pg2's synchronous_standby_names %q, want ANY 1 (pg3, pg1)", got)
-	}
-	want := topology.SyncRestore{Node: "pg3", Primary: "pg2", Set: "ANY 1 (pg3, pg1)", Before: "ANY 2 (pg2, pg3)", Raise: "ANY 2 (pg3, pg1)",
-		Why: "pg3 could not stream from pg2 (replay is paused)"}
-	if r := c.rec.st.SyncRestore; r == nil || *r != want {
-		t.Fatalf("record's sync_restore %+v, want %+v", r, want)
-	}
+	assertPg3Lowered(t, c, "pg3 could not stream from pg2 (replay is paused)")
 
 	// Resumed, pg3 streams from pg2: its rejoin raises the setting.
 	p2 := tt.Primary("pg2", lsn+0x1000, "pg1", "pg3")
@@ -594,14 +601,7 @@ func TestSwitchoverSyncStandbyMissing(t *testing.T) {
 	if !strings.Contains(syncErr, "set to 'ANY 1 (pg3, pg1)' rather than let commits hang on pg3") {
 		t.Errorf("the sync step's error does not say what it set: %q", syncErr)
 	}
-	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != "ANY 1 (pg3, pg1)" {
-		t.Errorf("pg2's synchronous_standby_names %q, want ANY 1 (pg3, pg1)", got)
-	}
-	want := topology.SyncRestore{Node: "pg3", Primary: "pg2", Set: "ANY 1 (pg3, pg1)", Before: "ANY 2 (pg2, pg3)", Raise: "ANY 2 (pg3, pg1)",
-		Why: "pg3 did not stream from pg2 within 2s"}
-	if r := c.rec.st.SyncRestore; r == nil || *r != want {
-		t.Errorf("record's sync_restore %+v, want %+v", r, want)
-	}
+	assertPg3Lowered(t, c, "pg3 did not stream from pg2 within 2s")
 }
 
 // An emergency failover that cannot keep as many synchronous standbys as
