@@ -262,9 +262,10 @@ func (s *emStatus) streamsOn(primary string, tl int, names ...string) bool {
 
 // emPromoteDoc is the part of promote -o json these tests read.
 type emPromoteDoc struct {
-	Candidate string `json:"candidate"`
-	Proceed   bool   `json:"would_proceed"`
-	Checks    []struct {
+	Candidate   string                `json:"candidate"`
+	Proceed     bool                  `json:"would_proceed"`
+	SyncRestore *topology.SyncRestore `json:"sync_restore"`
+	Checks      []struct {
 		Name, Level, Node, Message string
 	} `json:"checks"`
 	Emergency *struct {
@@ -696,6 +697,9 @@ func TestEmergencySyncLoweredThenRaised(t *testing.T) {
 	if s := emStatusOf(t, cfgPath); !s.warned("sync_lowered", chosen) {
 		t.Errorf("status after the failover does not warn of the lowered synchronous replication:\n%s", s)
 	}
+	if d := emDoc(t, r); d.SyncRestore == nil || d.SyncRestore.Set != lowered {
+		t.Errorf("the failover's report has sync_restore %+v, want the lowering to %s", d.SyncRestore, lowered)
+	}
 
 	r = emExpect(t, 0, cfgPath, "rejoin", "pg1", "--yes")
 	raised := "ANY 2 (" + other + ", pg1)"
@@ -1040,7 +1044,7 @@ func TestIntegrationSwitchoverSyncRejoinFails(t *testing.T) {
 	showSync := func() string { return emSyncOf(t, c, "pg2") }
 
 	r := emExpect(t, ExitPartial, cfgPath, "promote", "pg2", "--yes")
-	if !strings.Contains(r.stdout, "pg2 runs synchronous_standby_names 'ANY 1 (pg3)', fewer standbys than pg1's 'ANY 2 (pg2, pg3)'") {
+	if !strings.Contains(r.stdout, "warning: pg2 runs synchronous_standby_names 'ANY 1 (pg3)', fewer standbys than 'ANY 2 (pg2, pg3)': once pg1 streams from it, `replctl rejoin pg1` raises it back") {
 		t.Errorf("the report's end does not say synchronous replication was lowered:\n%s", r)
 	}
 	if got := showSync(); got != "ANY 1 (pg3)" {
@@ -1081,6 +1085,9 @@ func TestIntegrationSwitchoverSyncPausedReplica(t *testing.T) {
 	r := emExpect(t, 0, cfgPath, "promote", "pg2", "--yes")
 	if !strings.Contains(r.stdout+r.stderr, "pg3 is not counted on (replay is paused)") {
 		t.Errorf("the plan does not say pg3 is not counted on among the synchronous standbys:\n%s", r)
+	}
+	if !strings.Contains(r.stdout, "warning: pg2 runs synchronous_standby_names 'ANY 1 (pg3, pg1)', fewer standbys than 'ANY 2 (pg2, pg3)': once pg3 streams from it, `replctl rejoin pg3` raises it back") {
+		t.Errorf("the report does not end saying synchronous replication was lowered:\n%s", r)
 	}
 	if got := showSync(); got != "ANY 1 (pg3, pg1)" {
 		t.Fatalf("pg2's synchronous_standby_names after the switchover %q, want ANY 1 (pg3, pg1)", got)

@@ -168,16 +168,16 @@ type promoteReport struct {
 	// report says about the end is what this shows, not what the steps
 	// hoped.
 	Final *finalState `json:"final,omitempty"`
+	// SyncRestore is the cluster record's note, read back once the run
+	// ended, that the primary runs fewer synchronous standbys than the old
+	// primary did (absent when it does not).
+	SyncRestore *topology.SyncRestore `json:"sync_restore,omitempty"`
 }
 
 // finalState is the cluster as probed after an operation.
 type finalState struct {
 	Primary string      `json:"primary"`
 	Nodes   []finalNode `json:"nodes"`
-	// SyncRestore is the cluster record's note that the primary runs
-	// fewer synchronous standbys than before (absent when it does not),
-	// read back from etcd with the probe.
-	SyncRestore *topology.SyncRestore `json:"sync_restore,omitempty"`
 }
 
 type finalNode struct {
@@ -186,18 +186,28 @@ type finalNode struct {
 	State string `json:"state"`
 }
 
-// probeFinal looks at every node, and the cluster record, once more after
-// an operation.
+// probeFinal looks at every node once more after an operation, with the
+// cluster record for what it says of fences.
 func probeFinal(ctx context.Context, cfg *config.Config, timeout time.Duration, record func(context.Context) (*recordInfo, error)) *finalState {
 	obs := observe(context.WithoutCancel(ctx), cfg, timeout, nil, record)
 	f := &finalState{Primary: string(obs.Snap.Primary)}
 	for _, n := range obs.Snap.Nodes {
 		f.Nodes = append(f.Nodes, finalNode{Node: n.Name, Role: string(n.Role), State: n.State})
 	}
-	if r := obs.Snap.Record; r != nil && r.SyncRestore != nil && r.SyncRestore.Primary == f.Primary {
-		f.SyncRestore = r.SyncRestore
-	}
 	return f
+}
+
+// syncLoweredOn is the cluster record's note of synchronous replication
+// lowered on primary, read once more after an operation; nil when there is
+// none or the record cannot be read.
+func syncLoweredOn(ctx context.Context, timeout time.Duration, record func(context.Context) (*recordInfo, error), primary string) *topology.SyncRestore {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	info, err := record(ctx)
+	if err != nil || info == nil || info.State == nil || info.State.SyncRestore == nil || info.State.SyncRestore.Primary != primary {
+		return nil
+	}
+	return info.State.SyncRestore
 }
 
 // writeFinal says what is true at the end, as probed.
@@ -209,10 +219,16 @@ func writeFinal(w io.Writer, f *finalState) {
 	for _, n := range f.Nodes {
 		fmt.Fprintf(w, "  %s: %s, %s\n", n.Node, n.Role, n.State)
 	}
-	if r := f.SyncRestore; r != nil {
-		fmt.Fprintf(w, "  %s runs synchronous_standby_names %s, fewer standbys than %s's %s: `replctl rejoin %s` raises it back once %s can stream\n",
-			r.Primary, pgctl.QuoteLiteral(r.Set), r.Node, pgctl.QuoteLiteral(r.Before), r.Node, r.Node)
+}
+
+// writeSyncLowered says that the primary runs fewer synchronous standbys
+// than the old primary's setting asked for, and how to raise it.
+func writeSyncLowered(w io.Writer, r *topology.SyncRestore) {
+	if r == nil {
+		return
 	}
+	fmt.Fprintf(w, "warning: %s runs synchronous_standby_names %s, fewer standbys than %s: once %s streams from it, `replctl rejoin %s` raises it back\n",
+		r.Primary, pgctl.QuoteLiteral(r.Set), pgctl.QuoteLiteral(r.Before), r.Node, r.Node)
 }
 
 // writeLeft prints what a failed operation could not put back.
@@ -327,9 +343,12 @@ func runPromote(ctx context.Context, o *PromoteOptions) error {
 	if res.Err != nil {
 		rep.Error = res.Err.Error()
 	}
+	primary := rep.Candidate
 	if res.Outcome != plan.OutcomeSucceeded {
 		rep.Final = probeFinal(ctx, cfg, o.Timeout, recordFn)
+		primary = rep.Final.Primary
 	}
+	rep.SyncRestore = syncLoweredOn(ctx, o.Timeout, recordFn, primary)
 	if rep.Emergency == nil {
 		rep.WriteOutageSeconds = writeOutage(res)
 	}
@@ -411,6 +430,7 @@ func writePromoteText(w io.Writer, tty bool, rep *promoteReport) error {
 			fmt.Fprintf(w, "%s is the primary now.\n", f.Primary)
 		}
 	}
+	writeSyncLowered(w, rep.SyncRestore)
 	for _, n := range rep.Plan.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
