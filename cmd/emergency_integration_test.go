@@ -733,6 +733,25 @@ func emStartAny2(t *testing.T) *testenv.Cluster {
 	return c
 }
 
+// TestIntegrationSwitchoverSyncStar: synchronous_standby_names = '*' (any
+// one standby) is carried over to the new primary once a standby streams
+// from it, without a wait for a standby named "*" that never comes (which
+// left the new primary asynchronous after the stream timeout).
+func TestIntegrationSwitchoverSyncStar(t *testing.T) {
+	emSkip(t)
+	t.Parallel()
+	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
+	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"} {
+		must(t, c.Exec(t.Context(), "pg1", q))
+	}
+	cfgPath, _ := switchoverConfig(t, c, fenceStop)
+	emExpect(t, 0, cfgPath, "promote", "pg2", "--yes")
+	if got := emSyncOf(t, c, "pg2"); got != "FIRST 1 (*)" {
+		t.Errorf("pg2's synchronous_standby_names after the switchover %q, want FIRST 1 (*)", got)
+	}
+	emCommits(t, c, "pg2", "under FIRST 1 (*)")
+}
+
 // emRejoinRaises runs `replctl rejoin node` on a switchover from pg1 to
 // pg2 that lowered ANY 2 (pg2, pg3) for want of node, and checks that it
 // raises pg2 to ANY 2 (pg3, pg1), clears the record's note, and commits go

@@ -579,6 +579,39 @@ func TestSwitchoverSyncPausedReplica(t *testing.T) {
 	}
 }
 
+// synchronous_standby_names = 'ANY 1 (*)' waits for any standby: the new
+// primary gets it too, once one streams, and nothing is lowered (before,
+// "*" never counted as streaming: the switchover waited out the stream
+// timeout and left pg2 asynchronous).
+func TestSwitchoverSyncStar(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "switchover-stop")
+	lsn := topology.LSN(0x3000060)
+	const names = "ANY 1 (*)"
+	c.ctl.nodes["pg1"].auto["synchronous_standby_names"] = names
+	c.ctl.reload(c.ctl.nodes["pg1"])
+	ss, err := topology.ParseSyncStandbyNames(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1 := tt.Primary("pg1", lsn, "pg2", "pg3")
+	p1.Settings.SynchronousStandbyNames, p1.Settings.SyncStandbys = tt.Ptr(names), &ss
+	snap := topology.Classify(c.cfg, []topology.NodeStatus{p1, tt.Replica("pg2", 5432, lsn), tt.Replica("pg3", 5432, lsn)}, nil)
+	p, err := BuildSwitchoverPlan(c.cfg, snap, c.req.Switchover, c.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := plan.Execute(t.Context(), p, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("outcome %s: %v", res.Outcome, res.Err)
+	}
+	if got := c.ctl.nodes["pg2"].auto["synchronous_standby_names"]; got != names {
+		t.Errorf("pg2's synchronous_standby_names %q, want %s", got, names)
+	}
+	if r := c.rec.st.SyncRestore; r != nil {
+		t.Errorf("record's sync_restore %+v, want none", r)
+	}
+}
+
 // A synchronous standby that streamed when the plan was made but does not
 // stream from the new primary within the stream timeout (pg3 stuck after
 // the plan) leaves the new primary waiting for as many as stream, not

@@ -541,8 +541,8 @@ func (f *fakeCluster) StreamingStandbys(_ context.Context, node string, names []
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []string
-	for _, name := range names {
-		if r := f.nodes[name]; r != nil && r.upstream == node {
+	for _, name := range slices.Sorted(maps.Keys(f.nodes)) {
+		if r := f.nodes[name]; r.upstream == node && (slices.Contains(names, "*") || slices.ContainsFunc(names, func(n string) bool { return strings.EqualFold(n, name) })) {
 			out = append(out, name)
 		}
 	}

@@ -629,7 +629,8 @@ func (sw *switchover) syncTarget(rejoined bool) (*topology.SyncStandbys, *topolo
 		}
 	}
 	r := sw.syncRestoreOf(want, op)
-	if able >= want.Num {
+	// "*" stands for any number of standbys: none is left out by name.
+	if able >= want.Num || slices.Contains(want.Names, "*") {
 		return want, r
 	}
 	lowered := *want
@@ -1384,20 +1385,30 @@ func (sw *switchover) applySync(ctx context.Context) error {
 		}
 		missing := ""
 		for _, n := range want.Names {
-			if !slices.Contains(got, n) {
+			if n != "*" && !containsFold(got, n) {
 				missing = n
 				break
 			}
 		}
 		lowered := *want
 		lowered.Num = len(got)
-		if restore == nil {
-			restore = &topology.SyncRestore{Node: missing, Primary: c, Before: sw.syncOriginal, Raise: want.String(),
-				Why: fmt.Sprintf("%s did not stream from %s within %s", missing, c, sw.t.Stream), OperationID: sw.opID()}
+		if missing == "" {
+			// Under "*" no name is missing, only a number: nothing for a
+			// rejoin to raise.
+			err = fmt.Errorf("%w: synchronous_standby_names set to %s rather than let commits hang; raise it by hand once more standbys stream",
+				err, pgctl.QuoteLiteral(lowered.String()))
+			if restore != nil {
+				restore.Set = lowered.String()
+			}
+		} else {
+			if restore == nil {
+				restore = &topology.SyncRestore{Node: missing, Primary: c, Before: sw.syncOriginal, Raise: want.String(),
+					Why: fmt.Sprintf("%s did not stream from %s within %s", missing, c, sw.t.Stream), OperationID: sw.opID()}
+			}
+			restore.Set = lowered.String()
+			err = fmt.Errorf("%w: synchronous_standby_names set to %s rather than let commits hang on %s; once it streams, `replctl rejoin %s` raises it back",
+				err, pgctl.QuoteLiteral(lowered.String()), missing, restore.Node)
 		}
-		restore.Set = lowered.String()
-		err = fmt.Errorf("%w: synchronous_standby_names set to %s rather than let commits hang on %s; once it streams, `replctl rejoin %s` raises it back",
-			err, pgctl.QuoteLiteral(lowered.String()), missing, restore.Node)
 		want = &lowered
 	}
 	set := want.String()

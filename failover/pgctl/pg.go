@@ -704,30 +704,22 @@ func (p *PG) poll(ctx context.Context, cond func(context.Context) (bool, error))
 	return PollUntil(ctx, p.Clock, p.Poll, cond, "timed out")
 }
 
-// StreamingStandbys returns those of names that a walsender on node
-// streams to (by application_name, compared as synchronous_standby_names
-// compares them: without case), in the order of names.
+// StreamingStandbys returns the application_names of the standbys that a
+// walsender on node streams to and that names match, as
+// synchronous_standby_names matches them: without case, "*" matching any.
 func (p *PG) StreamingStandbys(ctx context.Context, node string, names []string) ([]string, error) {
-	var streaming []string
+	var out []string
 	err := p.do(ctx, node, func(ctx context.Context, c *pgx.Conn) error {
-		rows, err := c.Query(ctx, `SELECT DISTINCT lower(application_name) FROM pg_stat_replication
-			WHERE state = 'streaming' AND lower(application_name) = ANY ($1)`, lowerAll(names))
+		rows, err := c.Query(ctx, `SELECT DISTINCT application_name FROM pg_stat_replication
+			WHERE state = 'streaming' AND (lower(application_name) = ANY ($1) OR '*' = ANY ($1))
+			ORDER BY application_name`, lowerAll(names))
 		if err != nil {
 			return err
 		}
-		streaming, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		out, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, n := range names {
-		if slices.Contains(streaming, strings.ToLower(n)) && !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	return out, nil
+	return out, err
 }
 
 func lowerAll(in []string) []string {
