@@ -21,6 +21,7 @@ import (
 
 	"github.com/replctl/replctl/config"
 	"github.com/replctl/replctl/failover/etcdlock"
+	"github.com/replctl/replctl/failover/pgctl"
 	"github.com/replctl/replctl/failover/plan"
 	"github.com/replctl/replctl/failover/writeprobe"
 	"github.com/replctl/replctl/testenv"
@@ -725,12 +726,24 @@ func TestEmergencySyncLoweredThenRaised(t *testing.T) {
 func emStartAny2(t *testing.T) *testenv.Cluster {
 	t.Helper()
 	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
-	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = 'ANY 2 (pg2, pg3)'", "SELECT pg_reload_conf()"} {
-		if err := c.Exec(t.Context(), "pg1", q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	emSetSync(t, c, "pg1", "ANY 2 (pg2, pg3)")
 	return c
+}
+
+// emSetSync sets node's synchronous_standby_names and waits until a new
+// session sees it: a probe right after pg_reload_conf() may still read the
+// old value.
+func emSetSync(t *testing.T, c *testenv.Cluster, node, value string) {
+	t.Helper()
+	must(t, c.Exec(t.Context(), node, "ALTER SYSTEM SET synchronous_standby_names = "+pgctl.QuoteLiteral(value)))
+	must(t, c.Exec(t.Context(), node, "SELECT pg_reload_conf()"))
+	deadline := time.Now().Add(10 * time.Second)
+	for emSyncOf(t, c, node) != value {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: synchronous_standby_names is not %q 10 s after the reload", node, value)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // TestIntegrationSwitchoverSyncStar: synchronous_standby_names = '*' (any
@@ -741,9 +754,7 @@ func TestIntegrationSwitchoverSyncStar(t *testing.T) {
 	emSkip(t)
 	t.Parallel()
 	c := testenv.Start(t, testenv.Options{Replicas: 2, Sync: true})
-	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"} {
-		must(t, c.Exec(t.Context(), "pg1", q))
-	}
+	emSetSync(t, c, "pg1", "*")
 	cfgPath, _ := switchoverConfig(t, c, fenceStop)
 	emExpect(t, 0, cfgPath, "promote", "pg2", "--yes")
 	if got := emSyncOf(t, c, "pg2"); got != "FIRST 1 (*)" {
