@@ -75,12 +75,23 @@ func (x *embeddedEtcd) close() {
 	x.e.Close()
 }
 
-// kill stops the member the way a crash would: its raft stops at once,
-// with no leadership transfer, and every connection it accepted is cut
-// before its servers close, so that clients and peers see the connection
-// drop instead of a graceful shutdown that waits for their streams.
+// kill stops the member the way a crash would: its ports stop accepting,
+// its raft stops at once, with no leadership transfer, and every
+// connection it accepted is cut before its servers close, so that clients
+// and peers see the connection drop instead of a graceful shutdown that
+// waits for their streams. The listeners close first: a client that
+// reconnected at once to a port still open would be served through the
+// shutdown, whose gRPC server, once stopped under the still running HTTP
+// server, answers a request with an empty HTTP 200 ("malformed header:
+// missing HTTP content-type", seen once in TestEtcdMembersTLS under load).
 func (x *embeddedEtcd) kill() {
 	x.closing.Store(true)
+	for _, l := range x.e.Clients {
+		l.Close()
+	}
+	for _, p := range x.e.Peers {
+		p.Listener.Close()
+	}
 	x.e.Server.HardStop()
 	dropConnections([]int{x.clientPort, x.peerPort})
 	x.e.Close()
