@@ -1380,8 +1380,12 @@ func (sw *switchover) applySync(ctx context.Context) error {
 			return err
 		}
 		got, gerr := sw.env.Ctl.StreamingStandbys(ctx, c, want.Names)
-		if gerr != nil || len(got) == 0 {
+		switch {
+		case gerr != nil || len(got) == 0:
 			return fmt.Errorf("%w: synchronous_standby_names left as it is rather than let commits hang", err)
+		case len(got) >= want.Num:
+			// Enough came up right after the wait gave up.
+			return sw.setSyncAndRecord(ctx, want, restore)
 		}
 		missing := ""
 		for _, n := range want.Names {
@@ -1409,16 +1413,22 @@ func (sw *switchover) applySync(ctx context.Context) error {
 			err = fmt.Errorf("%w: synchronous_standby_names set to %s rather than let commits hang on %s; once it streams, `replctl rejoin %s` raises it back",
 				err, pgctl.QuoteLiteral(lowered.String()), missing, restore.Node)
 		}
-		want = &lowered
+		if serr := sw.setSyncAndRecord(ctx, &lowered, restore); serr != nil {
+			return serr
+		}
+		return err
 	}
+	return sw.setSyncAndRecord(ctx, want, restore)
+}
+
+// setSyncAndRecord sets the new primary's synchronous_standby_names to
+// want and records it with the note of a lowering (nil for none).
+func (sw *switchover) setSyncAndRecord(ctx context.Context, want *topology.SyncStandbys, restore *topology.SyncRestore) error {
 	set := want.String()
-	if serr := setSync(ctx, sw.env, c, set, func(s *etcdlock.State) {
+	return setSync(ctx, sw.env, sw.candidate.Name, set, func(s *etcdlock.State) {
 		s.Sync = etcdlock.SyncSettings{StandbyNames: set, Commit: sw.candSync.Commit}
 		s.SyncRestore = restore
-	}); serr != nil {
-		return serr
-	}
-	return err
+	})
 }
 
 // syncDesc says what the sync step does with want.
