@@ -746,6 +746,52 @@ func emSetSync(t *testing.T, c *testenv.Cluster, node, value string) {
 	}
 }
 
+// TestIntegrationSwitchoverSyncStandbyHangs: every commit waits for both
+// replicas (ANY 2); pg3 hangs (SIGSTOP) right after pg2's promotion, so it
+// is neither repointed nor streams from pg2. The switchover must not leave
+// pg2 asynchronous: once the stream timeout is out it runs ANY 1 (pg3,
+// pg1), the record says so, and the switchover ends partly done (exit 6).
+// Once pg3 answers again, `replctl rejoin pg3` brings it to pg2 and raises
+// the setting to ANY 2 (pg3, pg1).
+func TestIntegrationSwitchoverSyncStandbyHangs(t *testing.T) {
+	emSkip(t)
+	t.Parallel()
+	c := emStartAny2(t)
+	cfgPath, _ := switchoverConfig(t, c, fenceStop)
+	plain, err := os.ReadFile(cfgPath)
+	must(t, err)
+	appendConfig(t, cfgPath, "failover:\n  stream_timeout: 3s\n")
+	var resume func()
+	wrap := atPoint(pointVerify, func(context.Context, string) { resume = emHang(t, c, "pg3") })
+	run := replctl(t.Context(), wrap, "--config", cfgPath, "promote", "pg2", "--yes")
+	if run.Code != ExitPartial {
+		t.Fatalf("want exit %d (partly done): %s", ExitPartial, run)
+	}
+	if !strings.Contains(run.Out, "synchronous_standby_names set to 'ANY 1 (pg3, pg1)' rather than let commits hang on pg3") {
+		t.Errorf("the report does not say what the sync step set:\n%s", run)
+	}
+	if got := emSyncOf(t, c, "pg2"); got != "ANY 1 (pg3, pg1)" {
+		t.Fatalf("pg2's synchronous_standby_names with pg3 hung %q, want ANY 1 (pg3, pg1)", got)
+	}
+	cfg := emLoad(t, cfgPath)
+	st, _ := emState(t, emEtcd(t, cfg), cfg)
+	if r := st.SyncRestore; r == nil || r.Node != "pg3" || r.Set != "ANY 1 (pg3, pg1)" || r.Raise != "ANY 2 (pg3, pg1)" {
+		t.Fatalf("record's sync_restore with pg3 hung: %+v", r)
+	}
+	emCommits(t, c, "pg2", "with pg3 hung")
+
+	// Resumed, pg3 still points at pg1, which dropped its slot when it
+	// rejoined: its receiver comes and goes, and a rejoin may see the
+	// topology change under its lock and refuse (run again, it would go
+	// on). Stopped, pg3 holds still; its rejoin (with the default stream
+	// timeout: a rewind and a start under load may take more than 3 s)
+	// starts it as a replica of pg2.
+	resume()
+	must(t, c.StopNode(t.Context(), "pg3"))
+	must(t, os.WriteFile(cfgPath, plain, 0o644))
+	emRejoinRaises(t, c, cfgPath, "pg3")
+}
+
 // TestIntegrationSwitchoverSyncStar: synchronous_standby_names = '*' (any
 // one standby) is carried over to the new primary once a standby streams
 // from it, without a wait for a standby named "*" that never comes (which

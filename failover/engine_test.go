@@ -637,6 +637,38 @@ func TestSwitchoverSyncStandbyMissing(t *testing.T) {
 	assertPg3Lowered(t, c, "pg3 did not stream from pg2 within 2s")
 }
 
+// The rejoin of a replica that cascades (pg3 under pg2), when an operation
+// lowered synchronous replication for want of it, raises it back once the
+// repoint makes it stream from the primary.
+func TestRejoinCascadeRaisesSync(t *testing.T) {
+	t.Parallel()
+	c := newEngineCase(t, "rejoin-cascade")
+	pg1 := c.ctl.nodes["pg1"]
+	pg1.auto["synchronous_standby_names"] = "ANY 1 (pg3, pg2)"
+	c.ctl.reload(pg1)
+	p1 := c.snap.Node("pg1").NodeStatus
+	p1.Settings.SynchronousStandbyNames = tt.Ptr("ANY 1 (pg3, pg2)")
+	r := &topology.SyncRestore{Node: "pg3", Primary: "pg1", Set: "ANY 1 (pg3, pg2)", Before: "ANY 2 (pg1, pg3)", Raise: "ANY 2 (pg3, pg2)"}
+	c.rec.st.SyncRestore = r
+	snap := topology.Classify(c.cfg, []topology.NodeStatus{p1, c.snap.Node("pg2").NodeStatus, c.snap.Node("pg3").NodeStatus}, &topology.Record{Primary: "pg1", SyncRestore: r})
+	p, results, err := PlanRejoin(c.cfg, snap, "pg3", c.env)
+	if err != nil || p == nil || len(checks.Failed(results)) > 0 {
+		t.Fatalf("rejoin refused: %v %v", err, checks.Failed(results))
+	}
+	if ids := stepIDs(p); !slices.Contains(ids, StepSync) {
+		t.Fatalf("steps %v: no sync step", ids)
+	}
+	if res := plan.Execute(t.Context(), p, c.env, nil, nil); res.Outcome != plan.OutcomeSucceeded {
+		t.Fatalf("outcome %s: %v (steps %v)", res.Outcome, res.Err, stepIDs(p))
+	}
+	if got := pg1.auto["synchronous_standby_names"]; got != "ANY 2 (pg3, pg2)" {
+		t.Errorf("pg1's synchronous_standby_names %q, want ANY 2 (pg3, pg2)", got)
+	}
+	if c.rec.st.SyncRestore != nil {
+		t.Errorf("record's sync_restore %+v, want none", c.rec.st.SyncRestore)
+	}
+}
+
 // An emergency failover that cannot keep as many synchronous standbys as
 // the old primary had (ANY 2 of pg2 and pg3, pg2 promoted) lowers the
 // number and says so in the record, for the old primary's rejoin to raise

@@ -254,6 +254,11 @@ func planRepointCascade(cfg *config.Config, snap *topology.Snapshot, node string
 	if n.Fenced {
 		rp.Steps = append(rp.Steps, unfenceStep(env, node, t, budget))
 	}
+	// Streaming from the primary now, it can raise what an operation
+	// lowered for want of it.
+	if st := syncRaise(snap, p, node); st != nil {
+		rp.Steps = append(rp.Steps, syncRaiseStep(env, snap, p, st, t, budget))
+	}
 	return rp, results, nil
 }
 
