@@ -548,7 +548,12 @@ func TestIntegrationSwitchoverHungCandidate(t *testing.T) {
 	}
 	t.Parallel()
 	ctx := t.Context()
-	c := testenv.Start(t, testenv.Options{Replicas: 2})
+	// pg2 may stop between flushing pg1's last WAL and telling pg1 so: pg1's
+	// shutdown, which the undo waits out before starting it again, then
+	// waits for that walsender until wal_sender_timeout (60 s by default,
+	// seen once in CI). 10 s keeps the whole run well under the 60 s that
+	// stands for "no deadline" below.
+	c := testenv.Start(t, testenv.Options{Replicas: 2, ReceiverTimeout: 10 * time.Second})
 	cfg, _ := switchoverConfig(t, c, fenceStop)
 	appendConfig(t, cfg, "failover:\n  promote_timeout: 2s\n")
 	wrap := atPoint(pointBeforePromote, func(ctx context.Context, node string) { emHang(t, c, node) })
@@ -563,6 +568,11 @@ func TestIntegrationSwitchoverHungCandidate(t *testing.T) {
 	}
 	if took > 60*time.Second {
 		t.Errorf("took %s: the promote step has no deadline", took)
+	}
+	for _, s := range d.Result.Steps {
+		if s.ID == failover.StepPromote && s.End.Sub(s.Start) > 10*time.Second {
+			t.Errorf("the promote step took %s, with promote_timeout 2s", s.End.Sub(s.Start))
+		}
 	}
 	var undone bool
 	for _, s := range d.Result.Steps {
