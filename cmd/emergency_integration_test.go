@@ -731,19 +731,10 @@ func emStartAny2(t *testing.T) *testenv.Cluster {
 }
 
 // emSetSync sets node's synchronous_standby_names and waits until a new
-// session sees it: a probe right after pg_reload_conf() may still read the
-// old value.
+// session sees it, so that the operation's first probe reads it.
 func emSetSync(t *testing.T, c *testenv.Cluster, node, value string) {
 	t.Helper()
-	must(t, c.Exec(t.Context(), node, "ALTER SYSTEM SET synchronous_standby_names = "+pgctl.QuoteLiteral(value)))
-	must(t, c.Exec(t.Context(), node, "SELECT pg_reload_conf()"))
-	deadline := time.Now().Add(10 * time.Second)
-	for emSyncOf(t, c, node) != value {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: synchronous_standby_names is not %q 10 s after the reload", node, value)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	must(t, engSetting(t.Context(), c, node, "ALTER SYSTEM SET synchronous_standby_names = "+pgctl.QuoteLiteral(value), "synchronous_standby_names", value))
 }
 
 // TestIntegrationSwitchoverSyncStandbyHangs: every commit waits for both

@@ -354,6 +354,12 @@ func TestIntegrationSwitchoverDelayedReplica(t *testing.T) {
 // engSetDelay changes recovery_min_apply_delay on node and waits until the
 // reload has reached it.
 func engSetDelay(ctx context.Context, c *testenv.Cluster, node, alter, want string) error {
+	return engSetting(ctx, c, node, alter, "recovery_min_apply_delay", want)
+}
+
+// engSetting runs alter (an ALTER SYSTEM) on node, reloads it, and waits
+// until a new session sees setting at want.
+func engSetting(ctx context.Context, c *testenv.Cluster, node, alter, setting, want string) error {
 	if err := c.Exec(ctx, node, alter); err != nil {
 		return err
 	}
@@ -364,13 +370,13 @@ func engSetDelay(ctx context.Context, c *testenv.Cluster, node, alter, want stri
 	defer cancel()
 	for {
 		var got string
-		err := c.QueryRow(ctx, node, "SELECT current_setting('recovery_min_apply_delay')").Scan(&got)
+		err := c.QueryRow(ctx, node, "SELECT current_setting($1)", setting).Scan(&got)
 		if err == nil && got == want {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s: recovery_min_apply_delay is %q, want %q (last error %v)", node, got, want, err)
+			return fmt.Errorf("%s: %s is %q, want %q (last error %v)", node, setting, got, want, err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -72,14 +72,7 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 		c.cfg = engineConfig(kind != "switchover-sql", "pg1", "pg2", "pg3")
 		primary := tt.Primary("pg1", lsn, "pg2", "pg3")
 		if kind == "switchover-sync" {
-			const names = "ANY 2 (pg2, pg3)"
-			c.ctl.nodes["pg1"].auto["synchronous_standby_names"] = names
-			c.ctl.reload(c.ctl.nodes["pg1"])
-			ss, err := topology.ParseSyncStandbyNames(names)
-			if err != nil {
-				t.Fatal(err)
-			}
-			primary.Settings.SynchronousStandbyNames, primary.Settings.SyncStandbys = tt.Ptr(names), &ss
+			setSyncNames(t, c.ctl, &primary, "ANY 2 (pg2, pg3)")
 		}
 		snap := topology.Classify(c.cfg, []topology.NodeStatus{primary, tt.Replica("pg2", 5432, lsn), tt.Replica("pg3", 5432, lsn)}, nil)
 		c.snap, c.req = snap, Request{Kind: KindSwitchover, Switchover: SwitchoverOptions{Candidate: "pg2", CatchupTimeout: 2 * time.Second, CallTimeout: 500 * time.Millisecond, MaxLag: 16 << 20}}
@@ -166,6 +159,20 @@ func newEngineCase(t *testing.T, kind string) *engineCase {
 		t.Fatalf("%s: plan: %v", kind, err)
 	}
 	return c
+}
+
+// setSyncNames gives the fake node st names and st (its probe) the
+// synchronous_standby_names names, as ALTER SYSTEM and a reload would.
+func setSyncNames(t *testing.T, f *fakeCluster, st *topology.NodeStatus, names string) {
+	t.Helper()
+	n := f.nodes[st.Name]
+	n.auto["synchronous_standby_names"] = names
+	f.reload(n)
+	ss, err := topology.ParseSyncStandbyNames(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Settings.SynchronousStandbyNames, st.Settings.SyncStandbys = tt.Ptr(names), &ss
 }
 
 func planRejoinForTest(cfg *config.Config, snap *topology.Snapshot, env *Env) (*plan.Plan, []string, error) {
@@ -588,14 +595,8 @@ func TestSwitchoverSyncStar(t *testing.T) {
 	c := newEngineCase(t, "switchover-stop")
 	lsn := topology.LSN(0x3000060)
 	const names = "ANY 1 (*)"
-	c.ctl.nodes["pg1"].auto["synchronous_standby_names"] = names
-	c.ctl.reload(c.ctl.nodes["pg1"])
-	ss, err := topology.ParseSyncStandbyNames(names)
-	if err != nil {
-		t.Fatal(err)
-	}
 	p1 := tt.Primary("pg1", lsn, "pg2", "pg3")
-	p1.Settings.SynchronousStandbyNames, p1.Settings.SyncStandbys = tt.Ptr(names), &ss
+	setSyncNames(t, c.ctl, &p1, names)
 	snap := topology.Classify(c.cfg, []topology.NodeStatus{p1, tt.Replica("pg2", 5432, lsn), tt.Replica("pg3", 5432, lsn)}, nil)
 	p, err := BuildSwitchoverPlan(c.cfg, snap, c.req.Switchover, c.env)
 	if err != nil {
@@ -644,10 +645,8 @@ func TestRejoinCascadeRaisesSync(t *testing.T) {
 	t.Parallel()
 	c := newEngineCase(t, "rejoin-cascade")
 	pg1 := c.ctl.nodes["pg1"]
-	pg1.auto["synchronous_standby_names"] = "ANY 1 (pg3, pg2)"
-	c.ctl.reload(pg1)
 	p1 := c.snap.Node("pg1").NodeStatus
-	p1.Settings.SynchronousStandbyNames = tt.Ptr("ANY 1 (pg3, pg2)")
+	setSyncNames(t, c.ctl, &p1, "ANY 1 (pg3, pg2)")
 	r := &topology.SyncRestore{Node: "pg3", Primary: "pg1", Set: "ANY 1 (pg3, pg2)", Before: "ANY 2 (pg1, pg3)", Raise: "ANY 2 (pg3, pg2)"}
 	c.rec.st.SyncRestore = r
 	snap := topology.Classify(c.cfg, []topology.NodeStatus{p1, c.snap.Node("pg2").NodeStatus, c.snap.Node("pg3").NodeStatus}, &topology.Record{Primary: "pg1", SyncRestore: r})

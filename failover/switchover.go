@@ -636,8 +636,7 @@ func (sw *switchover) syncTarget(rejoined bool) (*topology.SyncStandbys, *topolo
 	lowered := *want
 	lowered.Num = able
 	if r == nil {
-		r = &topology.SyncRestore{Node: missing, Primary: sw.candidate.Name, Before: sw.syncOriginal, Raise: want.String(),
-			Why: fmt.Sprintf("%s could not stream from %s (%s)", missing, sw.candidate.Name, sw.behind[missing]), OperationID: op}
+		r = sw.missingRestore(missing, want, fmt.Sprintf("%s could not stream from %s (%s)", missing, sw.candidate.Name, sw.behind[missing]))
 	}
 	r.Set = sw.candSync.StandbyNames
 	if lowered.Enabled() {
@@ -1195,6 +1194,13 @@ func (sw *switchover) verify(ctx context.Context) error {
 	return nil
 }
 
+// missingRestore is the record's note of a lowering for want of the
+// standby missing, which its rejoin raises back to want; its Set is the
+// caller's.
+func (sw *switchover) missingRestore(missing string, want *topology.SyncStandbys, why string) *topology.SyncRestore {
+	return &topology.SyncRestore{Node: missing, Primary: sw.candidate.Name, Before: sw.syncOriginal, Raise: want.String(), Why: why, OperationID: sw.opID()}
+}
+
 // opID is the running operation's history ID, "" without history.
 func (sw *switchover) opID() string {
 	if sw.env == nil || sw.env.OperationID == nil {
@@ -1406,8 +1412,7 @@ func (sw *switchover) applySync(ctx context.Context) error {
 			}
 		} else {
 			if restore == nil {
-				restore = &topology.SyncRestore{Node: missing, Primary: c, Before: sw.syncOriginal, Raise: want.String(),
-					Why: fmt.Sprintf("%s did not stream from %s within %s", missing, c, sw.t.Stream), OperationID: sw.opID()}
+				restore = sw.missingRestore(missing, want, fmt.Sprintf("%s did not stream from %s within %s", missing, c, sw.t.Stream))
 			}
 			restore.Set = lowered.String()
 			err = fmt.Errorf("%w: synchronous_standby_names set to %s rather than let commits hang on %s; once it streams, `replctl rejoin %s` raises it back",
